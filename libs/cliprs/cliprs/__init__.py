@@ -1,0 +1,1 @@
+"""CLIP-RS shared package: what every service imports and no service copies."""

@@ -1,0 +1,107 @@
+"""SQLAlchemy models of the platform's tables. Schema changes go through migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from geoalchemy2 import Geometry
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Area(Base):
+    __tablename__ = "areas"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    bbox = mapped_column(Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False)
+    zooms: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger))
+    source: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Tile(Base):
+    __tablename__ = "tiles"
+    __table_args__ = (UniqueConstraint("source", "z", "x", "y", name="tiles_source_zxy_key"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The area that first planned this tile; later areas share it through area_tiles.
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(100))
+    z: Mapped[int] = mapped_column(SmallInteger)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    polygon = mapped_column(Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), default="planned")
+    error: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    tile_size: Mapped[int | None] = mapped_column(SmallInteger)
+    fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AreaTile(Base):
+    __tablename__ = "area_tiles"
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), primary_key=True)
+    tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Window(Base):
+    __tablename__ = "windows"
+    # id = tile_id * 4096 + index inside the tile; it is also the vector's FAISS id.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id", ondelete="CASCADE"))
+    z: Mapped[int] = mapped_column(SmallInteger)
+    px_x0: Mapped[int] = mapped_column(SmallInteger)
+    px_y0: Mapped[int] = mapped_column(SmallInteger)
+    px_x1: Mapped[int] = mapped_column(SmallInteger)
+    px_y1: Mapped[int] = mapped_column(SmallInteger)
+    scale: Mapped[float] = mapped_column(Float)
+    footprint = mapped_column(Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False)
+    center = mapped_column(Geometry("POINT", srid=4326, spatial_index=False), nullable=False)
+
+
+class IngestJob(Base):
+    __tablename__ = "ingest_jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
+    # queued -> fetching -> embedding -> indexing -> done | failed
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    tiles_planned: Mapped[int] = mapped_column(Integer, default=0)
+    tiles_fetched: Mapped[int] = mapped_column(Integer, default=0)
+    tiles_cached: Mapped[int] = mapped_column(Integer, default=0)
+    tiles_failed: Mapped[int] = mapped_column(Integer, default=0)
+    tiles_embedded: Mapped[int] = mapped_column(Integer, default=0)
+    windows_embedded: Mapped[int] = mapped_column(Integer, default=0)
+    windows_indexed: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IndexVersion(Base):
+    __tablename__ = "index_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    manifest_path: Mapped[str] = mapped_column(Text)
+    shard_files: Mapped[list[str]] = mapped_column(JSONB)
+    vector_count: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,23 @@
+"""Domain errors shared by the services; each service maps them to HTTP codes in one place."""
+
+from __future__ import annotations
+
+
+class ClipRSError(Exception):
+    """Base class of the errors a caller can act on."""
+
+
+class InvalidInput(ClipRSError):
+    """The caller sent something malformed; the message says how to fix it."""
+
+
+class NotFound(ClipRSError):
+    """The thing asked for does not exist."""
+
+
+class TooLarge(ClipRSError):
+    """The request is valid but exceeds a configured limit."""
+
+
+class Unavailable(ClipRSError):
+    """A dependency (database, Redis, a peer service, the index) is not reachable or not ready."""

@@ -36,9 +36,7 @@ def parse_bbox(values: Iterable[float] | str) -> BBox:
         try:
             values = [float(v) for v in values.split(",")]
         except ValueError:
-            raise InvalidInput(
-                "bbox must be four numbers 'min_lon,min_lat,max_lon,max_lat'"
-            ) from None
+            raise InvalidInput("bbox must be four numbers 'min_lon,min_lat,max_lon,max_lat'") from None
     vals = list(values)
     if len(vals) != 4:
         raise InvalidInput("bbox must have four numbers: min_lon, min_lat, max_lon, max_lat")
@@ -48,9 +46,7 @@ def parse_bbox(values: Iterable[float] | str) -> BBox:
     if not (-180 <= min_lon <= 180 and -180 <= max_lon <= 180):
         raise InvalidInput("bbox longitudes must be within -180..180")
     if not (-MAX_LATITUDE <= min_lat <= MAX_LATITUDE and -MAX_LATITUDE <= max_lat <= MAX_LATITUDE):
-        raise InvalidInput(
-            f"bbox latitudes must be within ±{MAX_LATITUDE:.2f}° (the Web-Mercator limit)"
-        )
+        raise InvalidInput(f"bbox latitudes must be within ±{MAX_LATITUDE:.2f}° (the Web-Mercator limit)")
     if min_lon >= max_lon or min_lat >= max_lat:
         raise InvalidInput("bbox must have min_lon < max_lon and min_lat < max_lat")
     return BBox(min_lon, min_lat, max_lon, max_lat)

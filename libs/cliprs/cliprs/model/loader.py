@@ -53,7 +53,7 @@ def load_encoder(settings: ModelSettings | None = None, backend: str = "hf-clip"
     load = BACKENDS[backend]
     try:
         encoder = load(settings.model, device)
-    except Exception as exc:  # noqa: BLE001 - any loading failure means "not this model"
+    except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         if not settings.fallback:
             raise Unavailable(f"cannot load CLIP model {settings.model!r}: {reason}") from exc

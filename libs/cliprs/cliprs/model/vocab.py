@@ -32,7 +32,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=False))
 
 
 def find_bpe_file(cache_dir: Path) -> bytes:
@@ -45,7 +45,17 @@ def find_bpe_file(cache_dir: Path) -> bytes:
     if not wheels:
         cache_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache_dir), OPEN_CLIP_WHEEL],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(cache_dir),
+                OPEN_CLIP_WHEEL,
+            ],
             check=True,
         )
         wheels = sorted(cache_dir.glob("open_clip_torch-*.whl"))

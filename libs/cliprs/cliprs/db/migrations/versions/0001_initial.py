@@ -92,6 +92,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(
-        "DROP TABLE index_versions, ingest_jobs, windows, area_tiles, tiles, areas CASCADE"
-    )
+    op.execute("DROP TABLE index_versions, ingest_jobs, windows, area_tiles, tiles, areas CASCADE")

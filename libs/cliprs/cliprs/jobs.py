@@ -1,0 +1,83 @@
+"""Ingest job bookkeeping shared by the tiler, the embedder and the indexer.
+
+Counts are always recomputed from the tiles table (the source of truth), never incremented, so a
+task that runs twice after a crash cannot inflate them. State changes are conditional updates, so
+when several workers race to start the next stage exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+JOB_STATES = ("queued", "fetching", "embedding", "indexing", "done", "failed")
+
+
+def refresh_counts(conn: Connection, job_id: int) -> dict:
+    """Recompute a job's tile and window counts from the tiles of its area."""
+    row = (
+        conn.execute(
+            text(
+                """
+            WITH t AS (
+                SELECT tl.id, tl.status FROM ingest_jobs j
+                JOIN area_tiles at ON at.area_id = j.area_id
+                JOIN tiles tl ON tl.id = at.tile_id
+                WHERE j.id = :job
+            )
+            UPDATE ingest_jobs SET
+                tiles_fetched = (SELECT count(*) FROM t WHERE status IN ('fetched', 'embedded')),
+                tiles_failed = (SELECT count(*) FROM t WHERE status = 'failed'),
+                tiles_embedded = (SELECT count(*) FROM t WHERE status = 'embedded'),
+                windows_embedded = (SELECT count(*) FROM windows w JOIN t ON w.tile_id = t.id),
+                updated_at = now()
+            WHERE id = :job
+            RETURNING tiles_planned, tiles_fetched, tiles_cached, tiles_failed, tiles_embedded,
+                      windows_embedded, state
+            """
+            ),
+            {"job": job_id},
+        )
+        .mappings()
+        .one()
+    )
+    return dict(row)
+
+
+def set_state(
+    conn: Connection, job_id: int, new: str, *, expected: str | None = None, error: str | None = None
+) -> bool:
+    """Move a job to ``new`` (only from ``expected`` when given); True if this call moved it."""
+    finished = new in ("done", "failed")
+    result = conn.execute(
+        text(
+            """
+            UPDATE ingest_jobs SET state = :new, error = COALESCE(:error, error), updated_at = now(),
+                finished_at = CASE WHEN :finished THEN now() ELSE finished_at END
+            WHERE id = :job AND (CAST(:expected AS text) IS NULL OR state = :expected)
+            """
+        ),
+        {"new": new, "job": job_id, "expected": expected, "error": error, "finished": finished},
+    )
+    return result.rowcount == 1
+
+
+def claim_indexing(conn: Connection, job_id: int) -> bool:
+    """Move a job from embedding to indexing when no tile of its area waits for embedding.
+
+    Called by whoever might have finished the last piece of work (the tiler after its last fetch,
+    each embedder task after its batch); the single conditional update picks one winner.
+    """
+    result = conn.execute(
+        text(
+            """
+            UPDATE ingest_jobs j SET state = 'indexing', updated_at = now()
+            WHERE j.id = :job AND j.state = 'embedding' AND NOT EXISTS (
+                SELECT 1 FROM area_tiles at JOIN tiles t ON t.id = at.tile_id
+                WHERE at.area_id = j.area_id AND t.status IN ('planned', 'fetched')
+            )
+            """
+        ),
+        {"job": job_id},
+    )
+    return result.rowcount == 1

@@ -1,0 +1,44 @@
+"""Vector chunks: how the embedder hands vectors to the indexer.
+
+One chunk per tile (`{vectors_dir}/{tile_id // 1000}/{tile_id}.npz`) holding the window ids and
+their unit vectors, written atomically, so the indexer never reads a half-written chunk and a
+re-embedded tile simply replaces its chunk with identical content.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from cliprs.fsutil import atomic_write_bytes
+
+
+def chunk_path(vectors_dir: Path, tile_id: int) -> Path:
+    return Path(vectors_dir) / str(tile_id // 1000) / f"{tile_id}.npz"
+
+
+def write_chunk(vectors_dir: Path, tile_id: int, ids: np.ndarray, vectors: np.ndarray, model_id: str) -> Path:
+    """Store a tile's window ids (int64) and vectors (float32, n x dim) atomically."""
+    if len(ids) != len(vectors):
+        raise ValueError("ids and vectors differ in length")
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        ids=np.asarray(ids, dtype=np.int64),
+        vectors=np.asarray(vectors, dtype=np.float32),
+        model_id=np.array(model_id),
+    )
+    path = chunk_path(vectors_dir, tile_id)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_chunk(vectors_dir: Path, tile_id: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(ids, vectors, model_id) of a tile, or None when it has not been embedded."""
+    path = chunk_path(vectors_dir, tile_id)
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return data["ids"], data["vectors"], str(data["model_id"])

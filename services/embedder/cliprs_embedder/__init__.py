@@ -1,0 +1,1 @@
+"""CLIP-RS embedder service: batch window embedding (Celery) and online query embedding (HTTP)."""

@@ -1,0 +1,34 @@
+"""Celery tasks of the embedder (queue ``embed``)."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from cliprs.model import ClipEncoder, load_encoder
+from cliprs.queue import TASK_EMBED_TILES, TASK_INDEX_AREA, make_celery
+from cliprs.settings import CoreSettings, ModelSettings
+from cliprs_embedder.pipeline import advance_job, embed_tiles
+from cliprs_embedder.settings import EmbedderSettings
+
+log = logging.getLogger("cliprs.embedder")
+core = CoreSettings()
+settings = EmbedderSettings()
+app = make_celery("cliprs-embedder", core)
+
+
+@lru_cache(maxsize=1)
+def encoder() -> ClipEncoder:
+    """The worker process's model, loaded on first use and kept."""
+    return load_encoder(ModelSettings())
+
+
+@app.task(name=TASK_EMBED_TILES)
+def embed_tiles_task(job_id: int, tile_ids: list[int]) -> dict:
+    """Embed a batch of fetched tiles of a job, then move the job on if it was the last batch."""
+    model = encoder()
+    stats = embed_tiles(tile_ids, model, core, settings, batch_size=ModelSettings().batch_size)
+    log.info("job %s: embedded %s", job_id, stats)
+    if advance_job(job_id, core):
+        app.send_task(TASK_INDEX_AREA, args=[job_id])
+    return stats

@@ -1,0 +1,1 @@
+"""CLIP-RS indexer service: FAISS shards per area, versioned manifests, update announcements."""

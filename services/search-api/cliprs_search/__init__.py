@@ -1,0 +1,1 @@
+"""CLIP-RS search-api: the public REST gateway."""

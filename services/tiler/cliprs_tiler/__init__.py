@@ -1,0 +1,1 @@
+"""CLIP-RS tiler: fetches, caches and renders raster tiles."""

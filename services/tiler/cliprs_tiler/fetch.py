@@ -1,0 +1,218 @@
+"""Fetch an area's tiles: plan, fetch politely, cache, record, and queue embedding as tiles arrive.
+
+Safe to run again for the same job (after a crash or a redelivered task): tiles already fetched
+are not fetched again, and every write is an upsert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from geoalchemy2.shape import to_shape
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from cliprs import jobs
+from cliprs.db.engine import sync_engine
+from cliprs.db.models import Area, AreaTile, IngestJob, Tile
+from cliprs.settings import CoreSettings
+from cliprs.tilecache import find_tile, store_tile
+from cliprs.tiles import BBox, tile_polygon_wkt, tiles_for_bbox
+from cliprs_tiler.settings import TilerSettings
+from cliprs_tiler.sources import TileFetchError, open_source
+
+log = logging.getLogger("cliprs.tiler")
+
+EmbedSender = Callable[[int, list[int]], None]
+
+
+@dataclass(frozen=True)
+class PlannedTile:
+    id: int
+    z: int
+    x: int
+    y: int
+    status: str
+
+
+def morton(x: int, y: int) -> int:
+    """Z-order key: interleaving x and y bits keeps neighbouring tiles close in the fetch order."""
+    key = 0
+    for bit in range(32):
+        key |= ((x >> bit) & 1) << (2 * bit) | ((y >> bit) & 1) << (2 * bit + 1)
+    return key
+
+
+def plan_area(conn, area: Area) -> list[PlannedTile]:
+    """Upsert the tile rows of an area (shared with overlapping areas) in Z-order."""
+    poly = to_shape(area.bbox)
+    bbox = BBox(*poly.bounds)
+    tiles = sorted(tiles_for_bbox(bbox, area.zooms), key=lambda t: (t.z, morton(t.x, t.y)))
+    planned: list[PlannedTile] = []
+    for start in range(0, len(tiles), 1000):
+        part = tiles[start : start + 1000]
+        stmt = insert(Tile).values(
+            [
+                dict(
+                    area_id=area.id,
+                    source=area.source,
+                    z=t.z,
+                    x=t.x,
+                    y=t.y,
+                    polygon=f"SRID=4326;{tile_polygon_wkt(t.z, t.x, t.y)}",
+                )
+                for t in part
+            ]
+        )
+        stmt = stmt.on_conflict_do_update(
+            constraint="tiles_source_zxy_key", set_={"source": stmt.excluded.source}
+        ).returning(Tile.id, Tile.z, Tile.x, Tile.y, Tile.status)
+        rows = conn.execute(stmt).all()
+        by_zxy = {(r.z, r.x, r.y): r for r in rows}
+        planned += [PlannedTile(*by_zxy[(t.z, t.x, t.y)]) for t in part]
+        conn.execute(
+            insert(AreaTile)
+            .values([dict(area_id=area.id, tile_id=by_zxy[(t.z, t.x, t.y)].id) for t in part])
+            .on_conflict_do_nothing()
+        )
+    return planned
+
+
+class Progress:
+    """Counts per zoom, logged every few seconds and at the end."""
+
+    def __init__(self, job_id: int, planned: list[PlannedTile]):
+        self.job_id = job_id
+        self.planned = Counter(t.z for t in planned)
+        self.done: Counter = Counter()
+        self.failed: Counter = Counter()
+        self.cached: Counter = Counter()
+        self.last_log = 0.0
+
+    def log(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_log < 5:
+            return
+        self.last_log = now
+        per_zoom = ", ".join(
+            f"z{z}: {self.done[z] + self.cached[z]}/{n} ({self.failed[z]} failed)"
+            for z, n in sorted(self.planned.items())
+        )
+        log.info("job %s fetch progress: %s", self.job_id, per_zoom)
+
+
+async def fetch_job(
+    job_id: int, core: CoreSettings, settings: TilerSettings, send_embed: EmbedSender
+) -> dict:
+    """Run the fetch stage of an ingest job; returns the job's counts."""
+    engine = sync_engine(core.database_url)
+    with engine.begin() as conn:
+        job = conn.execute(select(IngestJob).where(IngestJob.id == job_id)).scalar_one_or_none()
+    if job is None:
+        log.warning("job %s does not exist (area deleted?); nothing to fetch", job_id)
+        return {}
+    with engine.begin() as conn:
+        area = conn.execute(select(Area).where(Area.id == job.area_id)).scalar_one()
+        if job.state in ("done", "failed", "indexing"):
+            log.info("job %s is already %s; nothing to fetch", job_id, job.state)
+            return {}
+        jobs.set_state(conn, job_id, "fetching")
+        conn.execute(update(Area).where(Area.id == area.id).values(status="ingesting"))
+        planned = plan_area(conn, area)
+        conn.execute(update(IngestJob).where(IngestJob.id == job_id).values(tiles_planned=len(planned)))
+    log.info(
+        "job %s: area %r planned %d tiles at zooms %s from source %r",
+        job_id,
+        area.name,
+        len(planned),
+        list(area.zooms),
+        area.source,
+    )
+
+    progress = Progress(job_id, planned)
+    cache_dir = core.tile_cache_dir
+    todo: list[PlannedTile] = []
+    ready: list[int] = []  # fetched earlier but not embedded yet: queue them too
+    cached = 0
+    for t in planned:
+        if t.status == "embedded":
+            progress.cached[t.z] += 1
+            cached += 1
+        elif t.status == "fetched" and find_tile(cache_dir, area.source, t.z, t.x, t.y):
+            progress.cached[t.z] += 1
+            cached += 1
+            ready.append(t.id)
+        else:
+            todo.append(t)
+
+    batch: list[int] = []
+
+    def flush(force: bool = False) -> None:
+        while len(batch) >= settings.embed_batch or (force and batch):
+            part, batch[:] = batch[: settings.embed_batch], batch[settings.embed_batch :]
+            send_embed(job_id, part)
+
+    for tile_id in ready:
+        batch.append(tile_id)
+        flush()
+
+    source = open_source(area.source, core, settings)
+    semaphore = asyncio.Semaphore(settings.concurrency)
+
+    async def fetch_one(t: PlannedTile) -> tuple[PlannedTile, dict]:
+        async with semaphore:
+            try:
+                got = await source.fetch(t.z, t.x, t.y)
+            except TileFetchError as exc:
+                return t, {"status": "failed", "error": str(exc)[:500]}
+            digest = await asyncio.to_thread(
+                store_tile, cache_dir, area.source, t.z, t.x, t.y, got.ext, got.data
+            )
+            return t, {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
+
+    try:
+        for next_done in asyncio.as_completed([fetch_one(t) for t in todo]):
+            t, values = await next_done
+            await asyncio.to_thread(_record_tile, engine, t.id, values)
+            if values["status"] == "fetched":
+                progress.done[t.z] += 1
+                batch.append(t.id)
+                flush()
+            else:
+                progress.failed[t.z] += 1
+                log.warning("job %s: tile %s/%s/%s failed: %s", job_id, t.z, t.x, t.y, values["error"])
+            progress.log()
+    finally:
+        await source.aclose()
+    flush(force=True)
+    progress.log(force=True)
+
+    with engine.begin() as conn:
+        conn.execute(update(IngestJob).where(IngestJob.id == job_id).values(tiles_cached=cached))
+        counts = jobs.refresh_counts(conn, job_id)
+        if counts["tiles_fetched"] == 0:
+            jobs.set_state(
+                conn,
+                job_id,
+                "failed",
+                expected="fetching",
+                error=f"none of the {len(planned)} tiles could be fetched; see the tile errors",
+            )
+            conn.execute(update(Area).where(Area.id == area.id).values(status="failed"))
+            return counts
+        jobs.set_state(conn, job_id, "embedding", expected="fetching")
+    return counts
+
+
+def _record_tile(engine, tile_id: int, values: dict) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(Tile)
+            .where(Tile.id == tile_id, Tile.status != "embedded")
+            .values(**values, fetched_at=text("now()") if values["status"] == "fetched" else None)
+        )

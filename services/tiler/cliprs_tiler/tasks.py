@@ -1,0 +1,40 @@
+"""Celery tasks of the tiler (queue ``tiles``): the fetch stage of ingestion."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cliprs import jobs
+from cliprs.db.engine import sync_engine
+from cliprs.queue import TASK_EMBED_TILES, TASK_FETCH_AREA, TASK_INDEX_AREA, make_celery
+from cliprs.settings import CoreSettings
+from cliprs_tiler.fetch import fetch_job
+from cliprs_tiler.settings import TilerSettings
+
+log = logging.getLogger("cliprs.tiler")
+core = CoreSettings()
+settings = TilerSettings()
+app = make_celery("cliprs-tiler", core)
+
+
+@app.task(name=TASK_FETCH_AREA)
+def fetch_area(job_id: int) -> dict:
+    """Fetch every tile of the job's area and queue embedding batches as tiles arrive."""
+
+    def send_embed(job: int, tile_ids: list[int]) -> None:
+        app.send_task(TASK_EMBED_TILES, args=[job, tile_ids])
+
+    try:
+        counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))
+    except Exception as exc:
+        log.exception("job %s: fetch failed", job_id)
+        with sync_engine(core.database_url).begin() as conn:
+            jobs.set_state(conn, job_id, "failed", error=f"fetch failed: {type(exc).__name__}: {exc}"[:500])
+        raise
+    # Everything may already have been embedded (cached tiles, a re-run): then nobody else
+    # would move the job on, so try here too; the conditional update picks one sender.
+    with sync_engine(core.database_url).begin() as conn:
+        if jobs.claim_indexing(conn, job_id):
+            app.send_task(TASK_INDEX_AREA, args=[job_id])
+    return counts

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geoalchemy2.shape import to_shape
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
@@ -111,16 +112,16 @@ async def fetch_job(
 ) -> dict:
     """Run the fetch stage of an ingest job; returns the job's counts."""
     engine = sync_engine(core.database_url)
-    with engine.begin() as conn:
-        job = conn.execute(select(IngestJob).where(IngestJob.id == job_id)).scalar_one_or_none()
-    if job is None:
-        log.warning("job %s does not exist (area deleted?); nothing to fetch", job_id)
-        return {}
-    with engine.begin() as conn:
-        area = conn.execute(select(Area).where(Area.id == job.area_id)).scalar_one()
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        job = session.get(IngestJob, job_id)
+        if job is None:
+            log.warning("job %s does not exist (area deleted?); nothing to fetch", job_id)
+            return {}
         if job.state in ("done", "failed", "indexing"):
             log.info("job %s is already %s; nothing to fetch", job_id, job.state)
             return {}
+        area = session.get(Area, job.area_id)
+        conn = session.connection()
         jobs.set_state(conn, job_id, "fetching")
         conn.execute(update(Area).where(Area.id == area.id).values(status="ingesting"))
         planned = plan_area(conn, area)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import sessionmaker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _with_driver(url: str, driver: str) -> str:
@@ -29,6 +32,9 @@ def session_factory(url: str) -> sessionmaker:
 
 
 def async_engine(url: str) -> AsyncEngine:
+    # Imported here: only the gateway needs asyncio support (and its greenlet dependency).
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     return create_async_engine(_with_driver(url, "asyncpg"), pool_pre_ping=True, pool_size=10)
 
 

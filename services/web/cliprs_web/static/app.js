@@ -119,6 +119,13 @@ function showSearchResults(query, collection) {
   if (n) selectHit(hitId(state.hits[0]));
 }
 
+/** Keep `?q=` in the address bar in step with the last search, so a search can be linked. */
+function rememberQuery(query) {
+  const url = new URL(window.location.href);
+  url.searchParams.set("q", query);
+  window.history.replaceState(null, "", url);
+}
+
 /** Wire the search form: submit (Enter or the button) → GET /v1/search. */
 function wireSearch(api) {
   let inFlight = null;
@@ -131,6 +138,7 @@ function wireSearch(api) {
       els.input.focus();
       return;
     }
+    rememberQuery(query);
     inFlight?.abort();
     const controller = new AbortController();
     inFlight = controller;
@@ -171,6 +179,12 @@ async function main() {
   startMap();
   checkReadiness(api);
   loadAreas(api);
+  // A linked search (?q=...) runs straight away.
+  const linked = new URLSearchParams(window.location.search).get("q");
+  if (linked?.trim()) {
+    els.input.value = linked;
+    els.form.requestSubmit();
+  }
 }
 
 main();

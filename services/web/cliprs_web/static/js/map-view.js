@@ -83,6 +83,7 @@ export class MapView {
     this.padding = padding;
     this.onError = onError;
     this.selectedId = null;
+    this.tilerUrl = "";
     this.tileErrorShown = false;
     this.addOverlayLayers();
 
@@ -134,11 +135,11 @@ export class MapView {
     if (sourceId.startsWith(AREA_SOURCE_PREFIX)) {
       if (!this.tileErrorShown) {
         this.tileErrorShown = true;
-        this.onError("tiles", "some imagery tiles could not be loaded from the tiler");
+        this.onError("tiles", `Some imagery tiles could not be loaded from the tiler at ${this.tilerUrl}.`);
       }
       return;
     }
-    this.onError("map", `map error: ${event.error?.message ?? "unknown"}`);
+    this.onError("map", `Map error: ${event.error?.message ?? "unknown"}`);
   }
 
   /**
@@ -147,6 +148,7 @@ export class MapView {
    */
   setAreas(areas, tilerUrl) {
     const map = this.map;
+    this.tilerUrl = tilerUrl;
     for (const area of areas) {
       const id = `${AREA_SOURCE_PREFIX}${area.id}`;
       if (map.getSource(id)) continue;
@@ -217,20 +219,20 @@ export class MapView {
     this.selectedId = id ?? null;
   }
 
-  /** Fly to a hit: frame its footprint, or centre on its pin at its tile zoom. */
+  /**
+   * Fly to a hit: its footprint framed one zoom level out (so neighbouring hits stay in view),
+   * or, without a footprint, its pin at its tile zoom.
+   */
   flyToHit(feature) {
     const bbox = geometryBbox(feature.geometry);
     const camera = bbox
-      ? this.map.cameraForBounds([[bbox[0], bbox[1]], [bbox[2], bbox[3]]], {
-          padding: this.padding(),
-          maxZoom: 18,
-        })
+      ? this.map.cameraForBounds([[bbox[0], bbox[1]], [bbox[2], bbox[3]]], { padding: this.padding() })
       : null;
     const center = feature.properties?.center;
     if (camera) {
-      this.map.flyTo({ ...camera, duration: 1500 });
+      this.map.flyTo({ ...camera, zoom: Math.min(camera.zoom - 1, 17), duration: 1500 });
     } else if (Array.isArray(center)) {
-      this.map.flyTo({ center, zoom: Number(feature.properties?.z ?? this.map.getZoom()) + 1, duration: 1500 });
+      this.map.flyTo({ center, zoom: Number(feature.properties?.z ?? this.map.getZoom()), duration: 1500 });
     }
   }
 

@@ -26,7 +26,9 @@ async def window_rows(conn: AsyncConnection, ids: list[int], flt: HitFilter) -> 
     params: dict = {"ids": ids}
     if flt.area_id is not None:
         where.append(
-            "EXISTS (SELECT 1 FROM area_tiles at WHERE at.tile_id = w.tile_id AND at.area_id = :area)"
+            # Tiles overhang the area's box; only windows that touch the box belong to the area.
+            "EXISTS (SELECT 1 FROM area_tiles at JOIN areas a ON a.id = at.area_id "
+            "WHERE at.tile_id = w.tile_id AND at.area_id = :area AND ST_Intersects(w.footprint, a.bbox))"
         )
         params["area"] = flt.area_id
     if flt.zooms:

@@ -18,7 +18,7 @@ class CoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLIPRS_", extra="ignore")
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/cliprs"
+    database_url: str = "postgresql://postgres:postgres@127.0.0.1:5432/cliprs"
     redis_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path("var")
     # Named tile sources: name -> URL template. Schemes: http(s):// XYZ templates (env

@@ -22,7 +22,7 @@ from cliprs.db.migrate import ensure_database, upgrade
 from cliprs.settings import CoreSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-ADMIN_URL = os.environ.get("CLIPRS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get("CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
 TEST_REDIS_URL = os.environ.get("CLIPRS_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 

@@ -247,8 +247,20 @@ def _default_env(root: Path) -> dict[str, str]:
         "CLIPRS_TILE_SOURCES", json.dumps({"demo": f"file://{data_dir}/demo-tiles/{{z}}/{{x}}/{{y}}.png"})
     )
     env.setdefault("CLIP_FALLBACK", "1")
+    if "HF_HUB_OFFLINE" not in env and not _hub_reachable():
+        # Without this, every process spends ~30 s in retries before falling back.
+        print("==> the Hugging Face Hub is not reachable: models load from the local cache only")
+        env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("CLIP_FALLBACK_DIR", str(root / ".cache/models/fallback-clip"))
     return env
+
+
+def _hub_reachable() -> bool:
+    try:
+        httpx.head("https://huggingface.co", timeout=3)
+        return True
+    except httpx.HTTPError:
+        return False
 
 
 def up(root: Path, embed_workers: int) -> None:

@@ -22,7 +22,9 @@ from cliprs.db.migrate import ensure_database, upgrade
 from cliprs.settings import CoreSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-ADMIN_URL = os.environ.get("CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+)
 TEST_REDIS_URL = os.environ.get("CLIPRS_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
@@ -47,7 +49,9 @@ def pg_url() -> Iterator[str]:
     admin = create_engine(make_url(sync_url(ADMIN_URL)), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
             {"n": name},
         )
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from celery.signals import worker_ready
+
 from cliprs.model import ClipEncoder, load_encoder
 from cliprs.queue import TASK_EMBED_TILES, TASK_INDEX_AREA, make_celery
 from cliprs.settings import CoreSettings, ModelSettings
@@ -21,6 +23,12 @@ app = make_celery("cliprs-embedder", core)
 def encoder() -> ClipEncoder:
     """The worker process's model, loaded on first use and kept."""
     return load_encoder(ModelSettings())
+
+
+@worker_ready.connect
+def _load_model_at_start(**_: object) -> None:
+    # Load before the first task arrives, so a slow or failing model shows up at start-up.
+    encoder()
 
 
 @app.task(name=TASK_EMBED_TILES)

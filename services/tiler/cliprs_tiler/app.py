@@ -8,6 +8,7 @@ import io
 import os
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 from sqlalchemy import text
 
@@ -28,6 +29,14 @@ def create_app(core: CoreSettings | None = None, settings: TilerSettings | None 
     core = core or CoreSettings()
     settings = settings or TilerSettings()
     app = FastAPI(title="CLIP-RS tiler", version="0.1.0")
+    # The map page is served from another origin and loads tiles with fetch().
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET"],
+        allow_headers=["*"],
+        expose_headers=["ETag"],
+    )
     install_error_handlers(app)
     engine = sync_engine(core.database_url)
 

@@ -10,6 +10,7 @@ class TilerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8001
+    cors_origins: list[str] = ["*"]  # origins of the web page allowed to load tiles
     concurrency: int = 8  # tiles in flight at once per job
     rate_limit: float = 20.0  # requests per second to a remote source (token bucket)
     retries: int = 4  # attempts after the first, on timeouts, 429 and 5xx

@@ -1,0 +1,67 @@
+"""Window geometry: hand-computed counts and positions, ids, footprints."""
+
+from __future__ import annotations
+
+import mercantile
+import pytest
+from shapely.geometry import box
+from shapely.ops import unary_union
+
+from cliprs.windows import plan_windows, split_window_id, window_bbox, window_id
+
+
+def test_quarter_stride_counts_by_hand() -> None:
+    # 256 px tile, 128 px windows every 32 px: positions 0, 32, 64, 96, 128 -> 5 x 5 = 25.
+    windows = plan_windows(256, [0.5], 0.25)
+    assert len(windows) == 25
+    assert sorted({w.x0 for w in windows}) == [0, 32, 64, 96, 128]
+    assert all(w.size == 128 for w in windows)
+    # Whole tile plus halves: 26; plus quarters (64 px every 16 px: 13 x 13): 195.
+    assert len(plan_windows(256, [1.0, 0.5], 0.25)) == 26
+    assert len(plan_windows(256, [1.0, 0.5, 0.25], 0.25)) == 26 + 169
+    # 512 px tile at 0.25: 128 px windows every 32 px -> 13 x 13.
+    assert len(plan_windows(512, [0.25], 0.25)) == 169
+
+
+def test_uneven_stride_still_reaches_the_far_edge() -> None:
+    windows = plan_windows(100, [0.3], 0.25)  # 30 px windows, stride 8: 0..64, then 70
+    xs = sorted({w.x0 for w in windows})
+    assert xs[-1] == 70 and xs[:3] == [0, 8, 16]
+    assert max(w.x1 for w in windows) == 100
+
+
+def test_indices_are_sequential_and_ids_round_trip() -> None:
+    windows = plan_windows(256, [1.0, 0.5, 0.25], 0.25)
+    assert [w.index for w in windows] == list(range(len(windows)))
+    for tile_id in (1, 77, 123456789):
+        for w in windows:
+            assert split_window_id(window_id(tile_id, w.index)) == (tile_id, w.index)
+    with pytest.raises(ValueError):
+        window_id(1, 4096)
+
+
+def test_footprints_cover_the_tile_and_nest() -> None:
+    z, x, y = 14, 4749, 6339
+    tb = mercantile.bounds(x, y, z)
+    tile_poly = box(tb.west, tb.south, tb.east, tb.north)
+    windows = plan_windows(256, [1.0, 0.5, 0.25], 0.25)
+    polys = {w.index: box(*window_bbox(z, x, y, 256, w).as_list()) for w in windows}
+    whole = polys[0]
+    assert whole.equals_exact(tile_poly, 1e-9)
+    for scale in (0.5, 0.25):
+        union = unary_union([p for i, p in polys.items() if windows[i].scale == scale])
+        assert union.symmetric_difference(tile_poly).area < 1e-12
+    # Each quarter window lies inside some half window (sub-windows nest in their parents).
+    halves = [p.buffer(1e-12) for i, p in polys.items() if windows[i].scale == 0.5]
+    for i, p in polys.items():
+        if windows[i].scale == 0.25:
+            assert any(h.contains(p) for h in halves)
+
+
+def test_bad_window_parameters_are_refused() -> None:
+    with pytest.raises(ValueError):
+        plan_windows(256, [0.0])
+    with pytest.raises(ValueError):
+        plan_windows(256, [0.5], 0)
+    with pytest.raises(ValueError, match="exceeds"):
+        plan_windows(512, [1 / 64], 0.25)

@@ -170,7 +170,7 @@ def environment(svc: dict) -> dict[str, str]:
     """A service's ``environment`` (map or ``KEY=VALUE`` list), values as written."""
     env = svc.get("environment") or {}
     if isinstance(env, list):
-        return dict((item.split("=", 1) + [""])[:2] for item in env)
+        return dict((*item.split("=", 1), "")[:2] for item in env)
     return {k: _scalar(v) for k, v in env.items()}
 
 
@@ -458,7 +458,9 @@ def check_gpu_worker(compose: dict) -> list[str]:
     replicas = str(deploy.get("replicas", ""))
     m = re.fullmatch(r"\d+|\$\{EMBED_WORKERS:-(\d+)\}", replicas)
     if not m or int(m.group(1) or replicas) < 1:
-        problems.append(f"embedder-worker: deploy.replicas {replicas!r} is not a count or ${{EMBED_WORKERS:-N}}")
+        problems.append(
+            f"embedder-worker: deploy.replicas {replicas!r} is not a count or ${{EMBED_WORKERS:-N}}"
+        )
     devices = ((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or []
     gpus = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in (d.get("capabilities") or [])]
     if not gpus:
@@ -510,7 +512,7 @@ def check_migrate(compose: dict) -> list[str]:
     if argv(svc.get("command")) != ["python", "-m", "cliprs.db.migrate"]:
         problems.append(f"migrate: command is {svc.get('command')!r}, expected python -m cliprs.db.migrate")
     if svc.get("restart") not in ("no", False):
-        problems.append(f"migrate: restart is {svc.get('restart')!r}; a one-shot job needs \"no\"")
+        problems.append(f'migrate: restart is {svc.get("restart")!r}; a one-shot job needs "no"')
     return problems
 
 
@@ -537,7 +539,11 @@ def check_workers(
         if svc is None:
             continue
         args = argv(svc.get("command"))
-        app, q, node = _option(args, "-A", "--app"), _option(args, "-Q", "--queues"), _option(args, "-n", "--hostname")
+        app, q, node = (
+            _option(args, "-A", "--app"),
+            _option(args, "-Q", "--queues"),
+            _option(args, "-n", "--hostname"),
+        )
         if app != module or "worker" not in args:
             problems.append(f"{name}: command {args} does not run `celery -A {module} worker`")
         if q != queue:
@@ -550,10 +556,14 @@ def check_workers(
             if routed is None:
                 problems.append(f"{name}: task {task!r} of {module} has no queue in cliprs.queue.QUEUE_OF")
             elif routed != q:
-                problems.append(f"{name}: task {task!r} is routed to {routed!r} but the worker consumes {q!r}")
+                problems.append(
+                    f"{name}: task {task!r} is routed to {routed!r} but the worker consumes {q!r}"
+                )
         package_dir = PACKAGE_DIR[module.split(".")[0]]
         build = svc.get("build") or {}
-        dockerfile = (DEPLOY_DIR / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
+        dockerfile = (
+            DEPLOY_DIR / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+        ).resolve()
         if dockerfile != (root / package_dir / "Dockerfile").resolve():
             problems.append(f"{name}: runs {module} but builds {dockerfile}")
         health = healthcheck_text(svc)
@@ -618,7 +628,9 @@ def check_volumes(compose: dict, deploy_dir: Path = DEPLOY_DIR) -> list[str]:
         svc = services.get(name) or {}
         data_dir = container_env(svc).get("CLIPRS_DATA_DIR")
         if volume_mounts(svc).get("/data") != "data" or data_dir != "/data":
-            problems.append(f"{name}: needs the `data` volume at /data and CLIPRS_DATA_DIR=/data (has {data_dir})")
+            problems.append(
+                f"{name}: needs the `data` volume at /data and CLIPRS_DATA_DIR=/data (has {data_dir})"
+            )
     for name in MODEL_SERVICES:
         svc = services.get(name) or {}
         mounts = volume_mounts(svc)
@@ -704,7 +716,9 @@ def dockerfile_problems(
             problems.append(f"{service_dir}: does not pip install ./libs/cliprs")
         torch = index_of(lambda w, a: w == "RUN" and "pip install" in a and "torch" in a)
         if torch is None or f"torch=={torch_version}" not in final[torch][1]:
-            problems.append(f"{service_dir}: does not install torch=={torch_version} (the pin of libs/cliprs)")
+            problems.append(
+                f"{service_dir}: does not install torch=={torch_version} (the pin of libs/cliprs)"
+            )
         else:
             run = final[torch][1]
             if install_lib is not None and torch >= install_lib:
@@ -860,14 +874,25 @@ def test_celery_apps_route_tasks_to_their_queues() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_port_typo_in_yaml_text_is_caught() -> None:
-    """Break a port in the YAML text itself, as a typo would, and parse it from a string."""
+TEXT_TYPOS = [
+    ('"8001:8001"', '"8001:8010"', check_http_ports, "tiler: publishes container ports"),
+    ("127.0.0.1:8000/healthz", "127.0.0.1:8080/healthz", check_http_ports, "search-api: health check probes"),
+    ("access_token=$${MAPBOX_TOKEN}", "access_token=${MAPBOX_TOKEN}", check_mapbox_token, "$${MAPBOX_TOKEN}"),
+    ("indexer@$$HOSTNAME", "indexer@$HOSTNAME", check_workers, "indexer: health check must ping this worker"),
+    ("SEARCH_EMBEDDER_URL:", "SEARCH_EMBEDER_URL:", check_env_names, "SEARCH_EMBEDER_URL is not a setting"),
+    ("condition: service_completed_successfully", "condition: service_started", check_depends_on, "migrate"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "check", "expected"), TEXT_TYPOS, ids=[t[1] for t in TEXT_TYPOS])
+def test_typos_in_yaml_text_are_caught(
+    old: str, new: str, check: Callable[[dict], list[str]], expected: str
+) -> None:
+    """Break the YAML text itself, as a typo would, and parse the broken copy from a string."""
     text = COMPOSE_FILE.read_text()
-    assert '"8001:8001"' in text
-    broken = load_compose(text.replace('"8001:8001"', '"8001:8010"', 1))
-    assert any("tiler: publishes container ports" in p for p in check_http_ports(broken))
-    broken = load_compose(text.replace("127.0.0.1:8000/healthz", "127.0.0.1:8080/healthz", 1))
-    assert any("search-api: health check probes ports [8080]" in p for p in check_http_ports(broken))
+    assert old in text
+    problems = check(load_compose(text.replace(old, new, 1)))
+    assert any(expected in p for p in problems), problems
 
 
 def _svc(c: dict, name: str) -> dict:
@@ -916,10 +941,25 @@ def _drop_gpu(c: dict) -> None:
 
 BROKEN = [
     ("missing service", lambda c: c["services"].pop("indexer"), check_services_exist, "'indexer' is missing"),
-    ("setting typo", _set_env("search-api", "SEARCH_EMBEDER_URL", "x"), check_env_names, "SEARCH_EMBEDER_URL"),
+    (
+        "setting typo",
+        _set_env("search-api", "SEARCH_EMBEDER_URL", "x"),
+        check_env_names,
+        "SEARCH_EMBEDER_URL",
+    ),
     ("core typo", _set_env("tiler", "CLIPRS_DATA_DIRECTORY", "/d"), check_env_names, "CLIPRS_DATA_DIRECTORY"),
-    ("bad value", _set_env("indexer", "INDEXER_FLAT_MAX_VECTORS", "many"), check_settings_load, "does not parse"),
-    ("loopback host", _set_env("tiler", "TILER_HOST", "127.0.0.1"), check_settings_load, "listens on 127.0.0.1"),
+    (
+        "bad value",
+        _set_env("indexer", "INDEXER_FLAT_MAX_VECTORS", "many"),
+        check_settings_load,
+        "does not parse",
+    ),
+    (
+        "loopback host",
+        _set_env("tiler", "TILER_HOST", "127.0.0.1"),
+        check_settings_load,
+        "listens on 127.0.0.1",
+    ),
     ("env port", _set_env("embedder", "EMBEDDER_PORT", "9000"), check_settings_load, "listens on port 9000"),
     (
         "embedder via localhost",
@@ -939,9 +979,19 @@ BROKEN = [
         check_urls,
         "published by search-api",
     ),
-    ("unknown host", _set_env("web", "WEB_SEARCH_API_INTERNAL_URL", "http://search:8000"), check_urls, "no service"),
+    (
+        "unknown host",
+        _set_env("web", "WEB_SEARCH_API_INTERNAL_URL", "http://search:8000"),
+        check_urls,
+        "no service",
+    ),
     ("no gpu", _drop_gpu, check_gpu_worker, "no NVIDIA GPU"),
-    ("no replicas", lambda c: _svc(c, "embedder-worker")["deploy"].pop("replicas"), check_gpu_worker, "replicas"),
+    (
+        "no replicas",
+        lambda c: _svc(c, "embedder-worker")["deploy"].pop("replicas"),
+        check_gpu_worker,
+        "replicas",
+    ),
     ("list depends_on", _set("web", "depends_on", ["search-api"]), check_depends_on, "without a condition"),
     (
         "unknown dependency",
@@ -951,7 +1001,12 @@ BROKEN = [
     ),
     ("no healthcheck", _set("embedder", "healthcheck", None), check_depends_on, "has no health check"),
     ("migrate restarts", _set("migrate", "restart", "always"), check_migrate, "one-shot"),
-    ("wrong queue", _replace_in_command("tiler-worker", "tiles", "embed"), check_workers, "consumes queue 'embed'"),
+    (
+        "wrong queue",
+        _replace_in_command("tiler-worker", "tiles", "embed"),
+        check_workers,
+        "consumes queue 'embed'",
+    ),
     (
         "wrong app",
         _replace_in_command("indexer", "cliprs_indexer.tasks", "cliprs_tiler.tasks"),
@@ -965,27 +1020,29 @@ BROKEN = [
         "health check must ping this worker",
     ),
     (
-        "token interpolated by compose",
-        lambda c: c["x-common-env"].update(
-            CLIPRS_TILE_SOURCES=c["x-common-env"]["CLIPRS_TILE_SOURCES"].replace("$${", "${")
-        ),
-        lambda c: check_mapbox_token({"services": {"tiler": {"environment": c["x-common-env"]}}}),
-        "expected $${MAPBOX_TOKEN}",
-    ),
-    (
         "literal token",
         _set_env("web", "WEB_MAPBOX_TOKEN", "pk.eyJ1IjoiZXhhbXBsZSIsImEiOiJjbGZ4In0.abcdefghijk"),
         check_mapbox_token,
         "literal Mapbox token",
     ),
-    ("worker without token", _set_env("tiler-worker", "MAPBOX_TOKEN", None), check_mapbox_token, "has no MAPBOX_TOKEN"),
+    (
+        "worker without token",
+        _set_env("tiler-worker", "MAPBOX_TOKEN", None),
+        check_mapbox_token,
+        "has no MAPBOX_TOKEN",
+    ),
     (
         "no data volume",
         lambda c: _svc(c, "search-api").update(volumes=[]),
         check_volumes,
         "search-api: needs the `data` volume",
     ),
-    ("build context", lambda c: _svc(c, "web")["build"].update(context="."), check_builds, "not the repo root"),
+    (
+        "build context",
+        lambda c: _svc(c, "web")["build"].update(context="."),
+        check_builds,
+        "not the repo root",
+    ),
     (
         "wrong Dockerfile",
         lambda c: _svc(c, "tiler-worker").update(

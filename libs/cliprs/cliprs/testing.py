@@ -2,7 +2,7 @@
 
 They talk to the real PostgreSQL+PostGIS and Redis on loopback (``CLIPRS_TEST_DATABASE_URL``,
 ``CLIPRS_TEST_REDIS_URL``), create what they need and remove it afterwards: a throwaway
-database per test session, a Redis database flushed before and after, a tiny CLIP checkpoint.
+database per test session, a Redis database of its own (flushed before and after), a tiny CLIP checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -25,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_URL = os.environ.get(
     "CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 )
-TEST_REDIS_URL = os.environ.get("CLIPRS_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+TEST_REDIS_URL = os.environ.get("CLIPRS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def free_port() -> int:
@@ -60,12 +61,29 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database for tests, emptied before and after."""
+    """A Redis database of this test session's own, emptied before and after.
+
+    Celery queues are per Redis database, so two test sessions on one machine (a developer's and
+    CI's) must not share one: each claims a free database among 8..15 with a lock key.
+    """
     import redis
 
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    client.flushdb()
-    yield TEST_REDIS_URL
+    base = urlsplit(TEST_REDIS_URL)
+    pinned = os.environ.get("CLIPRS_TEST_REDIS_URL")
+    candidates = [int(base.path.strip("/") or 0)] if pinned else list(range(15, 7, -1))
+    token = uuid.uuid4().hex
+    for db in candidates:
+        url = f"redis://{base.netloc}/{db}"
+        client = redis.Redis.from_url(url)
+        if client.set("cliprs-test-session", token, nx=True, ex=3600):
+            break
+        client.close()
+    else:
+        pytest.fail(f"no free Redis test database among {candidates}; is another test session stuck?")
+    for key in client.scan_iter():
+        if key != b"cliprs-test-session":
+            client.delete(key)
+    yield url
     client.flushdb()
     client.close()
 

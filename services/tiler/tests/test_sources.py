@@ -1,0 +1,610 @@
+"""Tile sources against a real HTTP tile server on loopback that injects faults per path.
+
+The server (``TileServer``) serves deterministic PNG tiles for ``/.../{z}/{x}/{y}.png`` and can be
+told, per path, to answer 429 with ``Retry-After: 1``, 500, 403 or 404, to send half the PNG
+(with a matching Content-Length, so only decoding can notice), to drop the connection without a
+response, or to answer later than the client's timeout; each fault either always or for its first
+N requests. Every request is recorded (time, address, full target) so the tests can count what
+really went over the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from cliprs.db.engine import sync_engine
+from cliprs.errors import InvalidInput
+from cliprs.settings import CoreSettings
+from cliprs.testing import free_port
+from cliprs.tiles import BBox, tiles_for_bbox
+from cliprs_tiler.fetch import fetch_job
+from cliprs_tiler.settings import TilerSettings
+from cliprs_tiler.sources import (
+    FetchedTile,
+    FolderSource,
+    TileFetchError,
+    TileNotFound,
+    XyzSource,
+    check_image,
+    open_source,
+)
+
+TILE_SIZE = 256
+
+
+def make_tile(z: int, x: int, y: int, size: int = TILE_SIZE, fmt: str = "PNG") -> bytes:
+    """A textured RGB tile, the same bytes for the same (z, x, y) every time."""
+    rng = np.random.default_rng(z * 1_000_003 + x * 7919 + y)
+    coarse = rng.integers(0, 256, size=(size // 8, size // 8, 3), dtype=np.uint8)
+    im = Image.fromarray(coarse, "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    noise = rng.integers(-12, 13, size=(size, size, 3))
+    im = Image.fromarray(np.clip(np.asarray(im, dtype=np.int16) + noise, 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the tile server
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "429", "500", "403", "404", "truncate", "reset", "slow"
+    times: int | None = None  # the first N requests of the path; None: every request
+    delay: float = 2.0  # for "slow"
+
+
+@dataclass(frozen=True)
+class Hit:
+    t: float  # time.monotonic() when the request line arrived
+    host: str  # the server address that received it
+    path: str  # without the query
+    target: str  # as sent, query included
+
+
+class TileServer:
+    """A threaded HTTP/1.1 tile server on one or more loopback addresses (one port)."""
+
+    def __init__(self, hosts: tuple[str, ...] = ("127.0.0.1",)):
+        self.port = free_port()
+        self.hosts = hosts
+        self.faults: dict[str, Fault] = {}
+        self.hits: list[Hit] = []
+        self._lock = threading.Lock()
+        self._tiles: dict[tuple[int, int, int], bytes] = {}
+        self.stopping = threading.Event()
+        self._servers: list[ThreadingHTTPServer] = []
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.hosts[0]}:{self.port}"
+
+    def start(self) -> TileServer:
+        for host in self.hosts:
+            server = ThreadingHTTPServer((host, self.port), _Handler)
+            server.tiles = self  # type: ignore[attr-defined]
+            server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+            self._servers.append(server)
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+
+    def tile(self, z: int, x: int, y: int) -> bytes:
+        with self._lock:
+            if (z, x, y) not in self._tiles:
+                self._tiles[(z, x, y)] = make_tile(z, x, y)
+            return self._tiles[(z, x, y)]
+
+    def record(self, host: str, target: str) -> tuple[str, int]:
+        path = urlsplit(target).path
+        with self._lock:
+            self.hits.append(Hit(time.monotonic(), host, path, target))
+            return path, sum(1 for h in self.hits if h.path == path)
+
+    def count(self, path: str) -> int:
+        with self._lock:
+            return sum(1 for h in self.hits if h.path == path)
+
+    def counts(self) -> Counter:
+        with self._lock:
+            return Counter(h.path for h in self.hits)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        return None
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain", headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        srv: TileServer = self.server.tiles  # type: ignore[attr-defined]
+        path, n = srv.record(self.server.server_address[0], self.path)
+        fault = srv.faults.get(path)
+        kind = fault.kind if fault and (fault.times is None or n <= fault.times) else None
+        full_url = f"http://{self.headers.get('Host')}{self.path}"
+        try:
+            z, x, y = (int(p) for p in path.removesuffix(".png").split("/")[-3:])
+        except ValueError:
+            self._send(404, b"not a tile path")
+            return
+        if kind == "reset":  # drop the connection, no response at all (RST)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if kind == "slow":
+            if srv.stopping.wait(fault.delay):
+                return
+        if kind in ("404", "403"):
+            self._send(int(kind), f"no such tile: {full_url}".encode())
+        elif kind == "500":
+            self._send(500, f"internal error while rendering {full_url}".encode())
+        elif kind == "429":
+            self._send(429, b"slow down", headers={"Retry-After": "1"})
+        elif kind == "truncate":
+            data = srv.tile(z, x, y)
+            self._send(200, data[: len(data) // 2], "image/png")
+        else:
+            try:
+                self._send(200, srv.tile(z, x, y), "image/png")
+            except OSError:  # the client gave up (timeout) before we answered
+                self.close_connection = True
+
+
+@pytest.fixture
+def server() -> Iterator[TileServer]:
+    srv = TileServer().start()
+    yield srv
+    srv.stop()
+
+
+def fast_settings(**overrides) -> TilerSettings:
+    values = dict(retries=3, timeout_s=5.0, backoff_base_s=0.01, backoff_max_s=5.0, rate_limit=1000.0)
+    values.update(overrides)
+    return TilerSettings(**values)
+
+
+def xyz(server: TileServer, settings: TilerSettings | None = None, prefix: str = "") -> XyzSource:
+    return XyzSource("t", f"{server.base}{prefix}/{{z}}/{{x}}/{{y}}.png", settings or fast_settings())
+
+
+# --------------------------------------------------------------------------- check_image
+
+
+def test_check_image_accepts_square_png_and_jpeg() -> None:
+    png = make_tile(3, 1, 2)
+    got = check_image(png)
+    assert got == FetchedTile(png, "png", TILE_SIZE)
+    jpg = make_tile(3, 1, 2, size=512, fmt="JPEG")
+    assert (check_image(jpg).ext, check_image(jpg).size) == ("jpg", 512)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9, 0.1])
+def test_check_image_detects_truncated_png(cut: float) -> None:
+    png = make_tile(3, 1, 2)
+    with pytest.raises(TileFetchError, match="corrupt or truncated") as info:
+        check_image(png[: int(len(png) * cut)])
+    assert info.value.retryable
+
+
+def test_check_image_rejects_garbage_non_square_and_unsupported_formats() -> None:
+    with pytest.raises(TileFetchError, match="corrupt or truncated"):
+        check_image(b"<html>rate limited</html>")
+    buf = io.BytesIO()
+    Image.new("RGB", (256, 128)).save(buf, "PNG")
+    with pytest.raises(TileFetchError, match="256x128") as info:
+        check_image(buf.getvalue())
+    assert not info.value.retryable
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "BMP")
+    with pytest.raises(TileFetchError, match="unsupported image format BMP") as info:
+        check_image(buf.getvalue())
+    assert not info.value.retryable
+
+
+# --------------------------------------------------------------------------- XyzSource over HTTP
+
+
+async def test_fetch_returns_the_served_tile(server: TileServer) -> None:
+    src = xyz(server)
+    try:
+        got = await src.fetch(5, 10, 12)
+    finally:
+        await src.aclose()
+    assert got.data == server.tile(5, 10, 12)
+    assert (got.ext, got.size) == ("png", TILE_SIZE)
+    assert server.count("/5/10/12.png") == 1
+    assert src.requests == 1
+
+
+async def test_500_twice_then_ok_succeeds_after_exactly_three_requests(server: TileServer) -> None:
+    server.faults["/5/1/1.png"] = Fault("500", times=2)
+    src = xyz(server, fast_settings(retries=4))
+    try:
+        got = await src.fetch(5, 1, 1)
+    finally:
+        await src.aclose()
+    assert got.data == server.tile(5, 1, 1)
+    assert server.count("/5/1/1.png") == 3
+    assert src.requests == 3
+
+
+async def test_500_always_gives_up_after_the_configured_retries(server: TileServer) -> None:
+    server.faults["/5/1/2.png"] = Fault("500")
+    src = xyz(server, fast_settings(retries=2))
+    try:
+        with pytest.raises(TileFetchError, match="HTTP 500") as info:
+            await src.fetch(5, 1, 2)
+    finally:
+        await src.aclose()
+    assert not isinstance(info.value, TileNotFound)
+    assert server.count("/5/1/2.png") == 3
+
+
+async def test_429_honours_retry_after(server: TileServer) -> None:
+    server.faults["/5/2/2.png"] = Fault("429", times=1)
+    src = xyz(server, fast_settings(retries=2, backoff_base_s=0.01))
+    start = time.monotonic()
+    try:
+        got = await src.fetch(5, 2, 2)
+    finally:
+        await src.aclose()
+    elapsed = time.monotonic() - start
+    assert got.data == server.tile(5, 2, 2)
+    assert server.count("/5/2/2.png") == 2
+    assert elapsed >= 0.95, f"retried after {elapsed:.2f}s, before the 1 s Retry-After"
+    hits = [h.t for h in server.hits if h.path == "/5/2/2.png"]
+    assert hits[1] - hits[0] >= 0.95
+
+
+async def test_404_is_tile_not_found_after_one_request(server: TileServer) -> None:
+    server.faults["/5/3/3.png"] = Fault("404")
+    src = xyz(server, fast_settings(retries=4))
+    try:
+        with pytest.raises(TileNotFound, match="404") as info:
+            await src.fetch(5, 3, 3)
+    finally:
+        await src.aclose()
+    assert "5/3/3" in str(info.value)
+    assert not info.value.retryable
+    assert server.count("/5/3/3.png") == 1
+    assert src.requests == 1
+
+
+async def test_403_is_not_retried(server: TileServer) -> None:
+    server.faults["/5/3/4.png"] = Fault("403")
+    src = xyz(server, fast_settings(retries=4))
+    try:
+        with pytest.raises(TileFetchError, match="HTTP 403") as info:
+            await src.fetch(5, 3, 4)
+    finally:
+        await src.aclose()
+    assert not isinstance(info.value, TileNotFound)
+    assert not info.value.retryable
+    assert server.count("/5/3/4.png") == 1
+
+
+async def test_truncated_body_is_detected_and_retried(server: TileServer) -> None:
+    server.faults["/5/4/4.png"] = Fault("truncate", times=1)
+    server.faults["/5/4/5.png"] = Fault("truncate")
+    src = xyz(server, fast_settings(retries=2))
+    try:
+        got = await src.fetch(5, 4, 4)
+        assert got.data == server.tile(5, 4, 4)
+        assert server.count("/5/4/4.png") == 2
+        with pytest.raises(TileFetchError) as info:
+            await src.fetch(5, 4, 5)
+    finally:
+        await src.aclose()
+    message = str(info.value).lower()
+    assert "corrupt" in message or "truncated" in message
+    assert server.count("/5/4/5.png") == 3
+
+
+async def test_connection_reset_is_retried_then_fails_clearly(server: TileServer) -> None:
+    server.faults["/5/6/6.png"] = Fault("reset", times=1)
+    server.faults["/5/6/7.png"] = Fault("reset")
+    src = xyz(server, fast_settings(retries=2))
+    try:
+        got = await src.fetch(5, 6, 6)
+        assert got.data == server.tile(5, 6, 6)
+        assert server.count("/5/6/6.png") == 2
+        with pytest.raises(TileFetchError, match="connection error") as info:
+            await src.fetch(5, 6, 7)
+    finally:
+        await src.aclose()
+    assert info.value.retryable
+    assert server.count("/5/6/7.png") == 3
+
+
+async def test_slow_response_times_out_is_retried_then_fails_clearly(server: TileServer) -> None:
+    server.faults["/5/7/7.png"] = Fault("slow", delay=2.0)
+    server.faults["/5/7/8.png"] = Fault("slow", times=1, delay=2.0)
+    src = xyz(server, fast_settings(retries=1, timeout_s=0.3))
+    start = time.monotonic()
+    try:
+        with pytest.raises(TileFetchError, match="timed out") as info:
+            await src.fetch(5, 7, 7)
+        elapsed = time.monotonic() - start
+        got = await src.fetch(5, 7, 8)  # slow once, then fine
+    finally:
+        await src.aclose()
+    assert info.value.retryable
+    assert server.count("/5/7/7.png") == 2
+    assert 0.55 <= elapsed < 1.9, elapsed  # two 0.3 s timeouts, not the server's 2 s
+    assert got.data == server.tile(5, 7, 8)
+    assert server.count("/5/7/8.png") == 2
+
+
+def test_subdomain_substitution_in_the_url() -> None:
+    src = XyzSource("t", "https://{s}.tiles.example/{z}/{x}/{y}.png", fast_settings())
+    try:
+        assert src.url(3, 0, 0) == "https://a.tiles.example/3/0/0.png"
+        assert src.url(3, 1, 0) == "https://b.tiles.example/3/1/0.png"
+        assert src.url(3, 1, 1) == "https://c.tiles.example/3/1/1.png"
+        assert src.url(3, 2, 1) == "https://a.tiles.example/3/2/1.png"
+    finally:
+        asyncio.run(src.aclose())
+
+
+async def test_subdomains_spread_requests_over_hosts() -> None:
+    """``{s}`` picks a host per tile; three loopback addresses stand in for a.b.c subdomains."""
+    srv = TileServer(hosts=("127.0.0.1", "127.0.0.2", "127.0.0.3")).start()
+    src = XyzSource("t", f"http://127.0.0.{{s}}:{srv.port}/{{z}}/{{x}}/{{y}}.png", fast_settings(), "123")
+    try:
+        coords = [(6, x, y) for x in range(3) for y in range(2)]
+        got = await asyncio.gather(*(src.fetch(*c) for c in coords))
+    finally:
+        await src.aclose()
+        srv.stop()
+    assert [g.data for g in got] == [srv.tile(*c) for c in coords]
+    by_path = {h.path: h.host for h in srv.hits}
+    assert len(srv.hits) == len(coords)
+    for z, x, y in coords:
+        assert by_path[f"/{z}/{x}/{y}.png"] == f"127.0.0.{'123'[(x + y) % 3]}"
+    assert set(by_path.values()) == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}
+
+
+async def test_rate_limit_holds(server: TileServer) -> None:
+    rate, n = 20, 40
+    src = xyz(server, fast_settings(rate_limit=rate, concurrency=16))
+    start = time.monotonic()
+    try:
+        await asyncio.gather(*(src.fetch(8, x, y) for x in range(8) for y in range(n // 8)))
+    finally:
+        await src.aclose()
+    elapsed = time.monotonic() - start
+    times = sorted(h.t for h in server.hits)
+    assert len(times) == n
+    # The limiter is a leaky/token bucket whose capacity is one second's worth of requests:
+    # `rate` may go at once, the rest at `rate` per second.
+    burst = rate
+    assert elapsed >= (n - burst) / rate * 0.9, f"{n} tiles at {rate}/s took only {elapsed:.2f}s"
+    most = max(sum(1 for t in times if t0 <= t < t0 + 1.0) for t0 in times)
+    assert most <= rate + burst + 1
+    # After the initial burst the pace is the configured rate.
+    after = [t for t in times if t >= times[0] + 0.2]
+    if after:
+        steady = max(sum(1 for t in after if t0 <= t < t0 + 1.0) for t0 in after)
+        assert steady <= rate + 2, f"{steady} requests in one second after the burst"
+
+
+async def test_token_never_appears_in_logs_or_errors(
+    server: TileServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "sekrit-123"
+    monkeypatch.setenv("TEST_TILE_TOKEN", secret)
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "cliprs", "cliprs.tiler", "tenacity", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    template = f"http://127.0.0.1:{server.port}/{{z}}/{{x}}/{{y}}.png?access_token=${{TEST_TILE_TOKEN}}"
+    server.faults["/9/1/1.png"] = Fault("500")
+    server.faults["/9/1/2.png"] = Fault("404")
+    server.faults["/9/1/3.png"] = Fault("500", times=1)
+    core = CoreSettings(tile_sources={"secret": template})
+    src = open_source("secret", core, fast_settings(retries=2))
+    assert isinstance(src, XyzSource)
+    assert src.template == template  # stored as written, placeholder and all
+    messages: list[str] = []
+    try:
+        for coords in ((9, 1, 1), (9, 1, 2)):
+            with pytest.raises(TileFetchError) as info:
+                await src.fetch(*coords)
+            exc: BaseException | None = info.value
+            while exc is not None:
+                messages += [str(exc), repr(exc)]
+                exc = exc.__cause__ or exc.__context__
+        got = await src.fetch(9, 1, 3)
+        assert got.data == server.tile(9, 1, 3)
+    finally:
+        await src.aclose()
+    # The server did get the token, and it echoed the full URL in its error bodies.
+    assert server.hits and all(f"access_token={secret}" in h.target for h in server.hits)
+    assert server.count("/9/1/1.png") == 3
+    assert caplog.records, "nothing was logged, so the check below would prove nothing"
+    logged = [r.getMessage() for r in caplog.records] + [caplog.text]
+    assert any("9/1/1" in m for m in logged), "the requests should be logged (without the token)"
+    for text_ in logged + messages:
+        assert secret not in text_, text_
+
+
+# --------------------------------------------------------------------------- FolderSource, open_source
+
+
+async def test_folder_source_reads_files_and_reports_missing(tmp_path: Path) -> None:
+    data = make_tile(4, 3, 2)
+    (tmp_path / "4" / "3").mkdir(parents=True)
+    (tmp_path / "4" / "3" / "2.png").write_bytes(data)
+    (tmp_path / "4" / "3" / "5.png").write_bytes(data[: len(data) // 2])
+    src = FolderSource("local", f"file://{tmp_path}/{{z}}/{{x}}/{{y}}.png")
+    got = await src.fetch(4, 3, 2)
+    assert got == FetchedTile(data, "png", TILE_SIZE)
+    with pytest.raises(TileNotFound, match="4/3/9"):
+        await src.fetch(4, 3, 9)
+    with pytest.raises(TileFetchError, match="corrupt or truncated"):
+        await src.fetch(4, 3, 5)
+    await src.aclose()
+
+
+def test_open_source_picks_the_class_by_scheme_and_rejects_the_rest(tmp_path: Path) -> None:
+    settings = fast_settings()
+    core = CoreSettings(
+        tile_sources={
+            "local": f"file://{tmp_path}/{{z}}/{{x}}/{{y}}.png",
+            "web": "https://tiles.example/{z}/{x}/{y}.png",
+            "ftp": "ftp://tiles.example/{z}/{x}/{y}.png",
+        }
+    )
+    assert isinstance(open_source("local", core, settings), FolderSource)
+    web = open_source("web", core, settings)
+    assert isinstance(web, XyzSource)
+    asyncio.run(web.aclose())
+    with pytest.raises(InvalidInput, match=r"unknown tile source 'nope'.*ftp, local, web"):
+        open_source("nope", core, settings)
+    with pytest.raises(InvalidInput, match=r"'ftp' has an unsupported scheme.*http\(s\)://.*file://"):
+        open_source("ftp", core, settings)
+    with pytest.raises(InvalidInput, match="configured sources: none"):
+        open_source("web", CoreSettings(tile_sources={}), settings)
+
+
+# --------------------------------------------------------------------------- fetch_job on the real DB
+
+
+def _job_tiles(core: CoreSettings, area_id: int) -> list[dict]:
+    with sync_engine(core.database_url).connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT t.id, t.z, t.x, t.y, t.status, t.error, t.content_hash, t.tile_size "
+                "FROM area_tiles at JOIN tiles t ON t.id = at.tile_id WHERE at.area_id = :a ORDER BY t.id"
+            ),
+            {"a": area_id},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+async def test_fetch_job_records_fetched_and_failed_tiles(
+    server: TileServer, core_settings: CoreSettings
+) -> None:
+    core = CoreSettings(
+        **core_settings.model_dump(exclude={"tile_sources"}),
+        tile_sources={"t": f"http://127.0.0.1:{server.port}/{{z}}/{{x}}/{{y}}.png"},
+    )
+    bbox = BBox(7.40, 46.90, 7.62, 47.02)
+    zooms = [11, 12]
+    plan = sorted((t.z, t.x, t.y) for t in tiles_for_bbox(bbox, zooms))
+    assert len(plan) >= 8
+    path = "/{}/{}/{}.png".format
+    permanent = {path(*plan[0]): Fault("404"), path(*plan[1]): Fault("500")}
+    transient = {
+        path(*plan[2]): Fault("500", times=1),
+        path(*plan[3]): Fault("truncate", times=1),
+        path(*plan[4]): Fault("reset", times=1),
+        path(*plan[5]): Fault("429", times=1),
+    }
+    server.faults.update(permanent | transient)
+    settings = fast_settings(retries=2, concurrency=4, embed_batch=3, timeout_s=5.0)
+
+    engine = sync_engine(core.database_url)
+    with engine.begin() as conn:
+        area_id = conn.execute(
+            text(
+                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
+                "('bern', ST_MakeEnvelope(:a, :b, :c, :d, 4326), CAST(:z AS smallint[]), 't') RETURNING id"
+            ),
+            {"a": bbox.min_lon, "b": bbox.min_lat, "c": bbox.max_lon, "d": bbox.max_lat, "z": zooms},
+        ).scalar_one()
+        job_id = conn.execute(
+            text("INSERT INTO ingest_jobs (area_id) VALUES (:a) RETURNING id"), {"a": area_id}
+        ).scalar_one()
+
+    sent: list[tuple[int, list[int]]] = []
+    counts = await fetch_job(job_id, core, settings, lambda j, ids: sent.append((j, list(ids))))
+
+    rows = _job_tiles(core, area_id)
+    assert sorted((r["z"], r["x"], r["y"]) for r in rows) == plan
+    fetched = {r["id"] for r in rows if r["status"] == "fetched"}
+    failed = {r["id"] for r in rows if r["status"] == "failed"}
+    assert fetched | failed == {r["id"] for r in rows}
+    for r in rows:
+        key = path(r["z"], r["x"], r["y"])
+        if r["status"] == "fetched":
+            served = server.tile(r["z"], r["x"], r["y"])
+            assert r["content_hash"] == hashlib.sha256(served).hexdigest()
+            assert r["tile_size"] == TILE_SIZE
+            cached = core.tile_cache_dir / "t" / str(r["z"]) / str(r["x"]) / f"{r['y']}.png"
+            assert cached.read_bytes() == served
+            assert r["error"] is None
+        else:
+            assert key in permanent, f"{key} failed: {r['error']}"
+            assert r["error"]
+    by_key = {path(r["z"], r["x"], r["y"]): r for r in rows}
+    assert "404" in by_key[path(*plan[0])]["error"]
+    assert "500" in by_key[path(*plan[1])]["error"]
+    assert len(failed) == len(permanent)
+
+    hits = server.counts()
+    expected = {path(*t): 1 for t in plan}
+    expected[path(*plan[1])] = settings.retries + 1  # 500 every time
+    for key in transient:
+        expected[key] = 2  # one fault, one retry
+    assert dict(hits) == expected
+
+    assert all(j == job_id for j, _ in sent)
+    assert all(0 < len(ids) <= settings.embed_batch for _, ids in sent)
+    embedded = [i for _, ids in sent for i in ids]
+    assert sorted(embedded) == sorted(fetched)  # each fetched tile exactly once
+
+    assert counts["tiles_planned"] == len(plan)
+    assert counts["tiles_fetched"] == len(fetched)
+    assert counts["tiles_failed"] == len(failed)
+    with engine.connect() as conn:
+        state = conn.execute(text("SELECT state FROM ingest_jobs WHERE id = :j"), {"j": job_id}).scalar()
+    assert state == "embedding"
+
+    # Run it again (a redelivered task): fetched tiles come from the cache, only failed ones are
+    # asked for again, and the fetched ones are queued for embedding again, once each.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ingest_jobs SET state = 'fetching' WHERE id = :j"), {"j": job_id})
+    before = server.counts()
+    sent.clear()
+    counts2 = await fetch_job(job_id, core, settings, lambda j, ids: sent.append((j, list(ids))))
+    new = server.counts() - before
+    fetched_paths = {path(r["z"], r["x"], r["y"]) for r in rows if r["id"] in fetched}
+    assert not (set(new) & fetched_paths), f"fetched tiles requested again: {new}"
+    assert set(new) <= set(permanent)
+    assert sorted(i for _, ids in sent for i in ids) == sorted(fetched)
+    assert counts2["tiles_fetched"] == len(fetched)
+    assert counts2["tiles_cached"] == len(fetched)
+    assert {r["id"]: r["status"] for r in _job_tiles(core, area_id)} == {r["id"]: r["status"] for r in rows}

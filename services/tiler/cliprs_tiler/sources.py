@@ -8,27 +8,57 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import random
 import re
+import sqlite3
 import string
+import threading
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 import httpx
+import rasterio
+import rasterio.errors
+import rasterio.io
 from aiolimiter import AsyncLimiter
 from PIL import Image
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
+from cliprs_tiler.render import band_plan, render_tile, scene_stretch, tile_format
 from cliprs_tiler.settings import TilerSettings
 
 _PIL_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 _ENV_REF = re.compile(r"\$\{(\w+)\}")
+
+
+class _RedactSecrets(logging.Filter):
+    """Strips tile-source secrets from the HTTP client's own log records (httpx logs every URL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = redacted = record.getMessage()
+            for secret in self.secrets:
+                redacted = redacted.replace(secret, "***")
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+_REDACT = _RedactSecrets()
+for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(_REDACT)
 
 
 class TileFetchError(Exception):
@@ -103,6 +133,7 @@ class XyzSource:
         self.settings = settings
         self.subdomains = subdomains
         self.secrets = [os.environ.get(v, "") for v in _ENV_REF.findall(template)]
+        _REDACT.secrets.update(s for s in self.secrets if s)
         self.limiter = AsyncLimiter(max(settings.rate_limit, 0.001), time_period=1.0)
         self.client = httpx.AsyncClient(
             timeout=settings.timeout_s,
@@ -183,8 +214,127 @@ def _retry_after(headers: httpx.Headers) -> float | None:
             return None
 
 
+class MBTilesSource:
+    """An MBTiles file (SQLite; rows numbered bottom-up, TMS style, so y is flipped)."""
+
+    def __init__(self, name: str, path: Path):
+        self.name = name
+        if not path.is_file():
+            raise InvalidInput(f"tile source {name!r}: no MBTiles file at {path}")
+        # Read-only, shared by the worker threads; the lock serialises use of the one connection.
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self.lock = threading.Lock()
+        try:
+            meta = dict(self.db.execute("SELECT name, value FROM metadata").fetchall())
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise InvalidInput(f"tile source {name!r}: {path} is not an MBTiles file ({exc})") from None
+        if meta.get("format") == "pbf":
+            self.db.close()
+            raise InvalidInput(
+                f"tile source {name!r}: {path} holds vector tiles (pbf); give a raster MBTiles"
+            )
+
+    def _read(self, z: int, x: int, y: int) -> bytes | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT tile_data FROM tiles WHERE zoom_level = ? AND tile_column = ? AND tile_row = ?",
+                (z, x, (1 << z) - 1 - y),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def fetch(self, z: int, x: int, y: int) -> FetchedTile:
+        data = await asyncio.to_thread(self._read, z, x, y)
+        if data is None:
+            raise TileNotFound(f"source {self.name!r} has no tile {z}/{x}/{y}")
+        return check_image(data)
+
+    async def aclose(self) -> None:
+        self.db.close()
+
+
+class RasterSource:
+    """A georeferenced raster (GeoTIFF, COG, JP2; any CRS) cut into Web-Mercator tiles on demand.
+
+    One file with R, G, B as its first bands, or three single-band files (red, green, blue).
+    8-bit imagery is taken as it is; anything else is stretched to its scene-wide 2–98
+    percentiles, computed once, so every tile has the same brightness (no seams).
+    """
+
+    def __init__(self, name: str, paths: list[Path], tile_size: int = 256, fmt: str = "png"):
+        self.name = name
+        self.paths = paths
+        self.tile_size = tile_size
+        self.pil_format, self.ext = tile_format(fmt)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise InvalidInput(f"tile source {name!r}: no raster file at {', '.join(missing)}")
+        self._local = threading.local()  # GDAL handles must not be shared between threads
+        self._opened: list[rasterio.io.DatasetReader] = []
+        self._lock = threading.Lock()
+        self._stretch: list[tuple[float, float]] | None = None
+        try:
+            datasets = self._datasets()
+            band_plan(datasets)
+        except (rasterio.errors.RasterioError, ValueError) as exc:
+            raise InvalidInput(f"tile source {name!r}: {exc}") from None
+        self.nodata = datasets[0].nodata if datasets[0].nodata is not None else 0
+
+    def _datasets(self) -> list[rasterio.io.DatasetReader]:
+        datasets = getattr(self._local, "datasets", None)
+        if datasets is None:
+            datasets = [rasterio.open(p) for p in self.paths]
+            self._local.datasets = datasets
+            with self._lock:
+                self._opened += datasets
+        return datasets
+
+    def _limits(self, datasets: list[rasterio.io.DatasetReader]) -> list[tuple[float, float]]:
+        with self._lock:
+            if self._stretch is None:
+                if all(ds.dtypes[0] == "uint8" for ds in datasets):
+                    self._stretch = [(0.0, 255.0)] * 3
+                else:
+                    self._stretch = scene_stretch(datasets, nodata=self.nodata)
+            return self._stretch
+
+    def render(self, z: int, x: int, y: int) -> bytes | None:
+        """The encoded tile, or None where the raster has no data."""
+        datasets = self._datasets()
+        image = render_tile(
+            datasets, z, x, y, self.tile_size, stretch=self._limits(datasets), nodata=self.nodata
+        )
+        if image is None:
+            return None
+        buf = io.BytesIO()
+        image.save(buf, format=self.pil_format)
+        return buf.getvalue()
+
+    async def fetch(self, z: int, x: int, y: int) -> FetchedTile:
+        data = await asyncio.to_thread(self.render, z, x, y)
+        if data is None:
+            raise TileNotFound(f"source {self.name!r} has no data in tile {z}/{x}/{y}")
+        return FetchedTile(data, self.ext, self.tile_size)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for ds in opened:
+            ds.close()
+
+
+SCHEMES = "http(s)://, file://, mbtiles:// or geotiff://"
+
+
+def _location(template: str, scheme: str) -> tuple[list[Path], dict[str, str]]:
+    """``scheme:///abs/a.tif,/abs/b.tif?opt=v`` -> ([paths], {opt: v}); ``scheme://rel`` is relative."""
+    rest = template.removeprefix(scheme)
+    rest, _, query = rest.partition("?")
+    return [Path(p) for p in rest.split(",") if p], dict(parse_qsl(query))
+
+
 def open_source(name: str, core: CoreSettings, settings: TilerSettings) -> TileSource:
-    """The configured source called ``name``."""
+    """The configured source called ``name``, chosen by the scheme of its template."""
     template = core.tile_sources.get(name)
     if template is None:
         known = ", ".join(sorted(core.tile_sources)) or "none"
@@ -193,4 +343,27 @@ def open_source(name: str, core: CoreSettings, settings: TilerSettings) -> TileS
         return FolderSource(name, template)
     if template.startswith(("http://", "https://")):
         return XyzSource(name, template, settings)
-    raise InvalidInput(f"tile source {name!r} has an unsupported scheme; use http(s):// or file://")
+    if template.startswith("mbtiles://"):
+        paths, _ = _location(template, "mbtiles://")
+        if len(paths) != 1:
+            raise InvalidInput(f"tile source {name!r}: give one file, mbtiles:///path/to/file.mbtiles")
+        return MBTilesSource(name, paths[0])
+    if template.startswith("geotiff://"):
+        paths, options = _location(template, "geotiff://")
+        if len(paths) not in (1, 3):
+            raise InvalidInput(
+                f"tile source {name!r}: give one RGB raster (geotiff:///path/a.tif) or three band files "
+                "in R,G,B order (geotiff:///path/B04.tif,/path/B03.tif,/path/B02.tif)"
+            )
+        try:
+            tile_size = int(options.get("tile_size", 256))
+            fmt = options.get("format", "png")
+            tile_format(fmt)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"tile source {name!r}: {exc}; options are ?tile_size=256&format=png"
+            ) from None
+        if not 64 <= tile_size <= 1024:
+            raise InvalidInput(f"tile source {name!r}: tile_size must be within 64..1024, got {tile_size}")
+        return RasterSource(name, paths, tile_size, fmt)
+    raise InvalidInput(f"tile source {name!r} has an unsupported scheme; use {SCHEMES}")

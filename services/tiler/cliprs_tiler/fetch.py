@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.db.models import Area, AreaTile, IngestJob, Tile
+from cliprs.errors import NotFound, TooLarge
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
-from cliprs.tiles import BBox, tile_polygon_wkt, tiles_for_bbox
+from cliprs.tiles import check_plan_size, tile_polygon_wkt, tiles_for_area, zorder
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import TileFetchError, open_source
 
@@ -41,19 +42,12 @@ class PlannedTile:
     status: str
 
 
-def morton(x: int, y: int) -> int:
-    """Z-order key: interleaving x and y bits keeps neighbouring tiles close in the fetch order."""
-    key = 0
-    for bit in range(32):
-        key |= ((x >> bit) & 1) << (2 * bit) | ((y >> bit) & 1) << (2 * bit + 1)
-    return key
-
-
 def plan_area(conn, area: Area) -> list[PlannedTile]:
-    """Upsert the tile rows of an area (shared with overlapping areas) in Z-order."""
-    poly = to_shape(area.bbox)
-    bbox = BBox(*poly.bounds)
-    tiles = sorted(tiles_for_bbox(bbox, area.zooms), key=lambda t: (t.z, morton(t.x, t.y)))
+    """Upsert the tile rows of an area (shared with overlapping areas) in Z-order.
+
+    The area's polygon (a drawn shape or a box) decides: only tiles overlapping it are planned.
+    """
+    tiles = zorder(tiles_for_area(to_shape(area.bbox), area.zooms))
     planned: list[PlannedTile] = []
     for start in range(0, len(tiles), 1000):
         part = tiles[start : start + 1000]
@@ -100,8 +94,8 @@ class Progress:
         if not force and now - self.last_log < 5:
             return
         self.last_log = now
-        per_zoom = ", ".join(
-            f"z{z}: {self.done[z] + self.cached[z]}/{n} ({self.failed[z]} failed)"
+        per_zoom = "; ".join(
+            f"z{z}: {self.done[z]} fetched, {self.cached[z]} cached, {self.failed[z]} failed of {n}"
             for z, n in sorted(self.planned.items())
         )
         log.info("job %s fetch progress: %s", self.job_id, per_zoom)
@@ -122,6 +116,14 @@ async def fetch_job(
             return {}
         area = session.get(Area, job.area_id)
         conn = session.connection()
+        try:
+            # The API checks this too; an area inserted some other way must not bypass the budget.
+            check_plan_size(to_shape(area.bbox), list(area.zooms), core.max_tiles_per_area)
+        except TooLarge as exc:
+            jobs.set_state(conn, job_id, "failed", error=str(exc))
+            conn.execute(update(Area).where(Area.id == area.id).values(status="failed"))
+            log.warning("job %s refused: %s", job_id, exc)
+            return jobs.refresh_counts(conn, job_id)
         jobs.set_state(conn, job_id, "fetching")
         conn.execute(update(Area).where(Area.id == area.id).values(status="ingesting"))
         planned = plan_area(conn, area)
@@ -217,3 +219,64 @@ def _record_tile(engine, tile_id: int, values: dict) -> None:
             .where(Tile.id == tile_id, Tile.status != "embedded")
             .values(**values, fetched_at=text("now()") if values["status"] == "fetched" else None)
         )
+
+
+def job_progress(conn, job_id: int, max_failures: int = 20) -> dict:
+    """Per-zoom progress of a job, computed from the tiles table (the source of truth).
+
+    Every planned tile is in exactly one of: ``fetched`` (from the source during this job),
+    ``cached`` (already fetched before the job was created, so taken from the tile cache),
+    ``failed`` (with its reason), ``pending``. ``embedded`` counts the fetched or cached tiles
+    that the embedder has finished.
+    """
+    job = conn.execute(
+        text(
+            "SELECT j.id, j.area_id, j.state, j.error, j.tiles_planned, a.source, a.zooms "
+            "FROM ingest_jobs j JOIN areas a ON a.id = j.area_id WHERE j.id = :job"
+        ),
+        {"job": job_id},
+    ).one_or_none()
+    if job is None:
+        raise NotFound(f"no ingest job {job_id}")
+    rows = conn.execute(
+        text(
+            """
+            SELECT t.z,
+                count(*) AS planned,
+                count(*) FILTER (WHERE t.status IN ('fetched', 'embedded')
+                                 AND (t.fetched_at IS NULL OR t.fetched_at >= j.created_at)) AS fetched,
+                count(*) FILTER (WHERE t.status IN ('fetched', 'embedded')
+                                 AND t.fetched_at < j.created_at) AS cached,
+                count(*) FILTER (WHERE t.status = 'failed') AS failed,
+                count(*) FILTER (WHERE t.status = 'planned') AS pending,
+                count(*) FILTER (WHERE t.status = 'embedded') AS embedded
+            FROM ingest_jobs j
+            JOIN area_tiles at ON at.area_id = j.area_id
+            JOIN tiles t ON t.id = at.tile_id
+            WHERE j.id = :job GROUP BY t.z ORDER BY t.z
+            """
+        ),
+        {"job": job_id},
+    ).mappings()
+    zooms = [dict(r) for r in rows]
+    keys = ("planned", "fetched", "cached", "failed", "pending", "embedded")
+    totals = {k: sum(z[k] for z in zooms) for k in keys}
+    if not zooms:  # not planned by the tiler yet: the API's count is all there is
+        totals["planned"] = totals["pending"] = job.tiles_planned
+    failures = conn.execute(
+        text(
+            "SELECT t.z, t.x, t.y, t.error FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
+            "WHERE at.area_id = :area AND t.status = 'failed' ORDER BY t.z, t.id LIMIT :n"
+        ),
+        {"area": job.area_id, "n": max_failures},
+    ).mappings()
+    return {
+        "job_id": job.id,
+        "area_id": job.area_id,
+        "source": job.source,
+        "state": job.state,
+        "error": job.error,
+        "totals": totals,
+        "zooms": zooms,
+        "failures": [dict(f) for f in failures],
+    }

@@ -82,7 +82,7 @@ def _opened(sources: Sequence[Source]) -> Iterator[list[DatasetReader]]:
         yield [s if isinstance(s, DatasetReader) else stack.enter_context(rasterio.open(s)) for s in sources]
 
 
-def _band_plan(datasets: Sequence[DatasetReader]) -> list[tuple[DatasetReader, list[int]]]:
+def band_plan(datasets: Sequence[DatasetReader]) -> list[tuple[DatasetReader, list[int]]]:
     """Which bands of which dataset make R, G and B, grouped by dataset (one warp each)."""
     if len(datasets) == 3:
         return [(ds, [1]) for ds in datasets]
@@ -97,7 +97,7 @@ def scene_stretch(
     """Per-band (R, G, B) stretch limits over the whole scene, shared by every tile."""
     limits: list[Limits] = []
     with _opened(sources) as datasets:
-        for ds, indexes in _band_plan(datasets):
+        for ds, indexes in band_plan(datasets):
             scale = max(ds.width, ds.height) / _STRETCH_SAMPLE_SIZE
             shape = (
                 (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
@@ -155,7 +155,7 @@ def render_tile(
     tile's brightness depend on that call, which shows as seams between tiles.
     """
     with _opened(sources) as datasets:
-        plan = _band_plan(datasets)
+        plan = band_plan(datasets)
         bounds = mercantile.xy_bounds(x, y, z)
         if not _touches_data(datasets, bounds):
             return None
@@ -189,7 +189,7 @@ def render_tile(
     return Image.fromarray(rgb)  # (H, W, 3) uint8 is RGB
 
 
-def _tile_format(fmt: str) -> tuple[str, str]:
+def tile_format(fmt: str) -> tuple[str, str]:
     try:
         return TILE_FORMATS[fmt.lower()]
     except KeyError:
@@ -212,14 +212,14 @@ def render_pyramid(
     Tiles already on disk are kept as they are, so a re-run only renders what is missing.
     Also writes ``{out_dir}/metadata.json`` (bounds, zooms, tile size, format, attribution).
     """
-    pil_format, ext = _tile_format(fmt)
+    pil_format, ext = tile_format(fmt)
     zoom_list = sorted(set(int(z) for z in zooms))
     if not zoom_list or not all(0 <= z <= MAX_ZOOM for z in zoom_list):
         raise ValueError(f"zooms must be a non-empty set within 0..{MAX_ZOOM}, got {zoom_list}")
     out_dir = Path(out_dir)
     done = 0
     with _opened([Path(p) for p in band_paths]) as datasets:
-        _band_plan(datasets)  # fail on a bad band list before doing any work
+        band_plan(datasets)  # fail on a bad band list before doing any work
         bounds = _lonlat_bounds(datasets)
         tiles = list(mercantile.tiles(*bounds, zooms=zoom_list))
         stretch: list[Limits] | None = None  # computed on first use, so a no-op re-run reads no pixels

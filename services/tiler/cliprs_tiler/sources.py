@@ -116,7 +116,7 @@ class FolderSource:
         path = Path(self.template.format(z=z, x=x, y=y))
         if not path.exists():
             raise TileNotFound(f"no tile file {z}/{x}/{y} in source {self.name!r}")
-        return check_image(await asyncio.to_thread(path.read_bytes))
+        return await asyncio.to_thread(lambda: check_image(path.read_bytes()))
 
     async def aclose(self) -> None:
         return None
@@ -171,7 +171,8 @@ class XyzSource:
             )
         if resp.status_code >= 400:
             raise TileFetchError(f"HTTP {resp.status_code}")
-        return check_image(resp.content)
+        # Decoding takes milliseconds: off the event loop, so other tiles keep downloading.
+        return await asyncio.to_thread(check_image, resp.content)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -247,7 +248,7 @@ class MBTilesSource:
         data = await asyncio.to_thread(self._read, z, x, y)
         if data is None:
             raise TileNotFound(f"source {self.name!r} has no tile {z}/{x}/{y}")
-        return check_image(data)
+        return await asyncio.to_thread(check_image, data)
 
     async def aclose(self) -> None:
         self.db.close()
@@ -367,3 +368,23 @@ def open_source(name: str, core: CoreSettings, settings: TilerSettings) -> TileS
             raise InvalidInput(f"tile source {name!r}: tile_size must be within 64..1024, got {tile_size}")
         return RasterSource(name, paths, tile_size, fmt)
     raise InvalidInput(f"tile source {name!r} has an unsupported scheme; use {SCHEMES}")
+
+
+class SourcePool:
+    """Sources opened once and reused by a long-lived process (the HTTP app): a raster stays
+    open with its stretch computed, an HTTP source keeps its connections and its rate limit."""
+
+    def __init__(self, core: CoreSettings, settings: TilerSettings):
+        self.core = core
+        self.settings = settings
+        self._sources: dict[str, TileSource] = {}
+
+    def get(self, name: str) -> TileSource:
+        if name not in self._sources:
+            self._sources[name] = open_source(name, self.core, self.settings)
+        return self._sources[name]
+
+    async def aclose(self) -> None:
+        sources, self._sources = self._sources, {}
+        for source in sources.values():
+            await source.aclose()

@@ -38,3 +38,31 @@ migrate: install infra ## Create the database if needed and apply migrations
 
 demo-tiles: install ## Render the Sentinel-2 demo area into var/demo-tiles
 	@$(PY) -m cliprs_tiler.demo --out var/demo-tiles --zooms 10-14
+
+.PHONY: bench-tiler
+bench-tiler: install infra ## Tiler throughput: tiles/s from a local tile server and the cache, vs a naive fetch
+	@$(PY) benchmarks/bench_tiler.py
+
+.PHONY: bench-embed
+bench-embed: install infra ## Embedder throughput: windows/s end to end and encoder alone (tiny and ViT-B/32-sized CLIP)
+	@$(PY) benchmarks/bench_embed.py
+
+.PHONY: eval
+eval: install ## Evaluate CLIP models side by side (EVAL_ARGS="--model A --model B --retrieval DIR/dataset_rsicd.json")
+	@$(PY) -m cliprs.evaluation $(EVAL_ARGS)
+
+.PHONY: finetune
+finetune: install ## Fine-tune a CLIP on captions (FINETUNE_ARGS="--data DIR/dataset_rsicd.json --model BASE")
+	@$(PY) -m cliprs.finetune $(FINETUNE_ARGS)
+
+.PHONY: bench-finetune
+bench-finetune: install ## Fine-tuning and evaluation throughput (tiny and ViT-B/32 shapes) and a toy run's gain
+	@$(PY) benchmarks/bench_finetune.py
+
+.PHONY: bench-search
+bench-search: install infra ## Search p50/p99 (end to end and index alone), QPS with 8 clients, recall@10 at 100k and 1M windows
+	@$(PY) benchmarks/bench_search.py
+
+.PHONY: bench-web
+bench-web: install infra ## Web map in headless Chromium: page weight, load time, search and slider latency vs the API
+	@$(PY) benchmarks/bench_web.py

@@ -12,18 +12,32 @@ from cliprs.settings import CoreSettings
 TASK_FETCH_AREA = "tiler.fetch_area"
 TASK_EMBED_TILES = "embedder.embed_tiles"
 TASK_INDEX_AREA = "indexer.index_area"
+TASK_DELETE_AREA = "indexer.delete_area"
+TASK_REBUILD = "indexer.rebuild"
+TASK_GC = "indexer.gc"
 
-QUEUE_OF = {TASK_FETCH_AREA: "tiles", TASK_EMBED_TILES: "embed", TASK_INDEX_AREA: "index"}
+QUEUE_OF = {
+    TASK_FETCH_AREA: "tiles",
+    TASK_EMBED_TILES: "embed",
+    TASK_INDEX_AREA: "index",
+    TASK_DELETE_AREA: "index",
+    TASK_REBUILD: "index",
+    TASK_GC: "index",
+}
 
 
-def make_celery(name: str, settings: CoreSettings | None = None, visibility_timeout: int = 900) -> Celery:
+def make_celery(
+    name: str, settings: CoreSettings | None = None, visibility_timeout: int | None = None
+) -> Celery:
     """A Celery app on the configured Redis, with at-least-once delivery.
 
     Tasks are acknowledged after they finish (``acks_late``) and re-queued if the worker dies,
     and every task writes idempotently, so a crash loses nothing and duplicates nothing.
-    ``visibility_timeout`` is how long a task held by a dead worker waits before redelivery.
+    ``visibility_timeout`` (default ``CLIPRS_TASK_VISIBILITY_TIMEOUT``) is how long a task held
+    by a dead worker waits before redelivery.
     """
     settings = settings or CoreSettings()
+    timeout = visibility_timeout or settings.task_visibility_timeout
     app = Celery(name, broker=settings.redis_url, backend=settings.redis_url)
     app.conf.update(
         task_routes={task: {"queue": queue} for task, queue in QUEUE_OF.items()},
@@ -34,7 +48,13 @@ def make_celery(name: str, settings: CoreSettings | None = None, visibility_time
         result_serializer="json",
         accept_content=["json"],
         result_expires=3600,
-        broker_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": timeout,
+            # Idle workers sweep for expired tasks every few seconds (kombu's default sweep is
+            # 10 s x every 10th call), so redelivery follows the timeout closely.
+            "unacked_restore_interval": max(1, min(60, timeout // 4)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )

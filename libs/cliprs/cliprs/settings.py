@@ -23,7 +23,8 @@ class CoreSettings(BaseSettings):
     data_dir: Path = Path("var")
     # Named tile sources: name -> URL template. Schemes: http(s):// XYZ templates (env
     # references like ${MAPBOX_TOKEN} are expanded only at fetch time, so secrets stay out of
-    # logs and the database) and file:// folders laid out as {z}/{x}/{y}.{ext}.
+    # logs and the database), file:// folders laid out as {z}/{x}/{y}.{ext}, mbtiles:///file
+    # and geotiff:///a.tif (or three band files R,G,B, comma-separated; any CRS, cut on the fly).
     tile_sources: dict[str, str] = Field(
         default_factory=lambda: {"demo": "file://var/demo-tiles/{z}/{x}/{y}.png"}
     )
@@ -31,6 +32,10 @@ class CoreSettings(BaseSettings):
     max_zoom: int = 22
     # Prefix for Redis keys and pub/sub channels, so two stacks can share one Redis.
     redis_namespace: str = "cliprs"
+    # Seconds before a task held by a dead worker is redelivered (Redis visibility timeout).
+    # Must exceed the longest task; a live worker's task is otherwise redelivered too (harmless,
+    # every write is idempotent, but wasted work).
+    task_visibility_timeout: int = 900
 
     @field_validator("max_tiles_per_area")
     @classmethod
@@ -68,7 +73,17 @@ class ModelSettings(BaseSettings):
     # failing. `make up` turns this on so the platform runs offline; production leaves it off.
     fallback: bool = False
     fallback_dir: Path = Path(".cache/models/fallback-clip")
-    batch_size: int = 64
+    # Which loader builds the encoder: a name in cliprs.model.loader.BACKENDS ("hf-clip") or
+    # "package.module:function" for a backend that lives in another package.
+    backend: str = "hf-clip"
+    # Images per forward pass; 0 = auto (sized to the free GPU memory on CUDA, 64 on CPU).
+    batch_size: int = 0
+    # auto = fp16 autocast on CUDA, fp32 on CPU; fp32 | fp16 | bf16 force one.
+    precision: str = "auto"
+    # CPU threads: torch's intra-op threads, and the threads that decode/resize images.
+    # 0 = auto (every CPU this process may use); with N workers on one host, give each 1/N.
+    torch_threads: int = 0
+    preprocess_workers: int = 0
 
 
 @lru_cache

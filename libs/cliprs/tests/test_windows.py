@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import mercantile
 import pytest
 from shapely.geometry import box
 from shapely.ops import unary_union
 
-from cliprs.windows import plan_windows, split_window_id, window_bbox, window_id
+from cliprs.windows import Window, plan_windows, split_window_id, window_bbox, window_id
 
 
 def test_quarter_stride_counts_by_hand() -> None:
@@ -65,3 +67,35 @@ def test_bad_window_parameters_are_refused() -> None:
         plan_windows(256, [0.5], 0)
     with pytest.raises(ValueError, match="exceeds"):
         plan_windows(512, [1 / 64], 0.25)
+
+
+def test_footprints_by_hand() -> None:
+    # Tile z1/0/0 spans lon -180..0 and lat 0..85.0511 (the Web-Mercator limit). Its top-left
+    # half window (pixels 0..128 of 256) ends a quarter of the way down the world map:
+    # lat = atan(sinh(pi * (1 - 2 * 0.25))) = atan(sinh(pi / 2)) = 66.5133 degrees.
+    windows = plan_windows(256, [1.0, 0.5], 0.25)
+    whole, half = window_bbox(1, 0, 0, 256, windows[0]), window_bbox(1, 0, 0, 256, windows[1])
+    assert whole.as_list() == pytest.approx([-180, 0, 0, 85.0511287798], abs=1e-9)
+    assert half.as_list() == pytest.approx(
+        [-180, math.degrees(math.atan(math.sinh(math.pi / 2))), -90, 85.0511287798], abs=1e-9
+    )
+    # The next half window starts one stride (32 px = 1/8 of the tile = 22.5 degrees) east.
+    assert window_bbox(1, 0, 0, 256, windows[2]).min_lon == pytest.approx(-157.5)
+
+
+def test_double_resolution_tiles_keep_the_same_layout() -> None:
+    # The study's 512 px (@2x) tiles: the same 26 windows, every pixel count doubled.
+    small, large = plan_windows(256, [1.0, 0.5], 0.25), plan_windows(512, [1.0, 0.5], 0.25)
+    assert len(large) == 26
+    assert [(w.x0 * 2, w.y0 * 2, w.x1 * 2, w.y1 * 2) for w in small] == [
+        (w.x0, w.y0, w.x1, w.y1) for w in large
+    ]
+    assert large[2] == Window(2, 64, 0, 320, 256, 0.5)
+
+
+def test_stride_ratio_changes_the_count() -> None:
+    # Half-window stride: 128 px windows every 64 px on 256 px -> 0, 64, 128 -> 3 x 3.
+    assert len(plan_windows(256, [0.5], 0.5)) == 9
+    # No overlap (stride = window): a 4 x 4 grid of quarter windows that exactly tile the tile.
+    quarters = plan_windows(256, [0.25], 1.0)
+    assert len(quarters) == 16 and sum(w.size**2 for w in quarters) == 256**2

@@ -1,23 +1,32 @@
 """Batch embedding of tiles: cut into windows, embed, hand the vectors on, record the windows.
 
+Tiles are decoded, cut and resized on the encoder's CPU threads a few tiles ahead of the model,
+and their windows share forward passes across tile boundaries (`ClipEncoder.embed_groups`).
+
 Writes are ordered so that a worker killed at any point loses nothing and duplicates nothing:
-the vector chunk is written atomically first, then the window rows (upserts keyed by window id)
-and the tile's status in one transaction. A redelivered task redoes a tile whose status is not
-yet `embedded` and produces the same ids and the same chunk.
+per tile, the vector chunk is written atomically first, then the window rows (keyed by window
+id, ``ON CONFLICT DO NOTHING``) and the tile's status in one transaction. A redelivered task
+skips tiles already `embedded`, redoes the others and produces the same ids and the same chunk.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
+import numpy as np
 from PIL import Image
 from sqlalchemy import text
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.model import ClipEncoder
+from cliprs.model.preprocess import ImageTransform, prefetch_map
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
@@ -25,6 +34,9 @@ from cliprs.windows import Window, plan_windows, window_bbox, window_id
 from cliprs_embedder.settings import EmbedderSettings
 
 log = logging.getLogger("cliprs.embedder")
+
+WRITER_THREADS = 4
+MAX_PENDING_WRITES = 64  # tiles embedded but not yet stored (bounds memory if storage stalls)
 
 
 @dataclass
@@ -34,75 +46,87 @@ class TileWork:
     z: int
     x: int
     y: int
-    size: int  # tile side in pixels
-    windows: list[Window]
-    crops: list[Image.Image]
+    size: int = 0  # tile side in pixels
+    windows: list[Window] = field(default_factory=list)
+    pixels: np.ndarray | None = None  # (n, H, W, 3) uint8 model-sized windows
+    error: str | None = None
 
 
 def cut_tile(
     image: Image.Image, scales: list[float], stride_ratio: float
 ) -> tuple[list[Window], list[Image.Image]]:
     """The windows of a tile image and their pixel crops."""
+    # convert("RGB") like the tiler's /windows/{id}.png, so a crop sent back as a query is the
+    # same pixels the batch path embedded.
     image = image.convert("RGB")
     windows = plan_windows(image.width, scales, stride_ratio)
     return windows, [image.crop((w.x0, w.y0, w.x1, w.y1)) for w in windows]
 
 
-def _load_work(
-    conn, core: CoreSettings, settings: EmbedderSettings, tile_ids: list[int]
-) -> tuple[list[TileWork], list[tuple[int, str]]]:
-    rows = conn.execute(
-        text("SELECT id, source, z, x, y, status FROM tiles WHERE id = ANY(:ids)"), {"ids": tile_ids}
-    ).all()
-    work, failed = [], []
-    for r in rows:
-        if r.status != "fetched":  # embedded already (a redelivery) or never fetched
-            continue
-        path = find_tile(core.tile_cache_dir, r.source, r.z, r.x, r.y)
-        if path is None:
-            failed.append((r.id, "tile file missing from the cache"))
-            continue
-        try:
-            with Image.open(path) as im:
-                size = im.width
-                windows, crops = cut_tile(im, settings.scales_for_zoom(r.z), settings.stride_ratio)
-        except Exception as exc:
-            failed.append((r.id, f"cannot decode cached tile: {type(exc).__name__}"))
-            continue
-        work.append(TileWork(r.id, r.source, r.z, r.x, r.y, size, windows, crops))
-    return work, failed
-
-
-def _window_rows(t: TileWork) -> list[dict]:
-    rows = []
-    for w in t.windows:
-        b = window_bbox(t.z, t.x, t.y, t.size, w)
-        rows.append(
-            dict(
-                id=window_id(t.id, w.index),
-                tile_id=t.id,
-                z=t.z,
-                x0=w.x0,
-                y0=w.y0,
-                x1=w.x1,
-                y1=w.y1,
-                scale=w.scale,
-                fp=b.wkt(),
-                cx=(b.min_lon + b.max_lon) / 2,
-                cy=(b.min_lat + b.max_lat) / 2,
-            )
-        )
-    return rows
+def prepare_tile(
+    row: Any, core: CoreSettings, settings: EmbedderSettings, transform: ImageTransform
+) -> TileWork:
+    """Read a cached tile, cut it into windows and resize them (runs on a preprocessing thread)."""
+    t = TileWork(row.id, row.source, row.z, row.x, row.y)
+    path = find_tile(core.tile_cache_dir, row.source, row.z, row.x, row.y)
+    if path is None:
+        t.error = "tile file missing from the cache"
+        return t
+    try:
+        with Image.open(path) as im:
+            t.size = im.width
+            t.windows, crops = cut_tile(im, settings.scales_for_zoom(row.z), settings.stride_ratio)
+    except Exception as exc:
+        t.error = f"cannot decode cached tile: {type(exc).__name__}"
+        return t
+    t.pixels = transform.prepare(crops)
+    return t
 
 
 INSERT_WINDOWS = text(
     """
     INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center)
-    VALUES (:id, :tile_id, :z, :x0, :y0, :x1, :y1, :scale, ST_GeomFromText(:fp, 4326),
-            ST_SetSRID(ST_MakePoint(:cx, :cy), 4326))
+    SELECT w.id, :tile_id, :z, w.x0, w.y0, w.x1, w.y1, w.scale, ST_GeomFromText(w.fp, 4326),
+           ST_SetSRID(ST_MakePoint(w.cx, w.cy), 4326)
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:x0 AS int[]), CAST(:y0 AS int[]), CAST(:x1 AS int[]),
+                CAST(:y1 AS int[]), CAST(:scale AS float8[]), CAST(:fp AS text[]),
+                CAST(:cx AS float8[]), CAST(:cy AS float8[]))
+         AS w(id, x0, y0, x1, y1, scale, fp, cx, cy)
     ON CONFLICT (id) DO NOTHING
     """
 )
+
+
+def window_rows(t: TileWork) -> dict:
+    """A tile's window rows as column arrays (one INSERT per tile, however many windows)."""
+    cols: dict[str, list] = {k: [] for k in ("ids", "x0", "y0", "x1", "y1", "scale", "fp", "cx", "cy")}
+    for w in t.windows:
+        b = window_bbox(t.z, t.x, t.y, t.size, w)
+        for k, v in (
+            ("ids", window_id(t.id, w.index)),
+            ("x0", w.x0),
+            ("y0", w.y0),
+            ("x1", w.x1),
+            ("y1", w.y1),
+            ("scale", w.scale),
+            ("fp", b.wkt()),
+            ("cx", (b.min_lon + b.max_lon) / 2),
+            ("cy", (b.min_lat + b.max_lat) / 2),
+        ):
+            cols[k].append(v)
+    return {"tile_id": t.id, "z": t.z, **cols}
+
+
+def store_tile(engine, core: CoreSettings, t: TileWork, vectors: np.ndarray, model_id: str) -> None:
+    """Hand a tile's vectors on and record its windows: chunk first, then rows and status."""
+    ids = [window_id(t.id, w.index) for w in t.windows]
+    write_chunk(core.vectors_dir, t.id, ids, vectors, model_id)
+    with engine.begin() as conn:
+        conn.execute(INSERT_WINDOWS, window_rows(t))
+        conn.execute(
+            text("UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL WHERE id = :id"),
+            {"id": t.id},
+        )
 
 
 def embed_tiles(
@@ -110,44 +134,61 @@ def embed_tiles(
     encoder: ClipEncoder,
     core: CoreSettings,
     settings: EmbedderSettings,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> dict:
     """Embed the windows of the given tiles; returns counts for the log."""
     engine = sync_engine(core.database_url)
     start = time.perf_counter()
     with engine.connect() as conn:
-        work, failed = _load_work(conn, core, settings, tile_ids)
+        rows = conn.execute(
+            text(
+                "SELECT id, source, z, x, y FROM tiles WHERE id = ANY(:ids) AND status = 'fetched' ORDER BY id"
+            ),
+            {"ids": tile_ids},
+        ).all()  # embedded already (a redelivery) or never fetched: nothing to do
+    failed: list[TileWork] = []
+
+    def ready_tiles():
+        prepare = partial(prepare_tile, core=core, settings=settings, transform=encoder.transform)
+        for t in prefetch_map(encoder.executor, prepare, rows, ahead=2 * encoder.preprocess_workers):
+            if t.error:
+                failed.append(t)
+            else:
+                yield t, t.pixels
+
+    tiles = windows = 0
+    pending: deque[Future[int]] = deque()
+
+    def store(t: TileWork, vectors: np.ndarray) -> int:
+        store_tile(engine, core, t, vectors, encoder.info.loaded)
+        return len(vectors)
+
+    # Chunk fsyncs and database round trips run on writer threads, so the model does not wait
+    # for them (on a GPU they would otherwise cost as much as the forward passes).
+    with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="embed-write") as writer:
+        for t, vectors in encoder.embed_groups(ready_tiles(), batch_size):
+            t.pixels = None  # free the tile's pixels while the rest runs
+            pending.append(writer.submit(store, t, vectors))
+            while pending and (len(pending) > MAX_PENDING_WRITES or pending[0].done()):
+                windows += pending.popleft().result()  # a failed write fails the task here
+                tiles += 1
+        for f in pending:
+            windows += f.result()
+            tiles += 1
     if failed:
         with engine.begin() as conn:
-            for tile_id, reason in failed:
-                conn.execute(
-                    text(
-                        "UPDATE tiles SET status = 'failed', error = :e WHERE id = :id AND status <> 'embedded'"
-                    ),
-                    {"id": tile_id, "e": reason},
-                )
-    crops = [c for t in work for c in t.crops]
-    vectors = encoder.embed_images(crops, batch_size=batch_size)
-    offset = 0
-    for t in work:
-        n = len(t.windows)
-        ids = [window_id(t.id, w.index) for w in t.windows]
-        write_chunk(core.vectors_dir, t.id, ids, vectors[offset : offset + n], encoder.info.loaded)
-        offset += n
-        with engine.begin() as conn:
-            conn.execute(INSERT_WINDOWS, _window_rows(t))
             conn.execute(
                 text(
-                    "UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL WHERE id = :id"
+                    "UPDATE tiles SET status = 'failed', error = :e WHERE id = :id AND status <> 'embedded'"
                 ),
-                {"id": t.id},
+                [{"id": t.id, "e": t.error} for t in failed],
             )
     elapsed = time.perf_counter() - start
     return {
-        "tiles": len(work),
+        "tiles": tiles,
         "failed": len(failed),
-        "windows": len(crops),
-        "windows_per_s": round(len(crops) / elapsed, 1) if elapsed else None,
+        "windows": windows,
+        "windows_per_s": round(windows / elapsed, 1) if elapsed else None,
     }
 
 

@@ -35,7 +35,7 @@ def _load_model_at_start(**_: object) -> None:
 def embed_tiles_task(job_id: int, tile_ids: list[int]) -> dict:
     """Embed a batch of fetched tiles of a job, then move the job on if it was the last batch."""
     model = encoder()
-    stats = embed_tiles(tile_ids, model, core, settings, batch_size=ModelSettings().batch_size)
+    stats = embed_tiles(tile_ids, model, core, settings)
     log.info("job %s: embedded %s", job_id, stats)
     if advance_job(job_id, core):
         app.send_task(TASK_INDEX_AREA, args=[job_id])

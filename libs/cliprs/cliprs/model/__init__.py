@@ -1,6 +1,7 @@
 """The CLIP model loader shared by the embedder, the evaluation tools and the tests."""
 
 from cliprs.model.encoder import ClipEncoder, ModelInfo
-from cliprs.model.loader import load_encoder
+from cliprs.model.loader import BACKENDS, load_encoder, register_backend
+from cliprs.model.preprocess import ImageTransform
 
-__all__ = ["ClipEncoder", "ModelInfo", "load_encoder"]
+__all__ = ["BACKENDS", "ClipEncoder", "ImageTransform", "ModelInfo", "load_encoder", "register_backend"]

@@ -1,11 +1,17 @@
 """Load a CLIP by Hugging Face id or local folder, with a loud offline fallback.
 
-Backends are looked up in a registry so another family (open_clip, a remote-sensing model with
-its own code) can be added without touching callers.
+Backends are the extension point for other model families (open_clip, a remote-sensing model
+with its own code): a backend is a function ``(name_or_path, device) -> ClipEncoder``. Register
+one under a name with ``@register_backend("name")`` and select it with ``CLIP_BACKEND=name``, or
+point ``CLIP_BACKEND`` at ``package.module:function`` in any installed package; callers keep
+calling `load_encoder` and never change. The encoder needs a model with CLIP's
+``get_image_features(pixel_values=...)`` / ``get_text_features(**tokens)``, a tokenizer and an
+image processor that `cliprs.model.preprocess.ImageTransform` reads (a `transformers` one).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -14,19 +20,53 @@ from transformers import AutoTokenizer, CLIPModel
 from transformers.models.clip import CLIPImageProcessorPil
 
 from cliprs.errors import Unavailable
-from cliprs.model.encoder import ClipEncoder, ModelInfo
+from cliprs.model.encoder import ClipEncoder, ModelInfo, available_cpus
 from cliprs.model.tiny import build_tiny_clip
 from cliprs.settings import ModelSettings
 
 log = logging.getLogger("cliprs.model")
 
+Backend = Callable[[str, torch.device], ClipEncoder]
+BACKENDS: dict[str, Backend] = {}
+DEFAULT_BACKEND = "hf-clip"
+
+
+def register_backend(name: str) -> Callable[[Backend], Backend]:
+    """Decorator: make a loader available as ``CLIP_BACKEND=name``."""
+
+    def add(fn: Backend) -> Backend:
+        BACKENDS[name] = fn
+        return fn
+
+    return add
+
+
+def get_backend(name: str) -> Backend:
+    """A registered backend, or ``module:function`` imported on demand."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise Unavailable(f"cannot import CLIP backend {name!r}: {exc}") from exc
+    raise Unavailable(
+        f"unknown CLIP backend {name!r}; set CLIP_BACKEND to one of {sorted(BACKENDS)} "
+        "or to 'package.module:function'"
+    )
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Unavailable(f"CLIP_DEVICE={name} but no CUDA device is available; use auto or cpu")
+    return device
 
 
+@register_backend(DEFAULT_BACKEND)
 def load_hf_clip(name_or_path: str, device: torch.device) -> ClipEncoder:
     """A `transformers` CLIP (e.g. flax-community/clip-rsicd-v2 or a local folder)."""
     model = CLIPModel.from_pretrained(name_or_path)
@@ -41,16 +81,14 @@ def load_hf_clip(name_or_path: str, device: torch.device) -> ClipEncoder:
     return ClipEncoder(model, tokenizer, processor, device, info)
 
 
-BACKENDS: dict[str, Callable[[str, torch.device], ClipEncoder]] = {"hf-clip": load_hf_clip}
-
-
-def load_encoder(settings: ModelSettings | None = None, backend: str = "hf-clip") -> ClipEncoder:
+def load_encoder(settings: ModelSettings | None = None, backend: str | None = None) -> ClipEncoder:
     """The configured model; on failure the generated fallback if allowed, else `Unavailable`."""
     settings = settings or ModelSettings()
     device = resolve_device(settings.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    load = BACKENDS[backend]
+    # One intra-op thread per CPU we may use (not per hardware thread of the host): several
+    # workers on one machine should split the CPUs with CLIP_TORCH_THREADS.
+    torch.set_num_threads(settings.torch_threads or available_cpus())
+    load = get_backend(backend or settings.backend)
     try:
         encoder = load(settings.model, device)
     except Exception as exc:
@@ -64,9 +102,22 @@ def load_encoder(settings: ModelSettings | None = None, backend: str = "hf-clip"
             settings.model,
             reason,
         )
-        encoder = load(str(build_tiny_clip(settings.fallback_dir)), device)
+        # The fallback is a transformers checkpoint, whatever backend was asked for.
+        encoder = load_hf_clip(str(build_tiny_clip(settings.fallback_dir)), device)
         encoder.info.requested = settings.model
         encoder.info.fallback = True
         encoder.info.reason = reason
-    log.info("CLIP model ready: %s", encoder.info.as_dict())
+    encoder.configure(
+        batch_size=settings.batch_size,
+        precision=settings.precision,
+        preprocess_workers=settings.preprocess_workers,
+    )
+    log.info(
+        "CLIP model ready: %s (batch %d, precision %s, %d torch threads, %d preprocessing threads)",
+        encoder.info.as_dict(),
+        encoder.batch_size,
+        encoder.precision or "fp32",
+        torch.get_num_threads(),
+        encoder.preprocess_workers,
+    )
     return encoder

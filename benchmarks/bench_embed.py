@@ -1,0 +1,287 @@
+"""Embedder throughput: windows per second end to end and for the encoder alone.
+
+    make bench-embed            (or: .venv/bin/python benchmarks/bench_embed.py --tiles 16)
+
+Two models: the tiny generated CLIP the tests use, and a randomly initialised CLIP with
+ViT-B/32's architecture (`transformers.CLIPConfig` defaults; random weights cost the same as
+trained ones), so the figures compare with the study's ~200 windows/s on one RTX 3090 and the
+target of >= 3,000 windows/s end to end on one datacentre GPU. The device is picked as in
+production (``CLIP_DEVICE``, default auto: the GPU when there is one), so the same command
+measures a GPU host.
+
+- encoder alone: windows already resized to 224 px (uint8) through `ClipEncoder.embed_groups`:
+  staging, host-to-device copy, normalisation, the image tower, L2 normalisation, copy back.
+- end to end: `cliprs_embedder.pipeline.embed_tiles` over real Sentinel-2 tiles in the tile
+  cache and a throwaway PostGIS database: read and decode each tile, cut its windows, resize
+  them, encode, write the vector chunk, the window rows and the tile status. Tasks of
+  ``--tiles-per-task`` tiles, as the tiler queues them (``TILER_EMBED_BATCH``).
+- preprocessing alone: decode, cut, resize on the preprocessing threads, against
+  `transformers`' image processor on the same crops (what the embedder used before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers.models.clip import CLIPImageProcessorPil
+
+from cliprs.db.engine import sync_engine, sync_url
+from cliprs.db.migrate import ensure_database, upgrade
+from cliprs.model import ClipEncoder, ImageTransform, ModelInfo, load_encoder
+from cliprs.model.encoder import available_cpus
+from cliprs.model.loader import resolve_device
+from cliprs.model.tiny import build_tiny_clip
+from cliprs.settings import CoreSettings, ModelSettings
+from cliprs.tilecache import tile_path
+from cliprs.tiles import tile_polygon_wkt
+from cliprs_embedder.pipeline import cut_tile, embed_tiles
+from cliprs_embedder.settings import EmbedderSettings
+from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_3090 = 200  # windows/s, the source study on one RTX 3090
+GPU_TARGET = 3000  # windows/s end to end, one modern datacentre GPU
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        gpu = f", GPU {torch.cuda.get_device_name(device)} ({total / 2**30:.0f} GiB, {free / 2**30:.0f} free)"
+    return (
+        f"{cpu}, {available_cpus()} CPUs available, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, device {device}{gpu}"
+    )
+
+
+def demo_tiles(n: int, size: int) -> list[tuple[tuple[int, int, int], Image.Image]]:
+    """``n`` tile keys over the demo scene; the pixels of up to 24 real tiles, reused."""
+    z = 14 if size == 256 else 15  # about the scene's 10 m pixels either way
+    bands = demo_band_paths()
+    stretch = scene_stretch(bands)
+    centre = mercantile.tile(-75.62, 37.67, z)
+    distinct: list[Image.Image] = []
+    for dx in range(-3, 3):
+        for dy in range(-2, 2):
+            im = render_tile(bands, z, centre.x + dx, centre.y + dy, size, stretch=stretch)
+            if im is not None:
+                distinct.append(im)
+    side = int(np.ceil(n**0.5))
+    keys = [(z, centre.x + i % side, centre.y + i // side) for i in range(n)]
+    return [(k, distinct[i % len(distinct)]) for i, k in enumerate(keys)]
+
+
+def vit_b32_random(device: torch.device, tiny_dir: Path) -> ClipEncoder:
+    """ViT-B/32's architecture with random weights (and the real vocabulary)."""
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig())  # the defaults are openai/clip-vit-base-patch32's shapes
+    info = ModelInfo("ViT-B/32 (random weights)", "vit-b-32-random", str(device), 512)
+    return ClipEncoder(model, CLIPTokenizer.from_pretrained(tiny_dir), CLIPImageProcessorPil(), device, info)
+
+
+@contextmanager
+def throwaway_db(admin_url: str) -> Iterator[str]:
+    """A migrated database of its own, dropped afterwards."""
+    name = f"cliprs_bench_{uuid.uuid4().hex[:8]}"
+    url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
+    url = url.replace("postgresql+psycopg2://", "postgresql://")
+    ensure_database(url)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        sync_engine.cache_clear()
+        admin = create_engine(make_url(sync_url(admin_url)), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def seed(core: CoreSettings, tiles: list[tuple[tuple[int, int, int], Image.Image]]) -> list[int]:
+    """Cache the tiles as PNG and record them as fetched; returns their ids."""
+    source = f"bench-{uuid.uuid4().hex[:6]}"
+    ids = []
+    with sync_engine(core.database_url).begin() as conn:
+        area = conn.execute(
+            text(
+                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
+                "('bench', ST_MakeEnvelope(-75.7, 37.6, -75.5, 37.8, 4326), '{14}', :s) RETURNING id"
+            ),
+            {"s": source},
+        ).scalar_one()
+        for (z, x, y), image in tiles:
+            path = tile_path(core.tile_cache_dir, source, z, x, y, "png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            ids.append(
+                conn.execute(
+                    text(
+                        "INSERT INTO tiles (area_id, source, z, x, y, polygon, status) VALUES "
+                        "(:a, :s, :z, :x, :y, ST_GeomFromText(:p, 4326), 'fetched') RETURNING id"
+                    ),
+                    {"a": area, "s": source, "z": z, "x": x, "y": y, "p": tile_polygon_wkt(z, x, y)},
+                ).scalar_one()
+            )
+    return ids
+
+
+def encoder_rate(encoder: ClipEncoder, pixels: np.ndarray, windows: int) -> float:
+    """Windows/s of the encoder over ``windows`` prepared windows (cycled from ``pixels``)."""
+    encoder.embed_pixels(pixels[: min(len(pixels), 8)])  # warm-up (kernels, allocator)
+    reps = int(np.ceil(windows / len(pixels)))
+    groups = ((i, pixels) for i in range(reps))
+    start = time.perf_counter()
+    n = sum(len(v) for _, v in encoder.embed_groups(groups))
+    return n / (time.perf_counter() - start)
+
+
+def end_to_end_rate(
+    encoder: ClipEncoder, tiles: list, db_url: str, settings: EmbedderSettings, per_task: int
+) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
+        core = CoreSettings(database_url=db_url, data_dir=Path(tmp))
+        ids = seed(core, tiles)
+        embed_tiles(seed(core, tiles[:1]), encoder, core, settings)  # warm-up
+        start = time.perf_counter()
+        windows = 0
+        for i in range(0, len(ids), per_task):
+            windows += embed_tiles(ids[i : i + per_task], encoder, core, settings)["windows"]
+        return windows / (time.perf_counter() - start)
+
+
+def preprocessing_rates(tiles: list, settings: EmbedderSettings, workers: int) -> tuple[float, float, int]:
+    """(fast path: decode + cut + resize on the threads, transformers' processor on the crops,
+    threads): what the embedder does now, and what it did per image before."""
+    processor = CLIPImageProcessorPil()  # ViT-B/32's configuration, the tiny model's too
+    transform = ImageTransform.from_processor(processor)
+    threads = workers or available_cpus()
+    with tempfile.TemporaryDirectory(prefix="bench-prep-") as tmp:
+        pngs = []
+        for i, (_, image) in enumerate(tiles):
+            pngs.append(Path(tmp) / f"{i}.png")
+            image.save(pngs[-1])
+
+        def prepare(path: Path) -> int:
+            with Image.open(path) as im:
+                _, crops = cut_tile(im, settings.window_scales, settings.stride_ratio)
+            return len(transform.prepare(crops))
+
+        with ThreadPoolExecutor(threads) as pool:
+            start = time.perf_counter()
+            windows = sum(pool.map(prepare, pngs))
+            fast = windows / (time.perf_counter() - start)
+    crops = [c for _, im in tiles[:4] for c in cut_tile(im, settings.window_scales, settings.stride_ratio)[1]]
+    start = time.perf_counter()
+    processor(images=crops, return_tensors="pt")
+    slow = len(crops) / (time.perf_counter() - start)
+    return fast, slow, threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tiles", type=int, default=0, help="tiles end to end (default 8 on CPU, 400 on GPU)"
+    )
+    parser.add_argument(
+        "--tile-size", type=int, default=512, choices=[256, 512], help="512 = the study's @2x"
+    )
+    parser.add_argument("--tiles-per-task", type=int, default=0, help="default 8 on CPU, 64 on GPU")
+    parser.add_argument("--windows", type=int, default=0, help="encoder-alone windows (default 128 / 16384)")
+    parser.add_argument("--models", default="tiny,vit-b-32")
+    parser.add_argument("--precisions", default="", help="e.g. fp32,bf16 (default: the device's auto)")
+    args = parser.parse_args()
+
+    model_settings = ModelSettings()
+    device = resolve_device(model_settings.device)
+    gpu = device.type == "cuda"
+    n_tiles = args.tiles or (400 if gpu else 8)
+    per_task = args.tiles_per_task or (64 if gpu else 8)
+    n_windows = args.windows or (16384 if gpu else 128)
+    tiny_dir = build_tiny_clip(ROOT / ".cache/models/tiny-test", vocab_cache=ROOT / ".cache/wheels")
+    settings = EmbedderSettings()
+    print(f"machine: {machine(device)}")
+    print(f"rendering {n_tiles} Sentinel-2 demo tiles of {args.tile_size} px ...", flush=True)
+    tiles = demo_tiles(n_tiles, args.tile_size)
+    per_tile = len(cut_tile(tiles[0][1], settings.window_scales, settings.stride_ratio)[0])
+    print(
+        f"windows: scales {settings.window_scales}, stride {settings.stride_ratio} -> {per_tile} per tile; "
+        f"end to end: {n_tiles} tiles in tasks of {per_task}; encoder alone: {n_windows} windows\n"
+    )
+    fast, slow, threads = preprocessing_rates(tiles[:16], settings, model_settings.preprocess_workers)
+    print(
+        f"preprocessing alone (decode, cut, resize on {threads} threads): {fast:.0f} windows/s; "
+        f"transformers' image processor on the same crops: {slow:.0f} windows/s ({fast / slow:.1f}x)\n"
+    )
+    header = (
+        f"{'model':<26}{'precision':<10}{'batch':>6}{'encoder w/s':>13}{'end-to-end w/s':>16}{'e2e/enc':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    admin_url = os.environ.get("CLIPRS_TEST_DATABASE_URL", CoreSettings().database_url)
+    results: dict[str, float] = {}
+    with ExitStack() as stack:
+        try:
+            db_url = stack.enter_context(throwaway_db(admin_url))
+        except Exception as exc:  # no PostgreSQL on this host: still measure the encoder
+            print(f"(end to end skipped: no database at {admin_url.split('@')[-1]}: {type(exc).__name__})")
+            db_url = None
+        for name in args.models.split(","):
+            if name == "tiny":
+                encoder = load_encoder(ModelSettings(model=str(tiny_dir)))
+            else:
+                encoder = vit_b32_random(device, tiny_dir)
+            for precision in args.precisions.split(",") if args.precisions else ["auto"]:
+                encoder.configure(
+                    batch_size=model_settings.batch_size,
+                    precision=precision,
+                    preprocess_workers=model_settings.preprocess_workers,
+                )
+                crops = cut_tile(tiles[0][1], settings.window_scales, settings.stride_ratio)[1]
+                enc = encoder_rate(encoder, encoder.prepare(crops), n_windows)
+                e2e = end_to_end_rate(encoder, tiles, db_url, settings, per_task) if db_url else float("nan")
+                label = str(encoder.precision or torch.float32).replace("torch.", "")
+                title = "tiny generated CLIP" if name == "tiny" else encoder.info.requested
+                print(
+                    f"{title:<26}{label:<10}{encoder.batch_size:>6}{enc:>13.1f}{e2e:>16.1f}{e2e / enc:>9.2f}",
+                    flush=True,
+                )
+                if name != "tiny":
+                    results[label] = e2e
+            encoder.close()
+    if results and not np.isnan(max(results.values())):
+        best = max(results.values())
+        print(
+            f"\nViT-B/32 end to end: {best:.1f} windows/s = {best / STUDY_3090:.3f}x the study's "
+            f"~{STUDY_3090}/s on one RTX 3090 and {best / GPU_TARGET:.4f}x the {GPU_TARGET}/s GPU target"
+            + ("" if gpu else " (a CPU run: both references are GPU figures)")
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 VENV=.venv
 
 apt_missing=()
-for pkg in postgresql-15 postgresql-15-postgis-3 redis-server nodejs npm; do
+for pkg in postgresql-15 postgresql-15-postgis-3 redis-server nodejs npm chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$pkg")
 done
 # Node may come from elsewhere (nvm, NodeSource): only ask apt for it when there is no npm at all.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import threading
@@ -22,6 +23,18 @@ from cliprs_web.app import STATIC_DIR, VENDOR_FILES, create_app
 from cliprs_web.settings import WebSettings
 
 TOKEN = "pk.eyJ1IjoidGVzdCJ9.NOT-A-REAL-TOKEN-5f3a9c"
+PAGE_MODULES = (
+    "api.js",
+    "area-form.js",
+    "colors.js",
+    "draw.js",
+    "geo.js",
+    "map-view.js",
+    "results.js",
+    "search.js",
+    "tiles.js",
+    "ui.js",
+)
 
 
 @dataclass
@@ -231,22 +244,28 @@ def test_index_html_served_at_root(static_with_vendor: Path) -> None:
         assert '<label for="search-input"' in html
         assert 'src="vendor/maplibre-gl.js"' in html
         assert "https://" not in html  # offline: nothing from a CDN
-        for asset in ("/app.js", "/app.css", "/js/api.js", "/js/map-view.js", "/vendor/maplibre-gl.js"):
+        for asset in (
+            "/app.js",
+            "/app.css",
+            *(f"/js/{name}" for name in PAGE_MODULES),
+            "/vendor/maplibre-gl.js",
+        ):
             assert client.get(asset).status_code == 200, asset
         assert "javascript" in client.get("/app.js").headers["content-type"]
 
 
 def test_packaged_static_folder_has_the_page() -> None:
-    for name in (
-        "index.html",
-        "app.js",
-        "app.css",
-        "js/api.js",
-        "js/map-view.js",
-        "js/results.js",
-        "js/ui.js",
-    ):
+    for name in ("index.html", "app.js", "app.css", *(f"js/{module}" for module in PAGE_MODULES)):
         assert (STATIC_DIR / name).is_file(), name
+
+
+def test_every_module_the_page_imports_exists() -> None:
+    """A missing or misspelt ES module breaks the whole page in the browser: check the imports."""
+    sources = [STATIC_DIR / "app.js", *sorted((STATIC_DIR / "js").glob("*.js"))]
+    for path in sources:
+        for target in re.findall(r'^import .* from "(\.[^"]+)";$', path.read_text(), flags=re.M):
+            assert (path.parent / target).resolve().is_file(), f"{path.name} imports {target}"
+    assert {p.name for p in (STATIC_DIR / "js").glob("*.js")} == set(PAGE_MODULES)
 
 
 # ---- the token stays out of logs ----

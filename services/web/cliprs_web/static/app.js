@@ -1,31 +1,29 @@
 /**
- * CLIP-RS web page entry point: loads the runtime config, draws the indexed areas on the map,
- * checks which model the search-api runs on, and wires the search box to the result list.
+ * CLIP-RS web page entry point: loads the runtime config, learns what the APIs offer, creates
+ * the map, shows the fallback-model banner, and wires the search and area panels.
  *
  * The map is optional: if it cannot be created (no WebGL, bundle missing) the error area says
- * so and search with its result list keeps working.
+ * so and search, the result list and the area form keep working.
  */
 
-import { ApiError, SearchApi, loadConfig } from "./js/api.js";
-import { normaliseScores } from "./js/colors.js";
-import { MapView, hitId } from "./js/map-view.js";
-import { highlightResult, renderResults } from "./js/results.js";
-import { ErrorArea, setStatus, showFallbackBanner } from "./js/ui.js";
+import { SearchApi, TilerApi, loadConfig } from "./js/api.js";
+import { AreaForm } from "./js/area-form.js";
+import { MapView } from "./js/map-view.js";
+import { SearchController } from "./js/search.js";
+import { ErrorArea, showFallbackBanner } from "./js/ui.js";
 
-const SEARCH_K = 20;
+const READINESS_RETRY_MS = 15000;
 
 const els = {
   banner: document.getElementById("fallback-banner"),
   map: document.getElementById("map"),
+  mapHint: document.getElementById("map-hint"),
   panel: document.querySelector(".panel"),
-  form: document.getElementById("search-form"),
   input: document.getElementById("search-input"),
-  errors: document.getElementById("errors"),
-  status: document.getElementById("status"),
-  results: document.getElementById("results"),
+  tabs: [...document.querySelectorAll("[role=tab]")],
 };
 
-const errors = new ErrorArea(els.errors);
+const errors = new ErrorArea(document.getElementById("errors"));
 
 /** What the page knows; `mapView` stays null until (and unless) the map has loaded. */
 const state = {
@@ -33,139 +31,89 @@ const state = {
   mapView: null,
   tilerUrl: "",
   areas: [],
-  hits: [],
+  fitted: false,
 };
 
 function describe(err) {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Map padding that keeps framed things clear of the floating panel. */
+/** Map padding that keeps framed things clear of the floating panel (wide screens only). */
 function mapPadding() {
-  const panelRight = els.panel.getBoundingClientRect().right - els.map.getBoundingClientRect().left;
-  const wide = els.map.clientWidth - panelRight > 300;
-  return { top: 40, right: 60, bottom: 40, left: wide ? panelRight + 40 : 40 };
+  const mapRect = els.map.getBoundingClientRect();
+  const panelRect = els.panel.getBoundingClientRect();
+  const floating = panelRect.top < mapRect.bottom && panelRect.right < mapRect.right;
+  const left = floating ? panelRect.right - mapRect.left + 30 : 30;
+  const roomy = mapRect.width - left > 240;
+  return { top: 40, right: 60, bottom: 40, left: roomy ? left : 30 };
 }
 
-/** Select a hit: highlight it in the list and on the map, and optionally fly to it. */
-function selectHit(id, { fly = true } = {}) {
-  const feature = state.hits.find((f) => hitId(f) === id);
-  if (!feature) return;
-  highlightResult(els.results, id);
-  state.mapView?.selectHit(id);
-  if (fly) state.mapView?.flyToHit(feature);
+function showHint(text) {
+  els.mapHint.textContent = text ?? "";
+  els.mapHint.hidden = !text;
 }
 
-/** Draw what is already known (areas, hits) once the map is there. */
-function drawAll() {
-  const mapView = state.mapView;
-  if (!mapView) return;
-  mapView.setAreas(state.areas, state.tilerUrl);
-  mapView.showHits(state.hits);
-  if (!state.hits.length) mapView.fitToAreas(state.areas);
-}
-
-/** Create the map in the background. */
-async function startMap() {
-  try {
-    state.mapView = await MapView.create(els.map, {
-      padding: mapPadding,
-      onError: (key, message) => errors.set(key, message),
-      onHitClick: (id) => selectHit(id, { fly: false }),
-    });
-    drawAll();
-  } catch (err) {
-    errors.set("map", `The map could not be shown: ${describe(err)}`);
-  }
-}
-
-/** Banner when the search-api runs on the generated fallback model. */
-async function checkReadiness(api) {
-  try {
-    const { status, body } = await api.readiness();
-    errors.clear("readiness");
-    showFallbackBanner(els.banner, body?.model);
-    if (status !== 200) {
-      errors.set("readiness", `The search API is not ready yet (HTTP ${status}); searches may fail.`);
+/** Tabs: click or arrow keys switch between the search and the areas panel. */
+function wireTabs() {
+  const select = (tab) => {
+    for (const t of els.tabs) {
+      const on = t === tab;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;
+      document.getElementById(t.getAttribute("aria-controls")).hidden = !on;
     }
-  } catch (err) {
-    errors.set("readiness", `Could not check the search API status: ${describe(err)}`);
+  };
+  for (const tab of els.tabs) {
+    tab.addEventListener("click", () => select(tab));
+    tab.addEventListener("keydown", (event) => {
+      const i = els.tabs.indexOf(tab);
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+      if (!step) return;
+      const next = els.tabs[(i + step + els.tabs.length) % els.tabs.length];
+      select(next);
+      next.focus();
+    });
   }
+  return (id) => select(document.getElementById(id));
 }
 
-/** Load the indexed areas; the map shows their imagery and fits to them. */
-async function loadAreas(api) {
-  try {
-    state.areas = await api.areas();
-    errors.clear("areas");
-    if (!state.areas.length && !state.hits.length) setStatus(els.status, "No area has been indexed yet.");
-  } catch (err) {
-    state.areas = [];
-    errors.set("areas", `Could not load the indexed areas: ${describe(err)}`);
-  }
-  drawAll();
-}
-
-/** Show a search answer: list, pins and footprints, and fly to the best hit. */
-function showSearchResults(query, collection) {
-  state.hits = normaliseScores(
-    [...collection.features].sort((a, b) => (a.properties?.rank ?? 0) - (b.properties?.rank ?? 0)),
-  );
-  renderResults(els.results, state.hits, { onSelect: (id) => selectHit(id) });
-  const took = Number.isFinite(collection.took_ms) ? ` in ${Math.round(collection.took_ms)} ms` : "";
-  const n = state.hits.length;
-  setStatus(els.status, n ? `${n} result${n === 1 ? "" : "s"} for “${query}”${took}.` : `No results for “${query}”.`);
-  state.mapView?.showHits(state.hits);
-  if (n) selectHit(hitId(state.hits[0]));
-}
-
-/** Keep `?q=` in the address bar in step with the last search, so a search can be linked. */
-function rememberQuery(query) {
-  const url = new URL(window.location.href);
-  url.searchParams.set("q", query);
-  window.history.replaceState(null, "", url);
-}
-
-/** Wire the search form: submit (Enter or the button) → GET /v1/search. */
-function wireSearch(api) {
-  let inFlight = null;
-
-  els.form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const query = els.input.value.trim();
-    if (!query) {
-      errors.set("search", "Type what to look for, e.g. “a harbour with boats”.");
-      els.input.focus();
+/** "/" jumps to the search box (unless typing somewhere already); Escape closes a hit's card. */
+function wireShortcuts(selectTab) {
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.mapView?.popup && !state.mapView.drawer.active) {
+      state.mapView.closeCard();
       return;
     }
-    rememberQuery(query);
-    inFlight?.abort();
-    const controller = new AbortController();
-    inFlight = controller;
-    els.results.setAttribute("aria-busy", "true");
-    setStatus(els.status, `Searching for “${query}”…`);
-    try {
-      const collection = await api.search(query, { k: SEARCH_K, signal: controller.signal });
-      errors.clear("search");
-      showSearchResults(query, collection);
-    } catch (err) {
-      if (err?.name === "AbortError") return;
-      state.hits = [];
-      renderResults(els.results, [], { onSelect: () => {} });
-      state.mapView?.showHits([]);
-      const prefix = err instanceof ApiError && err.status ? `Search failed (HTTP ${err.status})` : "Search failed";
-      errors.set("search", `${prefix}: ${describe(err)}`);
-      setStatus(els.status, "");
-    } finally {
-      if (inFlight === controller) {
-        inFlight = null;
-        els.results.removeAttribute("aria-busy");
-      }
+    const typing = event.target instanceof HTMLElement && event.target.matches("input, textarea, select, [contenteditable]");
+    if (event.key === "/" && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) {
+      event.preventDefault();
+      selectTab("tab-search");
+      els.input.focus();
+      els.input.select();
     }
   });
 }
 
+/** Banner when the search-api runs on the generated fallback model; re-checked while not ready. */
+async function checkReadiness(api) {
+  try {
+    const { status, body } = await api.readiness();
+    errors.clear("readiness");
+    const shown = showFallbackBanner(els.banner, body?.model);
+    if (shown) state.mapView?.resize();
+    if (status !== 200) {
+      errors.set("readiness", `The search API is not ready yet (HTTP ${status}): searches may fail until it is.`);
+      setTimeout(() => checkReadiness(api), READINESS_RETRY_MS);
+    }
+  } catch (err) {
+    errors.set("readiness", `Could not check the search API status: ${describe(err)}`);
+    setTimeout(() => checkReadiness(api), READINESS_RETRY_MS);
+  }
+}
+
 async function main() {
+  const selectTab = wireTabs();
+  wireShortcuts(selectTab);
   let config;
   try {
     config = await loadConfig();
@@ -175,16 +123,88 @@ async function main() {
   }
   state.tilerUrl = config.tilerUrl;
   const api = new SearchApi(config.searchApiUrl);
-  wireSearch(api);
-  startMap();
+  const tiler = new TilerApi(config.tilerUrl);
+  const getMap = () => state.mapView;
+  const search = new SearchController({ api, errors, getMap });
+
+  /** Load the areas: map imagery and outlines, the "search in" list, the areas panel. */
+  async function loadAreas({ refresh = [] } = {}) {
+    try {
+      state.areas = await api.areas();
+      errors.clear("areas");
+    } catch (err) {
+      errors.set("areas", `Could not load the areas: ${describe(err)}`);
+      return;
+    }
+    search.setAreas(state.areas);
+    areaForm.setAreas(state.areas);
+    // The API's list of sources when it has one; else the ones in use plus the demo source.
+    const listed = await api.sources().catch(() => null);
+    areaForm.setSources(listed ?? [...state.areas.map((a) => a.source), "demo"]);
+    state.mapView?.setAreas(state.areas, state.tilerUrl, { refresh });
+    if (state.mapView && !state.fitted) {
+      state.fitted = true;
+      state.mapView.fitToAreas(state.areas);
+    }
+  }
+
+  const areaForm = new AreaForm({
+    api,
+    tiler,
+    errors,
+    getMap,
+    onAreasChanged: () => loadAreas(),
+    onAreaReady: async (area, job) => {
+      await loadAreas({ refresh: [area.id] });
+      if (job.state === "done") state.mapView?.fitBbox(area.bbox, { duration: 800 });
+    },
+    onSearchArea: (area) => {
+      selectTab("tab-search");
+      search.useArea(area.id);
+      state.mapView?.fitBbox(area.bbox, { duration: 800 });
+      els.input.focus();
+    },
+  });
+
+  // Capabilities first (cheap), so the first search already knows about polygons and sources.
+  await Promise.all([api.loadCapabilities(), tiler.loadCapabilities()]);
   checkReadiness(api);
-  loadAreas(api);
+  const areasLoaded = loadAreas();
+
+  Promise.resolve()
+    .then(() =>
+      MapView.create(els.map, {
+        padding: mapPadding,
+        mapboxToken: config.mapboxToken,
+        onError: (key, message) => errors.set(key, message),
+        onHitClick: (id) => search.pinClicked(id),
+        onHitHover: (id) => search.pinHovered(id),
+        onHint: showHint,
+      }),
+    )
+    .then(async (mapView) => {
+      state.mapView = mapView;
+      await areasLoaded;
+      mapView.setAreas(state.areas, state.tilerUrl);
+      if (!state.fitted && !search.visible.length) {
+        state.fitted = true;
+        mapView.fitToAreas(state.areas);
+      }
+      mapView.showHits(search.visible);
+      document.body.dataset.map = "ready";
+    })
+    .catch((err) => {
+      errors.set("map", `The map could not be shown: ${describe(err)}`);
+      document.body.dataset.map = "failed";
+    });
+
+  // For the browser console and the browser tests: the page's parts, read-only by convention.
+  globalThis.cliprs = { api, tiler, search, areaForm, get map() { return state.mapView?.map ?? null; } };
+  await areasLoaded;
+  document.body.dataset.ready = "true";
   // A linked search (?q=...) runs straight away.
   const linked = new URLSearchParams(window.location.search).get("q");
-  if (linked?.trim()) {
-    els.input.value = linked;
-    els.form.requestSubmit();
-  }
+  if (linked?.trim()) search.run({ kind: "text", q: linked.trim() });
 }
 
 main();

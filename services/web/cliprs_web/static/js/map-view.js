@@ -1,42 +1,31 @@
 /**
- * The map: imagery of the indexed areas (raster tiles from the tiler), their outlines, and the
- * search hits (pins at each window's centre plus its footprint). Fully offline: the style is
- * built here, with no remote base map, glyphs or sprites.
+ * The map: imagery of the indexed areas (raster tiles from the tiler, over Mapbox satellite when
+ * a token is configured), area outlines, drawn shapes, and the search hits (a pin at each
+ * window's centre plus its footprint). Offline without a token: the style is built here, with
+ * no remote base map, glyphs or sprites.
  */
 
 import { scoreColorExpression } from "./colors.js";
+import { ShapeDrawer } from "./draw.js";
+import { bboxPolygon, geometryBbox, unionBbox } from "./geo.js";
+import { coveringBounds } from "./tiles.js";
 
 export const DEFAULT_VIEW = { center: [-75.62, 37.67], zoom: 11 };
 
 const EMPTY = { type: "FeatureCollection", features: [] };
 const AREA_SOURCE_PREFIX = "area-imagery-";
+const BASEMAP = "mapbox-satellite";
 const LAYERS = {
   areaOutline: "area-outline",
+  shapesFill: "shapes-fill",
+  shapesLine: "shapes-line",
+  hitFill: "hit-fill",
   hitFootprints: "hit-footprints",
   hitPins: "hit-pins",
 };
+export const SHAPE_COLORS = { search: "#ffd43b", area: "#3fd0ff" };
 
-/** A bbox [w, s, e, n] as a GeoJSON Polygon. */
-function bboxPolygon([w, s, e, n]) {
-  return { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] };
-}
-
-/** The [w, s, e, n] around every position of a geometry, or null. */
-function geometryBbox(geometry) {
-  const bounds = [Infinity, Infinity, -Infinity, -Infinity];
-  const visit = (coords) => {
-    if (typeof coords?.[0] === "number") {
-      bounds[0] = Math.min(bounds[0], coords[0]);
-      bounds[1] = Math.min(bounds[1], coords[1]);
-      bounds[2] = Math.max(bounds[2], coords[0]);
-      bounds[3] = Math.max(bounds[3], coords[1]);
-    } else if (Array.isArray(coords)) {
-      coords.forEach(visit);
-    }
-  };
-  visit(geometry?.coordinates);
-  return Number.isFinite(bounds[0]) ? bounds : null;
-}
+const selectedOrHover = ["any", ["boolean", ["feature-state", "selected"], false], ["boolean", ["feature-state", "hover"], false]];
 
 /** The id a hit is known by on the map and in the list. */
 export function hitId(feature) {
@@ -50,8 +39,11 @@ export class MapView {
    * @param {HTMLElement} container
    * @param {{
    *   padding: () => {top: number, right: number, bottom: number, left: number},
+   *   mapboxToken?: string|null,
    *   onError: (key: string, message: string) => void,
    *   onHitClick: (id: number|string) => void,
+   *   onHitHover?: (id: number|string|null) => void,
+   *   onHint?: (text: string|null) => void,
    * }} options
    * @returns {Promise<MapView>}
    */
@@ -60,16 +52,26 @@ export class MapView {
     if (!maplibregl) {
       throw new Error("MapLibre GL JS did not load (vendor/maplibre-gl.js is missing: run services/web/build.sh)");
     }
+    const sources = {};
+    const layers = [{ id: "background", type: "background", paint: { "background-color": "#1b2230" } }];
+    if (options.mapboxToken) {
+      // Mapbox satellite raster tiles under the platform's own imagery (needs the network).
+      const token = encodeURIComponent(options.mapboxToken);
+      sources[BASEMAP] = {
+        type: "raster",
+        tiles: [`https://api.mapbox.com/v4/mapbox.satellite/{z}/{x}/{y}@2x.jpg90?access_token=${token}`],
+        tileSize: 256,
+        maxzoom: 22,
+        attribution: "© Mapbox © Maxar",
+      };
+      layers.push({ id: BASEMAP, type: "raster", source: BASEMAP });
+    }
     const map = new maplibregl.Map({
       container,
-      style: {
-        version: 8,
-        sources: {},
-        layers: [{ id: "background", type: "background", paint: { "background-color": "#1b2230" } }],
-      },
+      style: { version: 8, sources, layers },
       center: DEFAULT_VIEW.center,
       zoom: DEFAULT_VIEW.zoom,
-      attributionControl: { compact: true },
+      attributionControl: { compact: true, customAttribution: "Imagery served by the CLIP-RS tiler" },
     });
     map.addControl(new maplibregl.NavigationControl(), "top-right");
     map.addControl(new maplibregl.ScaleControl(), "bottom-right");
@@ -78,30 +80,46 @@ export class MapView {
     });
   }
 
-  constructor(map, { padding, onError, onHitClick }) {
+  constructor(map, { padding, onError, onHitClick, onHitHover = () => {}, onHint = () => {} }) {
     this.map = map;
     this.padding = padding;
     this.onError = onError;
     this.selectedId = null;
+    this.hoverId = null;
+    this.popup = null;
     this.tilerUrl = "";
     this.tileErrorShown = false;
+    this.shapes = {};
     this.addOverlayLayers();
+    this.drawer = new ShapeDrawer(map, { onHint });
 
     map.on("error", (event) => this.handleError(event));
     map.on("click", LAYERS.hitPins, (event) => {
+      if (this.drawer.active) return;
       const feature = event.features?.[0];
       if (feature) onHitClick(feature.id);
     });
-    map.on("mouseenter", LAYERS.hitPins, () => { map.getCanvas().style.cursor = "pointer"; });
-    map.on("mouseleave", LAYERS.hitPins, () => { map.getCanvas().style.cursor = ""; });
+    map.on("mousemove", LAYERS.hitPins, (event) => {
+      if (this.drawer.active) return;
+      map.getCanvas().style.cursor = "pointer";
+      const id = event.features?.[0]?.id;
+      if (id !== undefined && id !== this.hoverId) {
+        this.hoverHit(id);
+        onHitHover(id);
+      }
+    });
+    map.on("mouseleave", LAYERS.hitPins, () => {
+      if (this.drawer.active) return;
+      map.getCanvas().style.cursor = "";
+      this.hoverHit(null);
+      onHitHover(null);
+    });
   }
 
-  /** Area outlines and hit layers, above every imagery layer (which go in below them). */
+  /** Area outlines, drawn shapes and hit layers, above every imagery layer (added below them). */
   addOverlayLayers() {
     const map = this.map;
-    map.addSource("areas", { type: "geojson", data: EMPTY });
-    map.addSource("hit-footprints", { type: "geojson", data: EMPTY });
-    map.addSource("hit-pins", { type: "geojson", data: EMPTY });
+    for (const id of ["areas", "shapes", "hit-footprints", "hit-pins"]) map.addSource(id, { type: "geojson", data: EMPTY });
     map.addLayer({
       id: LAYERS.areaOutline,
       type: "line",
@@ -109,12 +127,30 @@ export class MapView {
       paint: { "line-color": "#3fd0ff", "line-width": 2, "line-opacity": 0.9 },
     });
     map.addLayer({
+      id: LAYERS.shapesFill,
+      type: "fill",
+      source: "shapes",
+      paint: { "fill-color": ["get", "color"], "fill-opacity": 0.08 },
+    });
+    map.addLayer({
+      id: LAYERS.shapesLine,
+      type: "line",
+      source: "shapes",
+      paint: { "line-color": ["get", "color"], "line-width": 2.5, "line-dasharray": [3, 2] },
+    });
+    map.addLayer({
+      id: LAYERS.hitFill,
+      type: "fill",
+      source: "hit-footprints",
+      paint: { "fill-color": scoreColorExpression(), "fill-opacity": ["case", selectedOrHover, 0.18, 0] },
+    });
+    map.addLayer({
       id: LAYERS.hitFootprints,
       type: "line",
       source: "hit-footprints",
       paint: {
         "line-color": scoreColorExpression(),
-        "line-width": ["case", ["boolean", ["feature-state", "selected"], false], 3.5, 1.5],
+        "line-width": ["case", selectedOrHover, 4, 1.5],
       },
     });
     map.addLayer({
@@ -123,9 +159,9 @@ export class MapView {
       source: "hit-pins",
       paint: {
         "circle-color": scoreColorExpression(),
-        "circle-radius": ["case", ["boolean", ["feature-state", "selected"], false], 10, 7],
-        "circle-stroke-color": "#ffffff",
-        "circle-stroke-width": 1.5,
+        "circle-radius": ["case", selectedOrHover, 11, 7],
+        "circle-stroke-color": ["case", selectedOrHover, "#111111", "#ffffff"],
+        "circle-stroke-width": ["case", selectedOrHover, 3, 1.5],
       },
     });
   }
@@ -133,10 +169,15 @@ export class MapView {
   handleError(event) {
     const sourceId = event.sourceId ?? event.source?.id ?? "";
     if (sourceId.startsWith(AREA_SOURCE_PREFIX)) {
-      if (!this.tileErrorShown) {
+      // A 404 just outside an area's tiles is normal; say it once, not per tile.
+      if (!this.tileErrorShown && event.error?.status !== 404) {
         this.tileErrorShown = true;
         this.onError("tiles", `Some imagery tiles could not be loaded from the tiler at ${this.tilerUrl}.`);
       }
+      return;
+    }
+    if (sourceId === BASEMAP) {
+      this.onError("basemap", "Mapbox satellite tiles could not be loaded: check the token (WEB_MAPBOX_TOKEN) and the network.");
       return;
     }
     this.onError("map", `Map error: ${event.error?.message ?? "unknown"}`);
@@ -145,21 +186,36 @@ export class MapView {
   /**
    * Show the imagery and outline of each area. Raster tiles come from
    * `{tilerUrl}/tiles/{source}/{z}/{x}/{y}` (256 px), limited to the area's bbox and zooms.
+   * Areas in `refresh` are reloaded (their tiles may have been missing while ingesting).
    */
-  setAreas(areas, tilerUrl) {
+  setAreas(areas, tilerUrl, { refresh = [] } = {}) {
     const map = this.map;
     this.tilerUrl = tilerUrl;
+    // Areas that are gone (deleted) lose their imagery.
+    const known = new Set(areas.map((area) => `${AREA_SOURCE_PREFIX}${area.id}`));
+    for (const id of Object.keys(map.getStyle().sources)) {
+      if (id.startsWith(AREA_SOURCE_PREFIX) && !known.has(id)) {
+        map.removeLayer(id);
+        map.removeSource(id);
+      }
+    }
     for (const area of areas) {
       const id = `${AREA_SOURCE_PREFIX}${area.id}`;
+      if (map.getSource(id) && refresh.includes(area.id)) {
+        map.removeLayer(id);
+        map.removeSource(id);
+      }
       if (map.getSource(id)) continue;
       const zooms = (area.zooms ?? []).filter(Number.isInteger);
+      const minzoom = zooms.length ? Math.min(...zooms) : 0;
       const source = encodeURIComponent(area.source);
       map.addSource(id, {
         type: "raster",
         tiles: [`${tilerUrl}/tiles/${source}/{z}/{x}/{y}`],
         tileSize: 256,
-        bounds: area.bbox,
-        minzoom: zooms.length ? Math.min(...zooms) : 0,
+        // The fetched tiles overhang the box, and hits may lie in the overhang: show it too.
+        bounds: coveringBounds(area.bbox, minzoom),
+        minzoom,
         maxzoom: zooms.length ? Math.max(...zooms) : 22,
       });
       map.addLayer({ id, type: "raster", source: id }, LAYERS.areaOutline);
@@ -175,25 +231,54 @@ export class MapView {
     });
   }
 
+  /** Fit the view to a box [w, s, e, n]. */
+  fitBbox(bbox, { maxZoom = 16, duration = 0 } = {}) {
+    this.map.fitBounds([[bbox[0], bbox[1]], [bbox[2], bbox[3]]], { padding: this.padding(), maxZoom, duration });
+  }
+
   /** Fit the view to all areas; with none, go to the default view. */
   fitToAreas(areas) {
-    if (!areas.length) {
-      this.map.jumpTo(DEFAULT_VIEW);
-      return;
-    }
-    const [w, s, e, n] = areas.reduce(
-      (acc, { bbox }) => [
-        Math.min(acc[0], bbox[0]), Math.min(acc[1], bbox[1]),
-        Math.max(acc[2], bbox[2]), Math.max(acc[3], bbox[3]),
-      ],
-      [Infinity, Infinity, -Infinity, -Infinity],
-    );
-    this.map.fitBounds([[w, s], [e, n]], { padding: this.padding(), maxZoom: 16, duration: 0 });
+    const bbox = unionBbox(areas.map((a) => a.bbox));
+    if (bbox) this.fitBbox(bbox);
+    else this.map.jumpTo(DEFAULT_VIEW);
+  }
+
+  /** The box of the map's visible area, clamped to valid longitudes and latitudes. */
+  viewBbox() {
+    const b = this.map.getBounds();
+    return [Math.max(-180, b.getWest()), Math.max(-85, b.getSouth()), Math.min(180, b.getEast()), Math.min(85, b.getNorth())];
+  }
+
+  /** Show (or with null, remove) a drawn shape: "search" (the search restriction) or "area". */
+  setShape(key, shape) {
+    if (shape) this.shapes[key] = shape;
+    else delete this.shapes[key];
+    this.map.getSource("shapes").setData({
+      type: "FeatureCollection",
+      features: Object.entries(this.shapes).map(([kind, s]) => ({
+        type: "Feature",
+        geometry: s.geometry,
+        properties: { kind, color: SHAPE_COLORS[kind] ?? "#ffffff" },
+      })),
+    });
+  }
+
+  /** Start drawing a shape of `kind` for `key`; resolves with the shape, or null if cancelled. */
+  draw(kind, key) {
+    return new Promise((resolve) => {
+      this.drawer.start(kind, {
+        color: SHAPE_COLORS[key],
+        onDone: (shape) => resolve(shape),
+        onCancel: () => resolve(null),
+      });
+    });
   }
 
   /** Draw the hits of a search (features carry `score_norm`), replacing the previous ones. */
   showHits(features) {
     this.selectHit(null);
+    this.hoverHit(null);
+    this.closeCard();
     const footprints = features.filter((f) => f.geometry);
     const pins = features
       .filter((f) => Array.isArray(f.properties?.center))
@@ -201,22 +286,48 @@ export class MapView {
         type: "Feature",
         id: hitId(f),
         geometry: { type: "Point", coordinates: f.properties.center },
-        properties: f.properties,
+        properties: { score_norm: f.properties.score_norm, score: f.properties.score },
       }));
     this.map.getSource("hit-footprints").setData({
       type: "FeatureCollection",
-      features: footprints.map((f) => ({ ...f, id: hitId(f) })),
+      features: footprints.map((f) => ({ type: "Feature", id: hitId(f), geometry: f.geometry, properties: { score_norm: f.properties?.score_norm } })),
     });
     this.map.getSource("hit-pins").setData({ type: "FeatureCollection", features: pins });
   }
 
-  /** Highlight one hit (or none). */
-  selectHit(id) {
+  setState(key, previous, id) {
     for (const source of ["hit-footprints", "hit-pins"]) {
-      if (this.selectedId !== null) this.map.setFeatureState({ source, id: this.selectedId }, { selected: false });
-      if (id !== null && id !== undefined) this.map.setFeatureState({ source, id }, { selected: true });
+      if (previous !== null) this.map.setFeatureState({ source, id: previous }, { [key]: false });
+      if (id !== null && id !== undefined) this.map.setFeatureState({ source, id }, { [key]: true });
     }
+  }
+
+  /** Highlight one hit as the selected one (or none). */
+  selectHit(id) {
+    this.setState("selected", this.selectedId, id);
     this.selectedId = id ?? null;
+  }
+
+  /** Highlight the hit under the pointer or the focused result (or none). */
+  hoverHit(id) {
+    this.setState("hover", this.hoverId, id);
+    this.hoverId = id ?? null;
+  }
+
+  /** Open a hit's card (a popup at its pin) with the given content. */
+  openCard(feature, content) {
+    const center = feature.properties?.center;
+    if (!Array.isArray(center)) return;
+    this.closeCard();
+    this.popup = new globalThis.maplibregl.Popup({ closeButton: true, maxWidth: "300px", offset: 14, focusAfterOpen: false })
+      .setLngLat(center)
+      .setDOMContent(content)
+      .addTo(this.map);
+  }
+
+  closeCard() {
+    this.popup?.remove();
+    this.popup = null;
   }
 
   /**
@@ -225,14 +336,12 @@ export class MapView {
    */
   flyToHit(feature) {
     const bbox = geometryBbox(feature.geometry);
-    const camera = bbox
-      ? this.map.cameraForBounds([[bbox[0], bbox[1]], [bbox[2], bbox[3]]], { padding: this.padding() })
-      : null;
+    const camera = bbox ? this.map.cameraForBounds([[bbox[0], bbox[1]], [bbox[2], bbox[3]]], { padding: this.padding() }) : null;
     const center = feature.properties?.center;
     if (camera) {
-      this.map.flyTo({ ...camera, zoom: Math.min(camera.zoom - 1, 17), duration: 1500 });
+      this.map.flyTo({ ...camera, zoom: Math.min(camera.zoom - 1, 17), duration: 1200 });
     } else if (Array.isArray(center)) {
-      this.map.flyTo({ center, zoom: Number(feature.properties?.z ?? this.map.getZoom()), duration: 1500 });
+      this.map.flyTo({ center, zoom: Number(feature.properties?.z ?? this.map.getZoom()), duration: 1200 });
     }
   }
 

@@ -1,73 +1,193 @@
-/** The result list: one keyboard-focusable button per hit, with thumbnail, score and position. */
+/**
+ * A search hit shown to the user: the result list (thumbnail, score, zoom, address, copyable
+ * coordinates, "find similar", "locate on map") and the card that opens at its pin.
+ * Everything from the API goes in as text or attributes, never as HTML.
+ */
 
 import { SCORE_NORM, scoreColor } from "./colors.js";
+import { formatLonLat, latLonText } from "./geo.js";
 import { hitId } from "./map-view.js";
+import { copyText } from "./ui.js";
 
-/** "37.6712° N, 75.6200° W" from [lon, lat]. */
-export function formatLonLat([lon, lat]) {
-  const ns = lat >= 0 ? "N" : "S";
-  const ew = lon >= 0 ? "E" : "W";
-  return `${Math.abs(lat).toFixed(4)}° ${ns}, ${Math.abs(lon).toFixed(4)}° ${ew}`;
-}
+/**
+ * @typedef {{
+ *   onLocate: (id: number|string) => void,
+ *   onSimilar: (id: number|string) => void,
+ *   onHover: (id: number|string|null) => void,
+ * }} ResultHandlers
+ */
 
 function element(tag, className, text) {
   const el = document.createElement(tag);
   if (className) el.className = className;
-  if (text !== undefined) el.textContent = text;
+  if (text !== undefined && text !== null) el.textContent = text;
   return el;
 }
 
-/** One list item for a hit. Everything from the API goes in as text or attributes, never HTML. */
-function resultItem(feature, onSelect) {
+function button(className, text, onClick, label) {
+  const el = element("button", className, text);
+  el.type = "button";
+  if (label) el.setAttribute("aria-label", label);
+  el.addEventListener("click", onClick);
+  return el;
+}
+
+/** The address of a hit, whatever shape the geocoder gives it (text or an object), or null. */
+export function addressText(address) {
+  if (typeof address === "string") return address.trim() || null;
+  if (!address || typeof address !== "object") return null;
+  const name = [address.label, address.display_name, address.name, address.formatted, address.place]
+    .find((v) => typeof v === "string" && v.trim());
+  if (!name) return null;
+  const km = Number.isFinite(address.distance_km) ? address.distance_km : Number(address.distance_m) / 1000;
+  return Number.isFinite(km) && km > 0.05 ? `${name} (about ${km < 10 ? km.toFixed(1) : Math.round(km)} km away)` : name;
+}
+
+/** How many overlapping windows were merged into this hit, or 0 when the API does not say. */
+export function mergedCount(props) {
+  const merged = props?.merged ?? props?.merged_ids;
+  if (Array.isArray(merged)) return merged.length;
+  const n = Number(merged);
+  return Number.isInteger(n) && n > 0 ? n : 0;
+}
+
+function scoreText(props) {
+  const score = Number(props.score);
+  return Number.isFinite(score) ? score.toFixed(3) : "n/a";
+}
+
+/** "zoom 14 · window 123 · 3 windows merged" */
+function metaText(props, id) {
+  const parts = [];
+  if (props.z !== undefined) parts.push(`zoom ${props.z}`);
+  parts.push(`window ${props.window_id ?? id}`);
+  const merged = mergedCount(props);
+  if (merged) parts.push(`merges ${merged} overlapping`);
+  return parts.join(" · ");
+}
+
+function thumbnail(props, size) {
+  const img = element("img", "thumb");
+  img.alt = "";
+  img.width = size;
+  img.height = size;
+  img.decoding = "async";
+  if (typeof props.image_url === "string") img.src = props.image_url;
+  img.addEventListener("error", () => img.classList.add("thumb--broken"), { once: true });
+  return img;
+}
+
+/** The coordinates line with its copy button. */
+function coordsLine(props) {
+  const line = element("div", "coords");
+  if (!Array.isArray(props.center)) {
+    line.append(element("span", "coords__text", "position unknown"));
+    return line;
+  }
+  const copyValue = latLonText(props.center);
+  line.append(element("span", "coords__text", formatLonLat(props.center)));
+  const copy = button("link-button coords__copy", "Copy", async () => {
+    const ok = await copyText(copyValue);
+    copy.textContent = ok ? "Copied" : "Copy failed";
+    setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+  }, `Copy coordinates ${copyValue}`);
+  copy.dataset.copy = copyValue;
+  line.append(copy);
+  return line;
+}
+
+function scoreLine(props) {
+  const line = element("span", "score");
+  const swatch = element("span", "score__swatch");
+  swatch.style.background = scoreColor(props[SCORE_NORM]);
+  line.append(swatch, `score ${scoreText(props)}`);
+  return line;
+}
+
+/** One list item for a hit: the thumbnail is its "show on the map" button. */
+function resultItem(feature, handlers) {
   const props = feature.properties ?? {};
   const id = hitId(feature);
   const rank = props.rank ?? "?";
-  const score = Number(props.score);
-  const scoreText = Number.isFinite(score) ? score.toFixed(3) : "n/a";
-  const coords = Array.isArray(props.center) ? formatLonLat(props.center) : "position unknown";
+  const address = addressText(props.address);
 
-  const item = element("li");
-  const button = element("button", "result");
-  button.type = "button";
-  button.dataset.id = String(id);
-  button.setAttribute("aria-label", `Result ${rank}: score ${scoreText}, ${coords}. Show on map.`);
-  button.addEventListener("click", () => onSelect(id));
+  const item = element("li", "result");
+  item.dataset.id = String(id);
+  item.addEventListener("mouseenter", () => handlers.onHover(id));
+  item.addEventListener("mouseleave", () => handlers.onHover(null));
+  item.addEventListener("focusin", () => handlers.onHover(id));
+  item.addEventListener("focusout", (event) => {
+    if (!item.contains(event.relatedTarget)) handlers.onHover(null);
+  });
+  // A click anywhere on the item but its buttons (and the selectable coordinates) locates it.
+  item.addEventListener("click", (event) => {
+    if (!event.target.closest("button, .coords__text")) handlers.onLocate(id);
+  });
 
-  const thumb = element("img", "result__thumb");
-  thumb.alt = "";
-  thumb.loading = "lazy";
-  thumb.width = 64;
-  thumb.height = 64;
-  if (typeof props.image_url === "string") thumb.src = props.image_url;
-  thumb.addEventListener("error", () => thumb.classList.add("result__thumb--broken"), { once: true });
+  const main = button("result__main", null, () => handlers.onLocate(id));
+  main.setAttribute(
+    "aria-label",
+    `Result ${rank}: score ${scoreText(props)}${address ? `, ${address}` : ""}. Show on the map.`,
+  );
+  main.append(thumbnail(props, 72));
 
-  const body = element("span", "result__body");
-  body.append(element("span", "result__title", `#${rank} · window ${props.window_id ?? id}`));
-  const scoreLine = element("span", "result__score");
-  const swatch = element("span", "result__swatch");
-  swatch.style.background = scoreColor(props[SCORE_NORM]);
-  scoreLine.append(swatch, `score ${scoreText}`);
-  body.append(scoreLine, element("span", "result__coords", coords));
-
-  button.append(thumb, body);
-  item.append(button);
+  const body = element("div", "result__body");
+  const title = element("div", "result__title");
+  title.append(element("span", "result__rank", `#${rank}`), scoreLine(props));
+  body.append(title, element("div", "result__meta", metaText(props, id)));
+  if (address) body.append(element("div", "result__address", address));
+  body.append(coordsLine(props));
+  const actions = element("div", "result__actions");
+  actions.append(
+    button("small-button", "Find similar", () => handlers.onSimilar(id), `Find windows similar to result ${rank}`),
+    button("small-button", "Locate on map", () => handlers.onLocate(id, { card: true }), `Locate result ${rank} on the map`),
+  );
+  body.append(actions);
+  item.append(main, body);
   return item;
 }
 
-/** Replace the list with these hits; `onSelect(id)` runs when one is activated. */
-export function renderResults(listEl, features, { onSelect }) {
-  listEl.replaceChildren(...features.map((feature) => resultItem(feature, onSelect)));
+/** Replace the list with these hits. */
+export function renderResults(listEl, features, handlers) {
+  listEl.replaceChildren(...features.map((feature) => resultItem(feature, handlers)));
+}
+
+/** The card that opens at a hit's pin. */
+export function hitCard(feature, handlers) {
+  const props = feature.properties ?? {};
+  const id = hitId(feature);
+  const card = element("div", "card");
+  card.dataset.id = String(id);
+  const head = element("div", "card__head");
+  const title = element("div", "card__title");
+  title.append(element("strong", null, `#${props.rank ?? "?"}`), " ", scoreLine(props));
+  head.append(thumbnail(props, 96), title);
+  card.append(head, element("div", "card__meta", metaText(props, id)));
+  const address = addressText(props.address);
+  if (address) card.append(element("div", "card__address", address));
+  card.append(coordsLine(props));
+  card.append(button("small-button", "Find similar", () => handlers.onSimilar(id), `Find windows similar to result ${props.rank ?? ""}`));
+  return card;
 }
 
 /** Mark one result as current (or none) and scroll it into view. */
-export function highlightResult(listEl, id) {
-  for (const button of listEl.querySelectorAll(".result")) {
-    const current = id !== null && button.dataset.id === String(id);
+export function highlightResult(listEl, id, { scroll = true } = {}) {
+  for (const item of listEl.querySelectorAll(".result")) {
+    const current = id !== null && item.dataset.id === String(id);
+    item.classList.toggle("result--current", current);
+    const main = item.querySelector(".result__main");
     if (current) {
-      button.setAttribute("aria-current", "true");
-      button.scrollIntoView({ block: "nearest" });
+      main?.setAttribute("aria-current", "true");
+      if (scroll) item.scrollIntoView({ block: "nearest" });
     } else {
-      button.removeAttribute("aria-current");
+      main?.removeAttribute("aria-current");
     }
+  }
+}
+
+/** Mark the result under the pointer on the map (or none). */
+export function hoverResult(listEl, id) {
+  for (const item of listEl.querySelectorAll(".result")) {
+    item.classList.toggle("result--hover", id !== null && item.dataset.id === String(id));
   }
 }

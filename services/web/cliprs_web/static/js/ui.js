@@ -1,4 +1,4 @@
-/** Small page widgets: the error area, the status line and the fallback-model banner. */
+/** Small page widgets: the error area, status lines, the fallback banner, copy and download. */
 
 /**
  * A visible list of current problems, one per key ("areas", "search"...), so a later success
@@ -30,8 +30,9 @@ export class ErrorArea {
     title.className = "errors__title";
     title.textContent = this.messages.size === 1 ? "Something went wrong" : "Some things went wrong";
     const list = document.createElement("ul");
-    for (const message of this.messages.values()) {
+    for (const [key, message] of this.messages) {
       const item = document.createElement("li");
+      item.dataset.key = key;
       item.textContent = message;
       list.append(item);
     }
@@ -40,7 +41,7 @@ export class ErrorArea {
   }
 }
 
-/** Set the polite status line (screen readers announce it). */
+/** Set a polite status line (screen readers announce it). */
 export function setStatus(el, text) {
   el.textContent = text;
 }
@@ -59,18 +60,77 @@ export function showFallbackBanner(el, model) {
   const requested = model.requested ? `“${model.requested}”` : "the configured model";
   const headline = document.createElement("strong");
   headline.textContent = "Fallback model in use — search results are not meaningful. ";
-  const detail = document.createTextNode(
+  const detail = document.createElement("span");
+  detail.className = "banner__detail";
+  detail.textContent =
     `The platform is running on a generated fallback model${model.loaded ? ` (${model.loaded})` : ""} ` +
-      `because ${requested} could not be loaded.`,
-  );
+    `because ${requested} could not be loaded.`;
   const parts = [headline, detail];
   if (model.reason) {
-    const reason = document.createElement("span");
+    const reason = document.createElement("details");
     reason.className = "banner__reason";
-    reason.textContent = `Reason: ${model.reason}`;
+    const summary = document.createElement("summary");
+    summary.textContent = "Why, and how to fix it";
+    const text = document.createElement("span");
+    text.textContent =
+      `${String(model.reason).replace(/[.\s]+$/, "")}. Put the model in the Hugging Face cache or set CLIP_MODEL to a local folder, ` +
+      "then restart the platform.";
+    reason.append(summary, text);
     parts.push(reason);
   }
   el.replaceChildren(...parts);
   el.hidden = false;
   return true;
+}
+
+/** Put text on the clipboard; true when it worked. */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // Clipboard API refused (no permission, insecure origin): the old way still works mostly.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.append(area);
+    area.select();
+    let ok = false;
+    try {
+      ok = document.execCommand("copy");
+    } catch {
+      ok = false;
+    }
+    area.remove();
+    return ok;
+  }
+}
+
+/** Offer `data` as a JSON file download named `filename`. */
+export function downloadJson(data, filename, type = "application/geo+json") {
+  const blob = new Blob([JSON.stringify(data, null, 2)], { type });
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+/** A file-name-safe slug of a text. */
+export function slug(text, max = 40) {
+  return String(text).toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, max) || "results";
+}
+
+/** Run `fn` at most once per `ms` milliseconds of quiet (for live input). */
+export function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
 }

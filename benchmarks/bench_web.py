@@ -1,0 +1,339 @@
+"""Web map: page load, search as the browser sees it, and live filtering, in headless Chromium.
+
+    make bench-web            (or: .venv/bin/python benchmarks/bench_web.py --queries 30)
+
+Starts the whole platform as local processes (tiny generated CLIP, a throwaway PostGIS
+database, a Redis database of its own), ingests a real Sentinel-2 area through the API, then
+drives the page in Debian's Chromium (Playwright, ``--disable-gpu``: WebGL runs on the CPU,
+so map drawing is slower than on a desktop with a GPU). Figures:
+
+- the page's own weight (HTML, CSS, JS and the vendored MapLibre bundle), raw and gzipped;
+- cold page load: navigation until the areas are listed (config, API capabilities, areas) and
+  until the map has loaded, median of ``--loads`` fresh browser contexts;
+- text search: the API alone (a Python client), the browser's fetch of the same request, and the
+  browser's whole search (fetch, list and pins), p50 and p90, with the page's overhead as ratios;
+- live filtering: one move of the sensitivity slider over ``--k`` results (list and pins
+  redrawn), mean of 50 moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+from playwright.sync_api import sync_playwright
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from cliprs.db.engine import sync_engine, sync_url
+from cliprs.db.migrate import ensure_database, upgrade
+from cliprs.devstack import Ports, Stack, service_specs, stack_env
+from cliprs.model.tiny import build_tiny_clip
+from cliprs.testing import free_port
+from cliprs.tiles import BBox, tiles_for_bbox
+from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+from cliprs_web.app import STATIC_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+AREA = {"name": "bench", "bbox": [-75.68, 37.64, -75.60, 37.70], "zooms": [13, 14, 15], "source": "bench"}
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHRASES = [
+    "boats near a pier", "farmland", "a creek through a marsh", "a beach", "houses along a road",
+    "a forest", "a parking lot", "a small town", "a field with crops", "a river bend",
+]  # fmt: skip
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+@contextmanager
+def throwaway_db(admin_url: str) -> Iterator[str]:
+    """A migrated database of its own, dropped afterwards."""
+    name = f"cliprs_bench_{uuid.uuid4().hex[:8]}"
+    url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
+    url = url.replace("postgresql+psycopg2://", "postgresql://")
+    ensure_database(url)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        sync_engine.cache_clear()
+        admin = create_engine(make_url(sync_url(admin_url)), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def own_redis_db(base_url: str) -> Iterator[str]:
+    """A Redis database nobody else uses (Celery queues are per database), claimed with the
+    same lock key as the test fixtures, emptied afterwards."""
+    netloc = urlsplit(base_url).netloc
+    for db in range(15, 7, -1):
+        url = f"redis://{netloc}/{db}"
+        client = redis.Redis.from_url(url)
+        if client.set("cliprs-test-session", "bench-web", nx=True, ex=3600):
+            break
+        client.close()
+    else:
+        raise RuntimeError("no free Redis database among 8..15")
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def render_area(out: Path) -> int:
+    bands = demo_band_paths()
+    stretch = scene_stretch(bands)
+    n = 0
+    for t in tiles_for_bbox(BBox(*AREA["bbox"]), AREA["zooms"]):
+        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
+        path = out / str(t.z) / str(t.x) / f"{t.y}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        n += 1
+    return n
+
+
+def bundle_sizes() -> tuple[int, int, int, int]:
+    """(own files raw, gzipped, vendored MapLibre raw, gzipped) in bytes."""
+    own = [STATIC_DIR / "index.html", STATIC_DIR / "app.css", STATIC_DIR / "app.js"]
+    own += sorted((STATIC_DIR / "js").glob("*.js"))
+    vendor = [STATIC_DIR / "vendor/maplibre-gl.js", STATIC_DIR / "vendor/maplibre-gl.css"]
+
+    def sizes(paths: list[Path]) -> tuple[int, int]:
+        data = [p.read_bytes() for p in paths]
+        return sum(map(len, data)), sum(len(gzip.compress(d, 9)) for d in data)
+
+    return (*sizes(own), *sizes(vendor))
+
+
+def ingest(api: str, timeout_s: float = 900) -> dict:
+    resp = httpx.post(f"{api}/v1/areas", json=AREA, timeout=30)
+    resp.raise_for_status()
+    job = resp.json()["job"]
+    deadline = time.monotonic() + timeout_s
+    while job["state"] not in ("done", "failed"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ingest not finished after {timeout_s:.0f} s: {job}")
+        time.sleep(0.5)
+        job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
+    if job["state"] != "done":
+        raise RuntimeError(f"ingest failed: {job}")
+    return job
+
+
+def measure_page(web: str, api: str, args: argparse.Namespace) -> dict:
+    out: dict = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        ready, map_ready = [], []
+        for _ in range(args.loads):
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            start = time.perf_counter()
+            page.goto(web, wait_until="commit")
+            page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            ready.append((time.perf_counter() - start) * 1000)
+            page.wait_for_selector("body[data-map=ready]", timeout=60_000)
+            map_ready.append((time.perf_counter() - start) * 1000)
+            context.close()
+        out["load"] = {"ready": statistics.median(ready), "map": statistics.median(map_ready)}
+
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(web)
+        page.wait_for_selector("body[data-ready=true][data-map=ready]")
+        # Each search starts on a settled map: the previous fly-to animation and tile loads are
+        # over (on a CPU-rendered WebGL they would hold the page's main thread). The time until
+        # the map settles again (fly to the best hit, tiles loaded) is measured too.
+        search = """async ([q, k]) => {
+            // 'idle' comes after a frame with nothing left to load; a timer keeps a stuck tile
+            // from stalling the benchmark.
+            const idle = () => new Promise((resolve) => {
+                const timer = setTimeout(resolve, 10000);
+                const done = () => { clearTimeout(timer); resolve(); };
+                if (cliprs.map.loaded() && !cliprs.map.isMoving()) done();
+                else { cliprs.map.once('idle', done); cliprs.map.triggerRepaint(); }
+            });
+            await idle();
+            const t = performance.now();
+            await cliprs.search.run({kind: 'text', q}, {k});
+            const shown = performance.now() - t;
+            await new Promise((resolve) => requestAnimationFrame(resolve));
+            await idle();
+            return [shown, cliprs.search.meta.roundTripMs, cliprs.search.meta.tookMs,
+                    cliprs.search.features.length, performance.now() - t];
+        }"""
+        for q in PHRASES:  # warm-up: connections, caches, JIT
+            page.evaluate(search, [q, 20])
+            httpx.get(f"{api}/v1/search", params={"q": q, "k": 20})
+        total, fetch, server, direct, direct_server, settled = [], [], [], [], [], []
+        with httpx.Client(timeout=60) as client:
+
+            def from_python(q: str) -> None:
+                t = time.perf_counter()
+                resp = client.get(f"{api}/v1/search", params={"q": q, "k": 20})
+                direct.append((time.perf_counter() - t) * 1000)
+                resp.raise_for_status()
+                direct_server.append(resp.json()["took_ms"])
+
+            for i in range(args.queries):
+                q = PHRASES[i % len(PHRASES)]
+                if i % 2:  # alternate who asks first, so neither profits from the other's caches
+                    from_python(q)
+                t_total, t_fetch, t_server, _, t_settled = page.evaluate(search, [q, 20])
+                settled.append(t_settled)
+                total.append(t_total)
+                fetch.append(t_fetch)
+                server.append(t_server)
+                if not i % 2:
+                    from_python(q)
+        # What the client adds to the server's own work, per request: HTTP, JSON, the event loop.
+        client_cost = {
+            "direct": [d - s for d, s in zip(direct, direct_server, strict=True)],
+            "fetch": [f - s for f, s in zip(fetch, server, strict=True)],
+        }
+        out["client_cost"] = {k: statistics.median(v) for k, v in client_cost.items()}
+        out["search"] = {
+            name: {"p50": pct(v, 50), "p90": pct(v, 90)}
+            for name, v in (
+                ("server", server),
+                ("direct", direct),
+                ("fetch", fetch),
+                ("total", total),
+                ("settled", settled),
+            )
+        }
+        t_big, _, _, n_big, _ = page.evaluate(search, ["farmland", args.k])
+        out["big"] = {"ms": t_big, "n": n_big}
+        per_move = page.evaluate(
+            """() => {
+                const slider = document.getElementById('min-score');
+                const lo = Number(slider.min), hi = Number(slider.max);
+                const t = performance.now();
+                for (let i = 0; i < 50; i += 1) {
+                    slider.value = String(lo + ((i % 10) / 10) * (hi - lo));
+                    slider.dispatchEvent(new Event('input'));
+                }
+                return (performance.now() - t) / 50;
+            }"""
+        )
+        out["slider"] = {"ms": per_move, "n": n_big}
+        browser.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--queries", type=int, default=30, help="timed text searches")
+    parser.add_argument("--loads", type=int, default=5, help="cold page loads")
+    parser.add_argument("--k", type=int, default=200, help="results for the rendering and slider figures")
+    parser.add_argument("--chromium", default=os.environ.get("CLIPRS_CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get(
+            "CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the services, database and Redis are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    own_raw, own_gz, vendor_raw, vendor_gz = bundle_sizes()
+    model_dir = build_tiny_clip(REPO / ".cache/models/tiny-test", vocab_cache=REPO / ".cache/wheels")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        throwaway_db(args.admin_url) as db_url,
+        own_redis_db(args.redis_url) as redis_url,
+    ):
+        tmp_path = Path(tmp)
+        print("rendering the Sentinel-2 tiles of the area...", flush=True)
+        n_tiles = render_area(tmp_path / "tiles")
+        ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
+        env = stack_env(
+            ports,
+            {
+                **os.environ,
+                "CLIPRS_DATABASE_URL": db_url,
+                "CLIPRS_REDIS_URL": redis_url,
+                "CLIPRS_DATA_DIR": str(tmp_path / "data"),
+                "CLIPRS_TILE_SOURCES": json.dumps(
+                    {"bench": f"file://{tmp_path}/tiles/{{z}}/{{x}}/{{y}}.png"}
+                ),
+                "CLIPRS_REDIS_NAMESPACE": "bench-web",
+                "CLIP_MODEL": str(model_dir),
+                "HF_HUB_OFFLINE": "1",
+            },
+        )
+        stack = Stack(tmp_path / "run", env, cwd=REPO)
+        specs = service_specs(ports, with_web=True)
+        try:
+            for spec in specs:
+                stack.start(spec)
+            stack.wait_ready(specs, timeout_s=300)
+            api, web = f"http://127.0.0.1:{ports.search}", f"http://127.0.0.1:{ports.web}"
+            print(f"ingesting {n_tiles} tiles through the API...", flush=True)
+            job = ingest(api)
+            print(
+                f"area: {n_tiles} Sentinel-2 tiles at zooms {AREA['zooms']}, {job['windows_indexed']:,} windows"
+            )
+            r = measure_page(web, api, args)
+        finally:
+            stack.stop_all()
+
+    s = r["search"]
+    print(f"\npage weight: own files {own_raw / 1024:.0f} KiB ({own_gz / 1024:.0f} KiB gzipped), "
+          f"MapLibre {vendor_raw / 1024:.0f} KiB ({vendor_gz / 1024:.0f} KiB gzipped)")  # fmt: skip
+    print(
+        f"cold load (median of {args.loads}): areas listed {r['load']['ready']:.0f} ms, map loaded {r['load']['map']:.0f} ms"
+    )
+    print(f"\ntext search, k=20, {args.queries} queries      p50 ms   p90 ms")
+    for name, label in (
+        ("server", "API work (took_ms)"),
+        ("direct", "API from a Python client"),
+        ("fetch", "API from the page (fetch)"),
+        ("total", "page: fetch + list + pins"),
+        ("settled", "page: until the map has flown"),
+    ):
+        print(f"  {label:<32} {s[name]['p50']:7.1f}  {s[name]['p90']:7.1f}")
+    cost = r["client_cost"]
+    print(
+        f"  page overhead: total/fetch {s['total']['p50'] / s['fetch']['p50']:.2f}x "
+        f"(list and pins {s['total']['p50'] - s['fetch']['p50']:.1f} ms); "
+        f"transfer beyond took_ms: page {cost['fetch']:.1f} ms, Python {cost['direct']:.1f} ms"
+    )
+    print(f"\n{r['big']['n']} results (k={args.k}): search and render {r['big']['ms']:.0f} ms")
+    print(f"slider move over {r['slider']['n']} results (list and pins redrawn): {r['slider']['ms']:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,675 @@
+"""The web map in a real headless Chromium (Debian's ``chromium``, driven by Playwright) against
+the real platform on loopback: PostGIS, Redis, tiler, embedder, indexer, search-api and web as
+processes, one small Sentinel-2 area ingested through the API before the tests, another through
+the page's own form.
+
+The stack runs on the generated fallback model (``CLIP_FALLBACK=1`` with a model that cannot
+load; the fallback is the tiny test CLIP), so the fallback banner is shown for real.
+
+Every test saves a screenshot under ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mercantile
+import pytest
+from playwright.sync_api import sync_playwright
+from shapely.geometry import box, shape
+
+from cliprs.devstack import Ports, Stack, service_specs, stack_env
+from cliprs.testing import REPO_ROOT, free_port
+from cliprs.tiles import BBox, tiles_for_bbox
+from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip install playwright (requirements-dev.txt)"
+)
+
+CHROMIUM = os.environ.get("CLIPRS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+
+SOURCE = "test"
+# Ingested through the API before the tests: farmland and a creek on Virginia's Eastern Shore.
+AREA_BBOX = [-75.66, 37.66, -75.62, 37.69]
+AREA_ZOOMS = [13, 14]
+# Drawn and ingested through the page's form (tiles rendered with a margin around it).
+NEW_AREA_BBOX = [-75.585, 37.705, -75.565, 37.72]
+NEW_AREA_MARGIN = 0.01
+MAX_TILES = 200
+K = 20
+
+
+def _margin(bbox: list[float], d: float) -> BBox:
+    return BBox(bbox[0] - d, bbox[1] - d, bbox[2] + d, bbox[3] + d)
+
+
+@pytest.fixture(scope="module")
+def tile_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Sentinel-2 tiles of both test areas, rendered into an XYZ folder."""
+    out = tmp_path_factory.mktemp("tiles")
+    bands = demo_band_paths()
+    stretch = scene_stretch(bands)
+    wanted = {*tiles_for_bbox(BBox(*AREA_BBOX), AREA_ZOOMS)}
+    wanted |= {*tiles_for_bbox(_margin(NEW_AREA_BBOX, NEW_AREA_MARGIN), AREA_ZOOMS)}
+    for t in wanted:
+        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
+        assert image is not None, f"the demo scene should cover tile {t}"
+        path = out / str(t.z) / str(t.x) / f"{t.y}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pg_url: str,
+    redis_url: str,
+    tiny_model_dir: Path,
+    tile_folder: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict]:
+    """Every service including the web page as a real process, on the fallback model."""
+    run_dir = tmp_path_factory.mktemp("run")
+    ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
+    env = stack_env(
+        ports,
+        {
+            **os.environ,
+            "CLIPRS_DATABASE_URL": pg_url,
+            "CLIPRS_REDIS_URL": redis_url,
+            "CLIPRS_DATA_DIR": str(run_dir / "data"),
+            "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
+            "CLIPRS_MAX_TILES_PER_AREA": str(MAX_TILES),
+            "CLIPRS_REDIS_NAMESPACE": "browser",
+            # A model that cannot load, and the fallback allowed: the fallback is the tiny CLIP.
+            "CLIP_MODEL": str(run_dir / "no-such-model"),
+            "CLIP_FALLBACK": "1",
+            "CLIP_FALLBACK_DIR": str(tiny_model_dir),
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
+    s = Stack(run_dir, env)
+    specs = service_specs(ports, with_web=True)
+    try:
+        for spec in specs:
+            s.start(spec)
+        s.wait_ready(specs, timeout_s=180)
+        yield {
+            "api": f"http://127.0.0.1:{ports.search}",
+            "tiler": f"http://127.0.0.1:{ports.tiler}",
+            "web": f"http://127.0.0.1:{ports.web}",
+            "stack": s,
+        }
+    finally:
+        s.stop_all()
+
+
+def _follow(stack: dict, job: dict, timeout_s: float = 240) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while job["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, f"ingest did not finish: {job}"
+        time.sleep(0.5)
+        job = httpx.get(f"{stack['api']}/v1/jobs/{job['id']}").json()
+    if job["state"] != "done":
+        logs = "\n".join(
+            stack["stack"].log_tail(n) for n in ("tiler-worker", "embedder-worker-1", "indexer-worker")
+        )
+        pytest.fail(f"ingest failed: {job}\n{logs}")
+    return job
+
+
+@pytest.fixture(scope="module")
+def ingested(stack: dict) -> dict:
+    """The first area, created through the API and followed until searchable."""
+    resp = httpx.post(
+        f"{stack['api']}/v1/areas",
+        json={"name": "Creek farmland", "bbox": AREA_BBOX, "zooms": AREA_ZOOMS, "source": SOURCE},
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    return {"area": body["area"], "job": _follow(stack, body["job"])}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (make install does)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, stack: dict, *, width: int = 1280, height: int = 800, path: str = "/"):
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack["web"])
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    # Tiles just outside an area answer 404, which Chromium logs; anything else is a problem.
+    page.on(
+        "console",
+        lambda msg: (
+            problems.append(msg.text)
+            if msg.type == "error" and "Failed to load resource" not in msg.text
+            else None
+        ),
+    )
+    page.goto(stack["web"] + path)
+    page.wait_for_selector("body[data-ready=true][data-map=ready]", timeout=30_000)
+    page.problems = problems  # type: ignore[attr-defined]
+    return page
+
+
+@pytest.fixture
+def page(browser, stack: dict, ingested: dict, request: pytest.FixtureRequest) -> Iterator[object]:
+    """The map page at 1280x800 with the first area indexed; a screenshot is saved afterwards."""
+    pg = _open(browser, stack)
+    yield pg
+    _screenshot(pg, request.node.name)
+    pg.context.close()
+
+
+def _screenshot(pg, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path))
+    return path
+
+
+def _search(pg, text: str) -> None:
+    pg.fill("#search-input", text)
+    pg.press("#search-input", "Enter")
+    _wait_results(pg)
+
+
+def _wait_results(pg) -> None:
+    pg.wait_for_function(
+        "() => !document.getElementById('results').hasAttribute('aria-busy')"
+        " && /results? for|No results/.test(document.getElementById('status').textContent)"
+    )
+
+
+def _result_ids(pg) -> list[int]:
+    return [int(v) for v in pg.eval_on_selector_all("#results .result", "els => els.map(e => e.dataset.id)")]
+
+
+def _shown_scores(pg) -> list[float]:
+    texts = pg.eval_on_selector_all("#results .result .score", "els => els.map(e => e.textContent)")
+    return [float(t.split("score ")[1]) for t in texts]
+
+
+def _pin_ids(pg) -> list[int]:
+    data = pg.evaluate("() => cliprs.map.getSource('hit-pins').getData()")
+    return sorted(int(f["id"]) for f in data["features"])
+
+
+def _api_ids(stack: dict, **params) -> list[int]:
+    resp = httpx.get(f"{stack['api']}/v1/search", params={"k": K, **params})
+    assert resp.status_code == 200, resp.text
+    return [f["properties"]["window_id"] for f in resp.json()["features"]]
+
+
+def _errors(pg) -> str:
+    return pg.inner_text("#errors") if pg.is_visible("#errors") else ""
+
+
+def _map_pixel(pg, lon: float, lat: float) -> tuple[float, float]:
+    """Page coordinates of a lon/lat on the map."""
+    x, y = pg.evaluate(
+        "([lon, lat]) => { const p = cliprs.map.project([lon, lat]);"
+        " const r = cliprs.map.getCanvas().getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }",
+        [lon, lat],
+    )
+    return x, y
+
+
+def _fit(pg, bbox: list[float]) -> None:
+    pg.evaluate(
+        "(b) => new Promise(res => { cliprs.map.once('moveend', () => res());"
+        " cliprs.map.fitBounds([[b[0], b[1]], [b[2], b[3]]], {padding: {top: 60, bottom: 60, left: 440, right: 60}, duration: 0}); })",
+        bbox,
+    )
+
+
+# ---------------------------------------------------------------- the page and the banner
+
+
+def test_page_shows_areas_and_the_fallback_banner(page, stack: dict, ingested: dict) -> None:
+    banner = page.locator("#fallback-banner")
+    banner.wait_for(state="visible")
+    assert "Fallback model in use" in banner.inner_text()
+    assert "no-such-model" in banner.inner_text()  # names the model that could not be loaded
+    page.click("#tab-areas")
+    item = page.locator(f".area-item[data-area-id='{ingested['area']['id']}']")
+    assert "Creek farmland" in item.inner_text() and "ready" in item.inner_text()
+    page.click("#tab-search")
+    options = page.eval_on_selector_all("#search-area option", "els => els.map(e => e.textContent)")
+    assert options == ["All areas", "Creek farmland"]
+    # The area's imagery comes from the tiler once the map has rendered.
+    page.wait_for_function("() => cliprs.map.areTilesLoaded()")
+    assert page.evaluate(f"() => Boolean(cliprs.map.getSource('area-imagery-{ingested['area']['id']}'))")
+    assert not _errors(page)
+    assert page.problems == []
+
+
+def test_no_banner_when_the_real_model_is_loaded(browser, stack: dict, ingested: dict) -> None:
+    """The banner logic on the same real /readyz answer, with the model reported as loaded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+
+    def real_model(route) -> None:
+        body = route.fetch().json()
+        body["model"] = {**body["model"], "fallback": False, "requested": body["model"]["loaded"]}
+        body["model"].pop("reason", None)
+        route.fulfill(json=body, headers={"access-control-allow-origin": "*"})
+
+    pg.route(f"{stack['api']}/readyz", real_model)
+    pg.goto(stack["web"])
+    pg.wait_for_selector("body[data-ready=true][data-map=ready]")
+    assert pg.locator("#fallback-banner").is_hidden()
+    _screenshot(pg, "test_no_banner_when_the_real_model_is_loaded")
+    context.close()
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_text_search_lists_pins_and_flies_to_the_best_hit(page, stack: dict) -> None:
+    _search(page, "farmland along a creek")
+    ids = _result_ids(page)
+    assert ids == _api_ids(stack, q="farmland along a creek")  # same hits, same order as the API
+    assert len(ids) == K
+    status = page.inner_text("#status")
+    assert status.startswith(f"{K} results for “farmland along a creek” in ") and " ms" in status
+    assert _pin_ids(page) == sorted(ids)
+    first = page.locator("#results .result").first
+    assert "zoom 1" in first.inner_text() and "° N" in first.inner_text()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results .thumb')].slice(0, 5).every(i => i.complete && i.naturalWidth > 0)"
+    )
+    # The map flies to the best hit: once it stops, the best hit's centre is in view.
+    page.wait_for_function("() => !cliprs.map.isMoving()")
+    best = httpx.get(f"{stack['api']}/v1/search", params={"q": "farmland along a creek", "k": 1}).json()
+    lon, lat = best["features"][0]["properties"]["center"]
+    assert page.evaluate(f"() => cliprs.map.getBounds().contains([{lon}, {lat}])")
+    assert page.get_attribute(f".result[data-id='{ids[0]}'] .result__main", "aria-current") == "true"
+
+    # The next page, through the API's cursor when it gives one.
+    page.click("#more-results")
+    page.wait_for_function(f"() => document.querySelectorAll('#results .result').length > {K}")
+    first_page = httpx.get(f"{stack['api']}/v1/search", params={"q": "farmland along a creek", "k": K}).json()
+    if first_page.get("next_cursor"):
+        params = {"q": "farmland along a creek", "k": K, "cursor": first_page["next_cursor"]}
+        second = httpx.get(f"{stack['api']}/v1/search", params=params).json()
+        expected = ids + [f["properties"]["window_id"] for f in second["features"]]
+    else:
+        expected = _api_ids(stack, q="farmland along a creek", k=2 * K)
+    assert _result_ids(page) == expected
+
+
+def test_hover_highlights_the_pin_and_a_click_on_a_pin_opens_its_card(page, stack: dict) -> None:
+    _search(page, "a field")
+    page.wait_for_function("() => !cliprs.map.isMoving()")
+    ids = _result_ids(page)
+    target = ids[1]
+    page.hover(f".result[data-id='{target}'] .result__main")
+    state = page.evaluate(f"() => cliprs.map.getFeatureState({{source: 'hit-pins', id: {target}}})")
+    assert state.get("hover") is True
+    footprint = page.evaluate(f"() => cliprs.map.getFeatureState({{source: 'hit-footprints', id: {target}}})")
+    assert footprint.get("hover") is True
+    # Click the pin of the target (found where the map draws it).
+    center = page.evaluate(f"() => cliprs.search.visible.find(f => f.id === {target}).properties.center")
+    page.evaluate(f"() => cliprs.map.jumpTo({{center: {center}}})")  # in view, clear of the panel
+    page.mouse.click(*_map_pixel(page, *center))
+    card = page.locator(".maplibregl-popup .card")
+    card.wait_for(state="visible")
+    clicked = int(card.get_attribute("data-id"))
+    assert clicked in ids  # pins may overlap: the card is the clicked pin's
+    assert page.get_attribute(f".result[data-id='{clicked}'] .result__main", "aria-current") == "true"
+    assert "score" in card.inner_text() and "zoom" in card.inner_text()
+
+
+def test_coordinates_copy_and_results_download_as_geojson(page, stack: dict) -> None:
+    _search(page, "houses")
+    first = page.locator("#results .result").first
+    copy = first.locator(".coords__copy")
+    expected = copy.get_attribute("data-copy")
+    copy.click()
+    assert page.evaluate("() => navigator.clipboard.readText()") == expected
+    lat, lon = (float(v) for v in expected.split(","))
+    center = page.evaluate("() => cliprs.search.visible[0].properties.center")
+    assert (round(lon, 6), round(lat, 6)) == (round(center[0], 6), round(center[1], 6))
+
+    with page.expect_download() as download_info:
+        page.click("#download-results")
+    download = download_info.value
+    assert download.suggested_filename == "cliprs-houses.geojson"
+    data = json.loads(Path(download.path()).read_text())
+    assert data["type"] == "FeatureCollection"
+    assert data["query"] == {"text": "houses"}
+    assert [f["properties"]["window_id"] for f in data["features"]] == _result_ids(page)
+    for f in data["features"]:
+        assert shape(f["geometry"]).is_valid and "score_norm" not in f["properties"]
+
+
+def test_sensitivity_slider_filters_live(page, stack: dict) -> None:
+    _search(page, "a beach")
+    assert len(_result_ids(page)) == K
+    slider = page.locator("#min-score")
+    slider.focus()
+    for _ in range(3):
+        page.keyboard.press("PageUp")  # keyboard steps raise the minimum score
+    threshold = float(page.input_value("#min-score"))
+    scores = _shown_scores(page)
+    assert 0 < len(scores) < K
+    assert min(scores) >= round(threshold, 3) - 0.0005
+    assert page.inner_text("#min-score-value") == f"{threshold:.3f}"
+    assert page.inner_text("#status").startswith(f"{len(scores)} of {K} results")
+    assert len(_pin_ids(page)) == len(scores)  # the map follows the list
+    page.keyboard.press("End")  # only the best remain
+    top = float(page.input_value("#min-score"))
+    best = _shown_scores(page)
+    assert 1 <= len(best) <= len(scores) and min(best) >= round(top, 3) - 0.0005
+    page.keyboard.press("Home")
+    assert len(_result_ids(page)) == K and len(_pin_ids(page)) == K
+
+
+def test_find_similar_ranks_the_window_itself_first(page, stack: dict) -> None:
+    _search(page, "marsh")
+    target = _result_ids(page)[2]
+    page.click(f".result[data-id='{target}'] >> text=Find similar")
+    page.wait_for_function(
+        f"() => /similar to window {target}/.test(document.getElementById('status').textContent)"
+    )
+    _wait_results(page)
+    ids = _result_ids(page)
+    api = httpx.get(f"{stack['api']}/v1/windows/{target}/similar", params={"k": K}).json()
+    assert ids == [f["properties"]["window_id"] for f in api["features"]]
+    assert ids[0] == target
+    assert _shown_scores(page)[0] >= 0.99
+
+
+def test_image_search_with_a_windows_pixels_finds_it(page, stack: dict, tmp_path: Path) -> None:
+    _search(page, "a road")
+    target = _result_ids(page)[4]
+    png = httpx.get(f"{stack['tiler']}/windows/{target}.png").content
+    picture = tmp_path / "query.png"
+    picture.write_bytes(png)
+    page.set_input_files("#image-input", str(picture))
+    page.wait_for_function(
+        "() => /the image “query.png”/.test(document.getElementById('status').textContent)"
+    )
+    _wait_results(page)
+    assert _result_ids(page)[0] == target
+    assert _shown_scores(page)[0] >= 0.99
+
+    # The same picture dropped on the drop zone (a real drop event carrying the file).
+    other = _result_ids(page)[3]
+    dropped = list(httpx.get(f"{stack['tiler']}/windows/{other}.png").content)
+    page.evaluate(
+        """(bytes) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'}));
+            const zone = document.getElementById('drop-zone');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+            }
+        }""",
+        dropped,
+    )
+    page.wait_for_function(
+        "() => /the image “dropped.png”/.test(document.getElementById('status').textContent)"
+    )
+    _wait_results(page)
+    assert _result_ids(page)[0] == other
+
+
+# ---------------------------------------------------------------- restricting by a drawn shape
+
+
+def test_a_drawn_box_restricts_the_search(page, stack: dict) -> None:
+    _search(page, "farmland")
+    _fit(page, AREA_BBOX)
+    # Draw a box over the north-west quarter of the area.
+    w, s, e, n = AREA_BBOX
+    corner_a = _map_pixel(page, w - 0.002, n + 0.002)
+    corner_b = _map_pixel(page, (w + e) / 2, (s + n) / 2)
+    page.click("#restrict-box")
+    assert page.is_visible("#map-hint")
+    page.mouse.move(*corner_a)
+    page.mouse.down()
+    page.mouse.move(*corner_b, steps=8)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => /Searching only inside a box/.test(document.getElementById('restriction').textContent)"
+    )
+    _wait_results(page)
+    drawn = page.evaluate("() => cliprs.search.shape.bbox")
+    assert drawn[0] == pytest.approx(w - 0.002, abs=0.001) and drawn[3] == pytest.approx(n + 0.002, abs=0.001)
+    ids = _result_ids(page)
+    assert ids, "the box covers part of the area, so something is found"
+    bbox_param = ",".join(f"{round(v, 6)}" for v in drawn)
+    assert ids == _api_ids(stack, q="farmland", bbox=bbox_param)
+    for footprint in page.evaluate("() => cliprs.search.visible.map(f => f.geometry)"):
+        assert shape(footprint).intersects(box(*drawn))
+    page.click("#restrict-clear")
+    page.wait_for_function(
+        "() => /Searching everywhere/.test(document.getElementById('restriction').textContent)"
+    )
+    _wait_results(page)
+    assert _result_ids(page) == _api_ids(stack, q="farmland")
+
+
+def test_a_drawn_polygon_restricts_the_search(page, stack: dict) -> None:
+    _search(page, "trees")
+    _fit(page, AREA_BBOX)
+    w, s, e, n = AREA_BBOX
+    corners = [(w + 0.005, s + 0.005), (e - 0.005, s + 0.005), ((w + e) / 2, n - 0.005)]
+    page.click("#restrict-polygon")
+    for lon, lat in corners:
+        page.mouse.click(*_map_pixel(page, lon, lat))
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => /inside a polygon of 3 corners/.test(document.getElementById('restriction').textContent)"
+    )
+    _wait_results(page)
+    ids = _result_ids(page)
+    assert ids
+    polygon = shape(page.evaluate("() => cliprs.search.shape.geometry"))
+    footprints = [shape(g) for g in page.evaluate("() => cliprs.search.visible.map(f => f.geometry)")]
+    if page.is_visible("#search-note"):
+        # This search API has no polygon filter: the page says so and searched the polygon's box.
+        assert "bounding box" in page.inner_text("#search-note")
+        assert all(f.intersects(box(*polygon.bounds)) for f in footprints)
+    else:
+        assert all(f.intersects(polygon) for f in footprints)
+        body = {"q": "trees", "k": K, "polygon": page.evaluate("() => cliprs.search.shape.geometry")}
+        api = httpx.post(f"{stack['api']}/v1/search", json=body).json()
+        assert ids == [f["properties"]["window_id"] for f in api["features"]]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_input_gets_a_clear_message(page, stack: dict, tmp_path: Path) -> None:
+    page.fill("#search-input", "   ")
+    page.press("#search-input", "Enter")
+    assert "Type what to look for" in _errors(page)
+
+    page.fill("#search-input", "?!#")
+    page.press("#search-input", "Enter")
+    page.wait_for_function("() => /HTTP 400/.test(document.getElementById('errors').textContent)")
+    assert "no letters or digits" in _errors(page)  # the API's own message, which says how to fix it
+
+    _search(page, "a pier")  # a good search clears the search error
+    assert not _errors(page)
+
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"this is not an image")
+    page.set_input_files("#image-input", str(fake))
+    page.wait_for_function("() => /not a readable image/.test(document.getElementById('errors').textContent)")
+
+    page.click("#tab-areas")
+    page.fill("#area-name", "Too big")
+    page.fill("#area-bbox", "-76, 37, -75, 38")
+    page.fill("#area-source", SOURCE)
+    page.check("#area-zooms input[value='16']")
+    planned = int(page.get_attribute("#area-plan", "data-tiles"))
+    page.click("#area-start")
+    page.wait_for_function("() => /was not started/.test(document.getElementById('errors').textContent)")
+    message = _errors(page)
+    assert f"needs {planned} tiles" in message or f"needs about {planned} tiles" in message
+    assert str(MAX_TILES) in message
+    page.fill("#area-bbox", "-75.6, 37.7, -75.7, 37.6")
+    assert "West must be less than east" in page.inner_text("#area-plan")
+
+
+# ---------------------------------------------------------------- a new area through the form
+
+
+def test_draw_a_new_area_watch_it_ingest_then_search_it(page, stack: dict) -> None:
+    page.click("#tab-areas")
+    _fit(page, NEW_AREA_BBOX)
+    w, s, e, n = NEW_AREA_BBOX
+    page.fill("#area-name", "Drawn in the browser")
+    page.click("#area-draw")
+    page.mouse.move(*_map_pixel(page, w, n))
+    page.mouse.down()
+    page.mouse.move(*_map_pixel(page, e, s), steps=8)
+    page.mouse.up()
+    drawn = [float(v) for v in page.input_value("#area-bbox").split(",")]
+    assert drawn == pytest.approx(NEW_AREA_BBOX, abs=0.0005)
+    expected = sum(len(list(mercantile.tiles(*drawn, zooms=[z]))) for z in AREA_ZOOMS)
+    page.wait_for_function(f"() => document.getElementById('area-plan').dataset.tiles === '{expected}'")
+    assert f"{expected} tiles to fetch" in page.inner_text("#area-plan")
+    page.fill("#area-source", SOURCE)
+    page.click("#area-start")
+
+    job = page.locator(".job").first
+    job.wait_for(state="visible")
+    first_state = job.get_attribute("data-state")
+    assert first_state in ("queued", "fetching", "embedding", "indexing")
+    _screenshot(page, "test_new_area_in_progress")
+    page.wait_for_selector(".job[data-state=done]", timeout=180_000)
+    assert "Ready to search" in job.inner_text()
+    bars = job.locator(".bar__meter")
+    for i in range(bars.count()):
+        assert bars.nth(i).evaluate("b => b.value === b.max")
+    area = next(
+        a for a in httpx.get(f"{stack['api']}/v1/areas").json() if a["name"] == "Drawn in the browser"
+    )
+    assert area["status"] == "ready" and area["job"]["tiles_planned"] == expected
+    page.wait_for_selector(f".area-item[data-area-id='{area['id']}'] .badge--ready")
+    tiler_paths = httpx.get(f"{stack['tiler']}/openapi.json").json()["paths"]
+    if "/v1/jobs/{job_id}/progress" in tiler_paths:  # the tiler reports progress per zoom
+        rows = job.locator(".job__zooms .bar")
+        labels = [rows.nth(i).locator(".bar__label").inner_text() for i in range(rows.count())]
+        assert labels == [f"z{z}" for z in AREA_ZOOMS]
+
+    page.click(f".area-item[data-area-id='{area['id']}'] >> text=Search here")
+    assert page.input_value("#search-area") == str(area["id"])
+    _search(page, "farmland")
+    ids = _result_ids(page)
+    assert ids == _api_ids(stack, q="farmland", area_id=area["id"])
+    for footprint in page.evaluate("() => cliprs.search.visible.map(f => f.geometry)"):
+        assert shape(footprint).intersects(box(*drawn))
+
+    # Delete it again from the areas list (after a confirmation), when the API can.
+    api_paths = httpx.get(f"{stack['api']}/openapi.json").json()["paths"]
+    if "delete" in api_paths.get("/v1/areas/{area_id}", {}):
+        page.click("#tab-areas")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click(f".area-item[data-area-id='{area['id']}'] >> text=Delete")
+        page.wait_for_selector(f".area-item[data-area-id='{area['id']}']", state="detached", timeout=60_000)
+        assert httpx.get(f"{stack['api']}/v1/areas/{area['id']}").status_code == 404
+        assert not page.evaluate(f"() => Boolean(cliprs.map.getSource('area-imagery-{area['id']}'))")
+        assert page.input_value("#search-area") == ""
+
+
+# ---------------------------------------------------------------- keyboard, phone, tile math
+
+
+def test_keyboard_only_search_and_card(page, stack: dict) -> None:
+    page.locator("body").click(position={"x": 1200, "y": 700})  # focus away from the search box
+    page.keyboard.press("/")
+    assert page.evaluate("() => document.activeElement.id") == "search-input"
+    page.keyboard.type("a farm")
+    page.keyboard.press("Enter")
+    _wait_results(page)
+    first = _result_ids(page)[0]
+    page.focus(f".result[data-id='{first}'] .result__main")
+    page.keyboard.press("Tab")  # the copy button
+    page.keyboard.press("Tab")  # find similar
+    page.keyboard.press("Tab")  # locate on map
+    assert page.evaluate("() => document.activeElement.textContent") == "Locate on map"
+    page.keyboard.press("Enter")
+    card = page.locator(f".maplibregl-popup .card[data-id='{first}']")
+    card.wait_for(state="visible")
+    page.keyboard.press("Escape")
+    card.wait_for(state="detached")
+
+
+def test_readable_on_a_phone(browser, stack: dict, ingested: dict) -> None:
+    pg = _open(browser, stack, width=390, height=844, path="/?q=a%20small%20town")
+    _wait_results(pg)
+    assert len(_result_ids(pg)) == K
+    map_box = pg.locator("#map").bounding_box()
+    panel_box = pg.locator(".panel").bounding_box()
+    assert map_box["width"] == 390 and panel_box["y"] >= map_box["y"] + map_box["height"] - 1
+    assert pg.evaluate("() => document.documentElement.scrollWidth") <= 390
+    assert pg.evaluate(
+        "() => document.querySelector('.panel').scrollWidth <= document.querySelector('.panel').clientWidth"
+    )
+    _screenshot(pg, "test_readable_on_a_phone")
+    pg.locator("#results .result").nth(3).scroll_into_view_if_needed()
+    _screenshot(pg, "test_readable_on_a_phone_results")
+    pg.context.close()
+
+
+def _mercantile_count(bbox: list[float], z: int) -> int:
+    """Tiles ``mercantile.tiles`` would list for a box, from its corner tiles (as it finds them),
+    without enumerating hundreds of thousands of tiles at high zooms."""
+    w, s, e, n = bbox
+    ul = mercantile.tile(w, n, z)
+    lr = mercantile.tile(e - mercantile.LL_EPSILON, s + mercantile.LL_EPSILON, z)
+    return (lr.x - ul.x + 1) * (lr.y - ul.y + 1)
+
+
+def test_page_tile_math_matches_mercantile(page) -> None:
+    rng = random.Random(6)
+    boxes = []
+    for _ in range(200):
+        lon, lat = rng.uniform(-179, 178), rng.uniform(-84, 83)
+        boxes.append([lon, lat, lon + rng.uniform(1e-4, 1.0), lat + rng.uniform(1e-4, 1.0)])
+    b = mercantile.bounds(4750, 6343, 14)  # a box exactly on tile borders is one tile
+    boxes.append([b.west, b.south, b.east, b.north])
+    zooms = [0, 3, 6, 9, 12, 14, 15, 18]
+    got = page.evaluate(
+        "async ([boxes, zooms]) => { const t = await import('/js/tiles.js');"
+        " return boxes.map(b => zooms.map(z => t.countTilesAtZoom(b, z))); }",
+        [boxes, zooms],
+    )
+    assert got == [[_mercantile_count(bb, z) for z in zooms] for bb in boxes]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_artifacts() -> None:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)

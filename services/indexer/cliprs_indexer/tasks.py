@@ -1,4 +1,4 @@
-"""Celery tasks of the indexer (queue ``index``)."""
+"""Celery tasks of the indexer (queue ``index``): thin wrappers over build and maintenance."""
 
 from __future__ import annotations
 
@@ -8,13 +8,33 @@ from sqlalchemy import text
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_INDEX_AREA, make_celery
+from cliprs.queue import TASK_DELETE_AREA, TASK_GC, TASK_INDEX_AREA, TASK_REBUILD, make_celery
 from cliprs.settings import CoreSettings
 from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.maintenance import analyze_windows, garbage_collect
+from cliprs_indexer.maintenance import delete_area as delete_area_rows
+from cliprs_indexer.maintenance import rebuild as rebuild_index
+from cliprs_indexer.settings import IndexerSettings
 
 log = logging.getLogger("cliprs.indexer")
 core = CoreSettings()
+settings = IndexerSettings()
 app = make_celery("cliprs-indexer", core)
+
+# How many times a GC that had to keep held versions tries again later.
+GC_RETRIES = 10
+
+
+def _collect_garbage(retries_left: int = GC_RETRIES) -> dict:
+    """GC now; if searchers still hold old versions, look again in ``gc_retry_s``."""
+    try:
+        report = garbage_collect(core, settings)
+    except Exception:  # GC is housekeeping: never fail the task that published
+        log.exception("garbage collection failed")
+        return {}
+    if report.kept_versions and retries_left > 0:
+        app.send_task(TASK_GC, args=[retries_left - 1], countdown=settings.gc_retry_s)
+    return report.as_dict()
 
 
 @app.task(name=TASK_INDEX_AREA)
@@ -32,7 +52,7 @@ def index_area(job_id: int) -> dict:
         vectors = collect_area_vectors(core, row.area_id)
         if vectors is None:
             raise RuntimeError("no tile of the area could be embedded; see the tile errors")
-        manifest = publish_area(core, row.area_id, vectors)
+        manifest = publish_area(core, row.area_id, vectors, settings)
     except Exception as exc:
         log.exception("job %s: indexing failed", job_id)
         with engine.begin() as conn:
@@ -46,5 +66,33 @@ def index_area(job_id: int) -> dict:
         )
         jobs.refresh_counts(conn, job_id)
         jobs.set_state(conn, job_id, "done", expected="indexing")
-        conn.execute(text("UPDATE areas SET status = 'ready' WHERE id = :a"), {"a": row.area_id})
-    return {"version": manifest.version, "vectors": len(vectors.ids)}
+        conn.execute(
+            text("UPDATE areas SET status = 'ready' WHERE id = :a AND status <> 'deleting'"),
+            {"a": row.area_id},
+        )
+    analyze_windows(core)
+    _collect_garbage()
+    return {"version": manifest.version if manifest else None, "vectors": len(vectors.ids)}
+
+
+@app.task(name=TASK_DELETE_AREA)
+def delete_area(area_id: int) -> dict:
+    """Remove an area's vectors from the index (new version), then its rows and vector chunks."""
+    report = delete_area_rows(core, area_id)
+    analyze_windows(core)
+    _collect_garbage()
+    return report.__dict__
+
+
+@app.task(name=TASK_REBUILD)
+def rebuild(area_ids: list[int] | None = None) -> dict:
+    """Rebuild the shards of ``area_ids`` (default: all) from the stored vector chunks."""
+    report = rebuild_index(core, settings, area_ids)
+    _collect_garbage()
+    return {"version": report.version, "areas": report.areas, "removed": report.removed}
+
+
+@app.task(name=TASK_GC)
+def gc(retries_left: int = GC_RETRIES) -> dict:
+    """Remove index versions no searcher holds any more."""
+    return _collect_garbage(retries_left)

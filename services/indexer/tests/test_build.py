@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cliprs.manifest import current_version, load_manifest, manifest_path
 from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
 from cliprs_indexer.build import AreaVectors, ModelMismatch, collect_area_vectors, publish_area
+from cliprs_indexer.synthetic import delete_seeded
 
 DIM = 16
 MODEL = "test/tiny-clip-a"
@@ -42,6 +44,16 @@ class SeededArea:
 
     def all_vectors(self) -> np.ndarray:
         return np.concatenate([self.vectors[t] for t in sorted(self.vectors)])
+
+
+SEEDED: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_seeded_areas(pg_url: str) -> Iterator[None]:
+    yield
+    delete_seeded(pg_url, SEEDED)  # the session's database is shared with other tests
+    SEEDED.clear()
 
 
 def seed_area(
@@ -71,6 +83,7 @@ def seed_area(
                 "s": source,
             },
         ).scalar_one()
+        SEEDED.append(area_id)
         tile_ids = []
         for i in range(n_tiles):
             tile_id = conn.execute(
@@ -316,9 +329,10 @@ def test_publish_refuses_a_second_model(core_settings: CoreSettings) -> None:
 
 def test_publish_accepts_vectors_built_in_memory(core_settings: CoreSettings) -> None:
     """``publish_area`` takes whatever ``AreaVectors`` it is given (ids need not be contiguous)."""
+    area = seed_area(core_settings, n_tiles=1, seed=6)  # the area must exist (not be deleted)
     ids = np.array([7, 3_000_000_000, 42], dtype=np.int64)
     vecs = unit_vectors(3, 77)
-    m = publish_area(core_settings, 10_001, AreaVectors(ids, vecs, MODEL))
+    m = publish_area(core_settings, area.id, AreaVectors(ids, vecs, MODEL))
     assert [s.count for s in m.shards] == [3]
     assert_self_queries(core_settings.index_dir / m.shards[0].file, ids, vecs)
     assert shard_files(core_settings) == {m.shards[0].file}

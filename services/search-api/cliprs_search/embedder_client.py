@@ -9,8 +9,11 @@ from cliprs.errors import InvalidInput, TooLarge, Unavailable
 
 
 class EmbedderClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0):
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
+    def __init__(
+        self, base_url: str, timeout_s: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
+    ):
+        # Keep-alive connections: a search must not pay a TCP handshake for its embedding.
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
 
     async def _post(self, path: str, **kwargs) -> dict:
         try:
@@ -30,8 +33,13 @@ class EmbedderClient:
         return resp.json()
 
     async def embed_text(self, text: str) -> tuple[np.ndarray, dict]:
-        body = await self._post("/v1/embed/text", json={"texts": [text]})
-        return np.asarray(body["vectors"][0], dtype=np.float32), body
+        vectors, body = await self.embed_texts([text])
+        return vectors[0], body
+
+    async def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, dict]:
+        """(n, dim) unit vectors; the body also says the model and each text's token count."""
+        body = await self._post("/v1/embed/text", json={"texts": texts})
+        return np.asarray(body["vectors"], dtype=np.float32).reshape(len(texts), -1), body
 
     async def embed_image(self, data: bytes, filename: str, content_type: str) -> tuple[np.ndarray, dict]:
         body = await self._post("/v1/embed/image", files={"file": (filename, data, content_type)})

@@ -3,67 +3,70 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs.tiles import BBox
+from cliprs_search.filters import HitFilter
 
 
-@dataclass
-class HitFilter:
-    area_id: int | None = None
-    zooms: list[int] | None = None
-    bbox: BBox | None = None
-
-
-async def window_rows(conn: AsyncConnection, ids: list[int], flt: HitFilter) -> dict[int, dict]:
+async def window_rows(conn: AsyncConnection, ids: list[int], flt: HitFilter | None = None) -> dict[int, dict]:
     """Rows of the windows among ``ids`` that pass the filter, keyed by id."""
     if not ids:
         return {}
-    where = ["w.id = ANY(:ids)"]
-    params: dict = {"ids": ids}
-    if flt.area_id is not None:
-        where.append(
-            # Tiles overhang the area's box; only windows that touch the box belong to the area.
-            "EXISTS (SELECT 1 FROM area_tiles at JOIN areas a ON a.id = at.area_id "
-            "WHERE at.tile_id = w.tile_id AND at.area_id = :area AND ST_Intersects(w.footprint, a.bbox))"
-        )
-        params["area"] = flt.area_id
-    if flt.zooms:
-        where.append("w.z = ANY(:zooms)")
-        params["zooms"] = flt.zooms
-    if flt.bbox is not None:
-        where.append("ST_Intersects(w.footprint, ST_MakeEnvelope(:w, :s, :e, :n, 4326))")
-        params.update(w=flt.bbox.min_lon, s=flt.bbox.min_lat, e=flt.bbox.max_lon, n=flt.bbox.max_lat)
+    where, params = (flt or HitFilter()).sql()
     rows = await conn.execute(
         text(
-            "SELECT w.id, w.z, w.scale, ST_AsGeoJSON(w.footprint, 7) AS footprint, "
-            "ST_X(w.center) AS lon, ST_Y(w.center) AS lat, t.source, t.z AS tz, t.x AS tx, t.y AS ty "
-            "FROM windows w JOIN tiles t ON t.id = w.tile_id WHERE " + " AND ".join(where)
+            f"WITH w AS MATERIALIZED ({BY_IDS}) "
+            f"SELECT {WINDOW_COLUMNS} FROM w JOIN tiles t ON t.id = w.tile_id WHERE {where}"
         ),
-        params,
+        {**params, "ids": ids},
     )
     return {r.id: dict(r._mapping) for r in rows}
 
 
-def feature(row: dict, score: float, rank: int, tiler_url: str) -> dict:
-    """One search hit as a GeoJSON feature."""
+# The candidates by primary key first, the filter on those rows after: left to itself the planner
+# may scan a broad polygon's whole GiST range (its geometry statistics span every area in the
+# world, so a box inside one area looks tiny) and only then look for the few candidate ids.
+BY_IDS = "SELECT * FROM windows WHERE id = ANY(:ids)"
+
+WINDOW_COLUMNS = (
+    "w.id, w.z, w.scale, w.px_x0, w.px_y0, w.px_x1, w.px_y1, ST_AsGeoJSON(w.footprint, 7) AS footprint, "
+    "ST_X(w.center) AS lon, ST_Y(w.center) AS lat, ST_XMin(w.footprint) AS x0, ST_YMin(w.footprint) AS y0, "
+    "ST_XMax(w.footprint) AS x1, ST_YMax(w.footprint) AS y1, t.source, t.z AS tz, t.x AS tx, t.y AS ty"
+)
+
+
+def feature(
+    row: dict,
+    score: float,
+    rank: int,
+    tiler_url: str,
+    merged: list[int] | None = None,
+    place: dict | None = None,
+) -> dict:
+    """One search hit as a GeoJSON feature (``merged``: windows merged into it)."""
+    props = {
+        "window_id": row["id"],
+        "score": round(float(score), 6),
+        "rank": rank,
+        "z": row["z"],
+        "scale": row["scale"],
+        "tile": {"source": row["source"], "z": row["tz"], "x": row["tx"], "y": row["ty"]},
+        "center": [round(row["lon"], 7), round(row["lat"], 7)],
+        "image_url": f"{tiler_url.rstrip('/')}/windows/{row['id']}.png",
+    }
+    if merged is not None:
+        props["merged"] = len(merged)
+        props["merged_ids"] = merged
+    if place is not None:
+        props["address"] = place["label"]
+        props["place"] = place
     return {
         "type": "Feature",
         "id": row["id"],
         "geometry": json.loads(row["footprint"]),
-        "properties": {
-            "window_id": row["id"],
-            "score": round(float(score), 6),
-            "rank": rank,
-            "z": row["z"],
-            "scale": row["scale"],
-            "tile": {"source": row["source"], "z": row["tz"], "x": row["tx"], "y": row["ty"]},
-            "center": [round(row["lon"], 7), round(row["lat"], 7)],
-            "image_url": f"{tiler_url.rstrip('/')}/windows/{row['id']}.png",
-        },
+        "properties": props,
     }
 
 

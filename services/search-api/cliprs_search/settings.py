@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CLASSIFY_TEMPLATE = "An aerial photograph of {label}"
 
 
 class SearchSettings(BaseSettings):
@@ -16,9 +21,71 @@ class SearchSettings(BaseSettings):
     cors_origins: list[str] = ["*"]
     default_k: int = 20
     max_k: int = 200
-    # FAISS is asked for k * overfetch hits so that filters applied in PostGIS still leave k.
-    overfetch: int = 10
+    # How deep a cursor may page (offset + k).
+    max_results: int = 1000
     max_query_chars: int = 1000
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_polygon_vertices: int = 10_000
+
+    # FAISS is first asked for (offset + k) * overfetch / (the filter's estimated selectivity)
+    # candidates, so that filters, the minimum score and merging still leave a full page; it
+    # asks for four times more (up to max_candidates) while they do not.
+    overfetch: int = 3
+    max_candidates: int = 20_000
+    # Filters: when the filter keeps at most this fraction of the searched vectors (estimated on
+    # the index's random sample of windows), PostGIS lists the matching window ids and FAISS searches only those (ID
+    # selector); otherwise FAISS searches everything, over-fetching, and PostGIS filters.
+    selector_max_fraction: float = 0.05
+    selector_max_ids: int = 200_000
+    filter_strategy: Literal["auto", "selector", "overfetch"] = "auto"
+    # One FAISS thread per request: requests run in parallel instead, and OpenMP spinning on a
+    # busy machine costs more than it gains for one query.
+    faiss_threads: int = 1
+
+    # Merging: two windows hit the same object when their overlap covers at least merge_overlap
+    # of the smaller one and their areas differ by at most merge_max_area_ratio (so one big
+    # window does not swallow every small hit inside it).
+    merge_overlap: float = 0.5
+    merge_max_area_ratio: float = 4.0
+
+    # Random indexed windows kept with each index version: how selective a filter is, and how
+    # far a query's best hit stands out, are both measured on them.
+    sample_size: int = 2048
+    # ...of which this many estimate a filter's selectivity (resolves the 5 % threshold to
+    # about +-1 %, in a few milliseconds of primary-key lookups).
+    selectivity_sample: int = 512
+    # Text-to-image cosine below which nothing in the index looks like the query (CLIP ViT-B/32
+    # puts relevant text-image pairs around 0.25-0.35); model dependent.
+    low_score: float = 0.15
+    # Standard deviations above the sample mean: below low_z the best hit does not stand out
+    # from an average window; from high_z on it clearly does.
+    low_z: float = 3.0
+    high_z: float = 5.0
+
+    # Image to text (zero-shot classification).
+    classify_template: str = CLASSIFY_TEMPLATE
+    classify_max_labels: int = 100
+    classify_max_label_chars: int = 200
+    # CLIP's learned logit scale (exp(4.6052) = 100) turns cosines into label probabilities.
+    classify_logit_scale: float = 100.0
+
+    # "Where in this tile is X": the heat map's grid side (cells per tile side).
+    heatmap_grid: int = 16
+
+    # Reverse geocoding of each hit's centre: "offline" names the nearest place of a bundled
+    # GeoNames gazetteer; "nominatim" asks a Nominatim server (where its usage policy allows:
+    # set a real user agent, keep the rate low) and falls back to offline; "none" turns it off.
+    geocoder: Literal["offline", "nominatim", "none"] = "offline"
+    gazetteer_path: Path | None = None  # default: the bundled cliprs_search/data/gazetteer.csv.gz
+    geocoder_max_km: float = 100.0  # farther than this from every known place: no address
+    nominatim_url: str = "https://nominatim.openstreetmap.org"
+    nominatim_user_agent: str = "cliprs-search (set SEARCH_NOMINATIM_USER_AGENT to your contact)"
+    nominatim_rate_per_s: float = 1.0
+    nominatim_timeout_s: float = 3.0
+
     # How often to re-check the CURRENT pointer in case an announcement was missed.
     index_poll_s: float = 30.0
+    # Each process tells the indexer, under a Redis key with this TTL renewed every
+    # heartbeat_s, which index versions it holds; the indexer keeps those versions' files.
+    heartbeat_s: float = 5.0
+    searcher_ttl_s: float = 20.0

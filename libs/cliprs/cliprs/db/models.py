@@ -105,3 +105,5 @@ class IndexVersion(Base):
     vector_count: Mapped[int] = mapped_column(BigInteger)
     model_id: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the indexer removed the version's manifest (no searcher held it any more).
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,176 @@
+"""Index upkeep: removing versions no searcher holds, deleting an area, rebuilding everything."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import text
+
+from cliprs.db.engine import sync_engine
+from cliprs.errors import NotFound
+from cliprs.manifest import GarbageReport, Manifest, Shard, collect_garbage, held_versions
+from cliprs.settings import CoreSettings
+from cliprs.vectors import chunk_path
+from cliprs_indexer.build import (
+    PUBLISH_LOCK_KEY,
+    ModelMismatch,
+    collect_area_vectors,
+    make_shard,
+    publish_changes,
+)
+from cliprs_indexer.settings import IndexerSettings
+
+log = logging.getLogger("cliprs.indexer")
+
+
+def garbage_collect(core: CoreSettings, settings: IndexerSettings) -> GarbageReport:
+    """Remove the index versions older than CURRENT that no live searcher holds, and their files."""
+    client = redis.Redis.from_url(core.redis_url)
+    try:
+        held = held_versions(client, core.redis_namespace)
+    finally:
+        client.close()
+    with sync_engine(core.database_url).begin() as conn:
+        # Under the publish lock: no version appears while we decide what is garbage.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PUBLISH_LOCK_KEY})
+        report = collect_garbage(core.index_dir, held, settings.gc_min_age_s, settings.gc_orphan_age_s)
+        if report.removed_versions:
+            conn.execute(
+                text("UPDATE index_versions SET removed_at = now() WHERE version = ANY(:v)"),
+                {"v": report.removed_versions},
+            )
+    if report.removed_versions or report.removed_files:
+        log.info(
+            "removed index versions %s and %d shard files; still held: %s",
+            report.removed_versions,
+            len(report.removed_files),
+            report.kept_versions,
+        )
+    return report
+
+
+def analyze_windows(core: CoreSettings) -> None:
+    """Refresh the planner's statistics of the windows table after a bulk change, so the
+    gateway's joins (ids x geometry filters) get good plans before autovacuum catches up."""
+    with sync_engine(core.database_url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE windows"))
+
+
+@dataclass
+class DeleteReport:
+    area_id: int
+    version: int | None
+    tiles_deleted: int
+    windows_deleted: int
+    chunks_deleted: int
+
+
+def delete_area(core: CoreSettings, area_id: int) -> DeleteReport:
+    """Take the area's vectors out of the index (a new version), then delete its rows.
+
+    Tiles shared with another area stay (with their windows, which that area's shard still
+    holds); only tiles no other area uses are deleted, with their windows and vector chunks.
+    """
+    engine = sync_engine(core.database_url)
+    with engine.begin() as conn:
+        found = conn.execute(
+            text("UPDATE areas SET status = 'deleting' WHERE id = :a RETURNING id"), {"a": area_id}
+        ).scalar()
+    if found is None:
+        raise NotFound(f"no area {area_id}")
+    manifest = publish_changes(core, {area_id: None})
+    with engine.begin() as conn:
+        tile_ids = list(
+            conn.execute(
+                text(
+                    """
+                    SELECT at.tile_id FROM area_tiles at WHERE at.area_id = :a AND NOT EXISTS (
+                        SELECT 1 FROM area_tiles o WHERE o.tile_id = at.tile_id AND o.area_id <> :a)
+                    """
+                ),
+                {"a": area_id},
+            ).scalars()
+        )
+        windows_deleted = conn.execute(
+            text("SELECT count(*) FROM windows WHERE tile_id = ANY(:t)"), {"t": tile_ids}
+        ).scalar_one()
+        conn.execute(text("DELETE FROM tiles WHERE id = ANY(:t)"), {"t": tile_ids})  # windows cascade
+        # Tiles the area planned first but others share now belong to one of those others.
+        conn.execute(
+            text(
+                """
+                UPDATE tiles t SET area_id = (
+                    SELECT min(o.area_id) FROM area_tiles o WHERE o.tile_id = t.id AND o.area_id <> :a)
+                WHERE t.area_id = :a AND EXISTS (
+                    SELECT 1 FROM area_tiles o WHERE o.tile_id = t.id AND o.area_id <> :a)
+                """
+            ),
+            {"a": area_id},
+        )
+        conn.execute(text("DELETE FROM areas WHERE id = :a"), {"a": area_id})
+    chunks = 0
+    for tile_id in tile_ids:
+        path = chunk_path(core.vectors_dir, tile_id)
+        if path.exists():
+            path.unlink(missing_ok=True)
+            chunks += 1
+    log.info("area %s deleted: %d tiles, %d vector chunks", area_id, len(tile_ids), chunks)
+    return DeleteReport(
+        area_id=area_id,
+        version=manifest.version if manifest else None,
+        tiles_deleted=len(tile_ids),
+        windows_deleted=windows_deleted,
+        chunks_deleted=chunks,
+    )
+
+
+@dataclass
+class RebuildReport:
+    version: int | None
+    areas: dict[int, int] = field(default_factory=dict)  # area id -> vectors
+    removed: list[int] = field(default_factory=list)  # areas whose shard went (no vectors left)
+    kinds: dict[int, str] = field(default_factory=dict)
+
+
+def rebuild(
+    core: CoreSettings, settings: IndexerSettings, area_ids: list[int] | None = None
+) -> RebuildReport:
+    """Rebuild the shards of ``area_ids`` (default: every area) from the stored vector chunks and
+    publish them together as one new version."""
+    engine = sync_engine(core.database_url)
+    with engine.connect() as conn:
+        if area_ids is None:
+            area_ids = list(
+                conn.execute(text("SELECT id FROM areas WHERE status <> 'deleting' ORDER BY id")).scalars()
+            )
+        else:
+            known = set(
+                conn.execute(text("SELECT id FROM areas WHERE id = ANY(:a)"), {"a": area_ids}).scalars()
+            )
+            missing = sorted(set(area_ids) - known)
+            if missing:
+                raise NotFound(f"no area {', '.join(map(str, missing))}")
+    changes: dict[int, Shard | None] = {}
+    models: set[str] = set()
+    dim = None
+    report = RebuildReport(version=None)
+    for area_id in area_ids:
+        vectors = collect_area_vectors(core, area_id)
+        if vectors is None:
+            changes[area_id] = None
+            report.removed.append(area_id)
+            continue
+        models.add(vectors.model_id)
+        dim = vectors.vectors.shape[1]
+        shard = make_shard(core, area_id, vectors, settings)
+        changes[area_id] = shard
+        report.areas[area_id] = shard.count
+        report.kinds[area_id] = shard.kind
+        log.info("rebuilt area %s: %d vectors (%s)", area_id, shard.count, shard.kind)
+    if len(models) > 1:
+        raise ModelMismatch(f"the areas hold vectors of several models: {sorted(models)}; re-embed them")
+    manifest: Manifest | None = publish_changes(core, changes, models.pop() if models else None, dim)
+    report.version = manifest.version if manifest else None
+    return report

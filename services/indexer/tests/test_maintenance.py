@@ -1,0 +1,249 @@
+"""Garbage collection of index versions, deleting an area and rebuilding, against the real
+database, Redis and a temporary index dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import mercantile
+import pytest
+import redis
+from sqlalchemy import text
+
+from cliprs.db.engine import sync_engine
+from cliprs.errors import NotFound
+from cliprs.manifest import (
+    current_version,
+    list_versions,
+    load_manifest,
+    register_searcher,
+    search_shard,
+    unregister_searcher,
+)
+from cliprs.settings import CoreSettings
+from cliprs.vectors import chunk_path
+from cliprs_indexer.__main__ import main as cli
+from cliprs_indexer.build import collect_area_vectors, make_shard, publish_area, publish_changes
+from cliprs_indexer.maintenance import delete_area, garbage_collect, rebuild
+from cliprs_indexer.settings import IndexerSettings
+from cliprs_indexer.synthetic import (
+    SeededArea,
+    clustered_unit_vectors,
+    delete_seeded,
+    seed_area,
+    write_area_chunks,
+)
+
+MODEL = "test/model"
+NOW = IndexerSettings(gc_min_age_s=0)
+
+
+SEEDED: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_seeded_areas(pg_url: str) -> Iterator[None]:
+    yield
+    delete_seeded(pg_url, SEEDED)  # the session's database is shared with other tests
+    SEEDED.clear()
+
+
+def area_with_chunks(core: CoreSettings, x0: int, n: int, seed: int, name: str = "a") -> SeededArea:
+    """``n`` zoom-16 tiles in a row near Zurich, with a vector chunk each (26 windows per tile)."""
+    tiles = [mercantile.Tile(34_300 + x0 + i, 22_900, 16) for i in range(n)]
+    area = seed_area(core.database_url, tiles, name=name, source=f"maint-{seed}")
+    SEEDED.append(area.area_id)
+    write_area_chunks(core.vectors_dir, area, clustered_unit_vectors(len(area.ids), 32, seed=seed), MODEL)
+    return area
+
+
+def index_area(core: CoreSettings, area: SeededArea, settings: IndexerSettings | None = None):
+    return publish_area(core, area.area_id, collect_area_vectors(core, area.area_id), settings)
+
+
+def shard_of(manifest, area_id: int):
+    return next(s for s in manifest.shards if s.area_id == area_id)
+
+
+def removed_at(core: CoreSettings, version: int):
+    with sync_engine(core.database_url).connect() as conn:
+        return conn.execute(
+            text("SELECT removed_at FROM index_versions WHERE version = :v"), {"v": version}
+        ).scalar_one()
+
+
+@pytest.fixture
+def rclient(core_settings: CoreSettings):
+    client = redis.Redis.from_url(core_settings.redis_url)
+    yield client
+    client.close()
+
+
+def test_gc_removes_versions_no_searcher_holds(core_settings: CoreSettings, rclient) -> None:
+    core = core_settings
+    a = area_with_chunks(core, 0, 2, seed=1)
+    b = area_with_chunks(core, 10, 2, seed=2)
+    v1 = index_area(core, a)
+    v2 = index_area(core, b)
+    v3 = index_area(core, a)  # area a rebuilt: a new file, b's file shared by v2 and v3
+    register_searcher(rclient, core.redis_namespace, "searcher-1", {v1.version}, ttl_s=30)
+
+    # Just published: even unheld versions are spared for gc_min_age_s.
+    assert garbage_collect(core, IndexerSettings()).removed_versions == []
+
+    report = garbage_collect(core, NOW)
+    assert report.removed_versions == [v2.version]
+    assert report.kept_versions == [v1.version]
+    assert report.removed_files == []  # every file of v2 is also in v1 or v3
+    assert list_versions(core.index_dir) == [v1.version, v3.version]
+    assert removed_at(core, v2.version) is not None and removed_at(core, v1.version) is None
+
+    unregister_searcher(rclient, core.redis_namespace, "searcher-1")
+    report = garbage_collect(core, NOW)
+    assert report.removed_versions == [v1.version]
+    assert report.removed_files == [shard_of(v1, a.area_id).file]
+    assert list_versions(core.index_dir) == [v3.version]
+    for shard in v3.shards:
+        assert (core.index_dir / shard.file).exists()
+
+
+def test_gc_spares_a_registration_until_its_ttl_runs_out(core_settings: CoreSettings, rclient) -> None:
+    core = core_settings
+    a = area_with_chunks(core, 0, 1, seed=3)
+    v1, v2 = index_area(core, a), index_area(core, a)
+    register_searcher(rclient, core.redis_namespace, "crashed", {v1.version}, ttl_s=0.3)
+    assert garbage_collect(core, NOW).kept_versions == [v1.version]
+    time.sleep(0.5)  # the searcher stopped renewing its key
+    assert garbage_collect(core, NOW).removed_versions == [v1.version]
+    assert current_version(core.index_dir) == v2.version
+
+
+def test_gc_removes_old_orphan_files_only(core_settings: CoreSettings) -> None:
+    core = core_settings
+    a = area_with_chunks(core, 0, 1, seed=4)
+    index_area(core, a)
+    old, young = (
+        core.index_dir / "shards/crashed-build.faiss",
+        core.index_dir / "shards/being-published.faiss",
+    )
+    old.write_bytes(b"x")
+    young.write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    report = garbage_collect(core, NOW)
+    assert report.removed_files == ["shards/crashed-build.faiss"]
+    assert young.exists() and not old.exists()
+
+
+def test_delete_area_removes_its_vectors_rows_and_chunks_but_not_shared_tiles(
+    core_settings: CoreSettings,
+) -> None:
+    core = core_settings
+    a = area_with_chunks(core, 0, 4, seed=5, name="a")
+    b = area_with_chunks(core, 20, 1, seed=6, name="b")
+    shared = a.tile_ids[2:].tolist()
+    with sync_engine(core.database_url).begin() as conn:
+        for tile_id in shared:  # area b also covers a's last two tiles
+            conn.execute(
+                text("INSERT INTO area_tiles (area_id, tile_id) VALUES (:a, :t)"),
+                {"a": b.area_id, "t": tile_id},
+            )
+        conn.execute(text("INSERT INTO ingest_jobs (area_id, state) VALUES (:a, 'done')"), {"a": a.area_id})
+    index_area(core, a)
+    before = index_area(core, b)
+    assert shard_of(before, b.area_id).count == 3 * 26
+
+    report = delete_area(core, a.area_id)
+    assert report.tiles_deleted == 2 and report.windows_deleted == 2 * 26 and report.chunks_deleted == 2
+    manifest = load_manifest(core.index_dir)
+    assert manifest.version == report.version
+    assert [s.area_id for s in manifest.shards] == [b.area_id]
+    with sync_engine(core.database_url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM areas WHERE id = :a"), {"a": a.area_id}).scalar() == 0
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM ingest_jobs WHERE area_id = :a"), {"a": a.area_id}
+            ).scalar()
+            == 0
+        )
+        tiles = dict(
+            conn.execute(
+                text("SELECT id, area_id FROM tiles WHERE id = ANY(:t)"), {"t": a.tile_ids.tolist()}
+            ).all()
+        )
+        windows = conn.execute(
+            text("SELECT count(*) FROM windows WHERE tile_id = ANY(:t)"), {"t": a.tile_ids.tolist()}
+        ).scalar()
+    assert tiles == {t: b.area_id for t in shared}  # the shared tiles now belong to b
+    assert windows == 2 * 26
+    for tile_id in a.tile_ids.tolist():
+        assert chunk_path(core.vectors_dir, tile_id).exists() == (tile_id in shared)
+    # b's shard still answers for the shared windows.
+    index = faiss.read_index(str(core.index_dir / shard_of(manifest, b.area_id).file))
+    assert index.ntotal == 3 * 26
+
+    with pytest.raises(NotFound):
+        delete_area(core, a.area_id)
+
+
+def test_a_late_shard_does_not_bring_a_deleted_area_back(core_settings: CoreSettings) -> None:
+    core = core_settings
+    a = area_with_chunks(core, 0, 1, seed=7)
+    shard = make_shard(core, a.area_id, collect_area_vectors(core, a.area_id))  # an index job, mid-way
+    delete_area(core, a.area_id)
+    version = current_version(core.index_dir)
+    assert publish_changes(core, {a.area_id: shard}, MODEL, 32) is None
+    assert current_version(core.index_dir) == version
+    assert all(s.area_id != a.area_id for s in load_manifest(core.index_dir).shards)
+
+
+def test_rebuild_recovers_the_index_from_the_vector_chunks(
+    core_settings: CoreSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    core = core_settings
+    small = area_with_chunks(core, 0, 2, seed=8, name="small")
+    large = area_with_chunks(core, 30, 40, seed=9, name="large")  # 1,040 windows
+    index_area(core, small)
+    index_area(core, large)
+    for path in (core.index_dir / "shards").iterdir():  # the shard files are lost
+        path.unlink()
+
+    for key, value in {
+        "CLIPRS_DATABASE_URL": core.database_url,
+        "CLIPRS_REDIS_URL": core.redis_url,
+        "CLIPRS_DATA_DIR": str(core.data_dir),
+        "CLIPRS_REDIS_NAMESPACE": core.redis_namespace,
+        "INDEXER_FLAT_MAX_VECTORS": "500",  # the large area gets an IVF-PQ shard
+        "INDEXER_GC_MIN_AGE_S": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert cli(["rebuild", "--area", str(small.area_id), "--area", str(large.area_id)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    manifest = load_manifest(core.index_dir)
+    assert out["version"] == manifest.version
+    assert {int(k): v for k, v in out["kinds"].items()} == {small.area_id: "flat", large.area_id: "ivfpq"}
+    assert list_versions(core.index_dir) == [manifest.version]  # the broken versions were collected
+    for area in (small, large):
+        shard = shard_of(manifest, area.area_id)
+        assert shard.count == len(area.ids)
+        index = faiss.read_index(str(core.index_dir / shard.file))
+        vectors = collect_area_vectors(core, area.area_id).vectors
+        _, found = search_shard(index, shard, vectors[:20], 1)  # as the searchers search it
+        assert (found[:, 0] == area.ids[:20]).mean() >= 0.9
+    assert shard_of(manifest, large.area_id).params["recall_at_10"] >= 0.95
+
+    # Rebuilding one area leaves the other's shard as it was.
+    report = rebuild(core, IndexerSettings(), [small.area_id])
+    again = load_manifest(core.index_dir)
+    assert again.version == report.version == manifest.version + 1
+    assert shard_of(again, large.area_id) == shard_of(manifest, large.area_id)
+    assert shard_of(again, small.area_id).file != shard_of(manifest, small.area_id).file
+
+    assert cli(["rebuild", "--area", "999999"]) == 1
+    assert "no area 999999" in capsys.readouterr().err
+    assert Path(core.index_dir / "CURRENT").read_text() == str(again.version)

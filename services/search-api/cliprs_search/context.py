@@ -1,0 +1,62 @@
+"""What every route needs, built once per app: settings, the index holder, the database engine,
+the embedder client, the Celery client and the geocoder."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from celery import Celery
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cliprs.errors import Unavailable
+from cliprs.settings import CoreSettings
+from cliprs_search.embedder_client import EmbedderClient
+from cliprs_search.geocode import Geocoder
+from cliprs_search.index import IndexHolder, LoadedIndex
+from cliprs_search.settings import SearchSettings
+
+
+@dataclass
+class Context:
+    core: CoreSettings
+    settings: SearchSettings
+    holder: IndexHolder
+    engine: AsyncEngine
+    embedder: EmbedderClient
+    celery: Celery
+    geocoder: Geocoder | None = None
+    # FAISS runs on these threads, each limited to settings.faiss_threads OpenMP threads (the
+    # limit is per calling thread, so it must be set on the threads that search).
+    faiss_pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.faiss_pool = faiss_executor(self.settings.faiss_threads)
+
+    def index(self) -> LoadedIndex:
+        """The live index snapshot; a request keeps using the one it got."""
+        index = self.holder.current
+        if index is None or not index.shards:
+            raise Unavailable(
+                "nothing is indexed yet; create an area with POST /v1/areas and wait for its job"
+            )
+        return index
+
+
+def get_context(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def faiss_executor(omp_threads: int, workers: int | None = None) -> ThreadPoolExecutor:
+    """A thread pool whose threads each run FAISS with ``omp_threads`` OpenMP threads."""
+    import os
+
+    import faiss
+
+    return ThreadPoolExecutor(
+        max_workers=workers or max(2, os.cpu_count() or 2),
+        thread_name_prefix="faiss",
+        initializer=faiss.omp_set_num_threads,
+        initargs=(omp_threads,),
+    )

@@ -1,0 +1,1 @@
+"""The search-api's routers, one per part of the API."""

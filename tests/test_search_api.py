@@ -1,0 +1,245 @@
+"""The search-api over HTTP (in-process, with the real embedder app on the tiny CLIP): the answer
+format, cursors, polygons, zero-shot labels, heat maps, deleting an area and the OpenAPI document.
+Index and rows come from the indexer's own code, on real PostGIS and Redis."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mercantile
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from PIL import Image
+from shapely.geometry import box, shape
+from sqlalchemy import text
+
+from cliprs.db.engine import sync_engine
+from cliprs.model import load_encoder
+from cliprs.settings import CoreSettings, ModelSettings
+from cliprs_embedder.app import create_app as create_embedder
+from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
+from cliprs_search.app import create_app
+from cliprs_search.settings import SearchSettings
+
+CENTRE = (-77.036, 38.889)  # the National Mall
+
+
+@pytest.fixture(scope="module")
+def world(
+    pg_url: str, redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
+    core = CoreSettings(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path_factory.mktemp("data"),
+        redis_namespace=f"api-{uuid.uuid4().hex[:6]}",
+    )
+    t = mercantile.tile(*CENTRE, 16)
+    tiles = [mercantile.Tile(t.x + dx, t.y + dy, 16) for dx in range(3) for dy in range(3)]
+    area = seed_area(pg_url, [*tiles, mercantile.parent(t)], name="mall", source="mall")
+    encoder = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu"))
+    write_area_chunks(
+        core.vectors_dir, area, clustered_unit_vectors(len(area.ids), 512, seed=3), encoder.info.loaded
+    )
+    publish_area(core, area.area_id, collect_area_vectors(core, area.area_id))
+    embedder = create_embedder(encoder=encoder)
+    app = create_app(
+        core,
+        SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test"),
+        embedder_transport=httpx.ASGITransport(app=embedder),
+    )
+    world = {"client": None, "area": area, "core": core, "tile": tiles[4], "cleanup": [area.area_id]}
+    with TestClient(app) as client:
+        world["client"] = client
+        yield world
+    delete_seeded(pg_url, world["cleanup"])
+
+
+def get(world: dict, path: str, **params) -> httpx.Response:
+    return world["client"].get(path, params=params)
+
+
+def test_text_search_answers_geojson_with_the_new_fields(world: dict) -> None:
+    resp = get(world, "/v1/search", q="a parking lot", k=5)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    for key in ("type", "features", "count", "took_ms", "index_version", "query", "model"):
+        assert key in body  # the fields the web page reads
+    assert body["count"] == len(body["features"]) == 5
+    assert body["filter"] == {
+        "strategy": "index",
+        "estimated_matches": None,
+        "candidates": body["filter"]["candidates"],
+    }
+    assert body["confidence"]["level"] in ("low", "medium", "high")
+    assert body["merged"] == sum(f["properties"]["merged"] for f in body["features"])
+    assert body["next_cursor"]
+    ids = set(world["area"].ids.tolist())
+    for rank, f in enumerate(body["features"], start=1):
+        p = f["properties"]
+        assert p["window_id"] in ids and p["rank"] == rank
+        assert p["image_url"] == f"http://tiler.test/windows/{p['window_id']}.png"
+        assert set(p["tile"]) == {"source", "z", "x", "y"} and len(p["center"]) == 2
+        assert len(p["merged_ids"]) == p["merged"]
+        # The National Mall: the nearest GeoNames place is in Washington or across the river.
+        assert p["place"]["country"] == "US" and p["address"] == p["place"]["label"]
+        assert p["place"]["distance_km"] < 10
+    no_address = get(world, "/v1/search", q="a parking lot", k=5, address=False).json()
+    assert "address" not in no_address["features"][0]["properties"]
+
+
+def test_cursor_pages_continue_the_ranking(world: dict) -> None:
+    first = get(world, "/v1/search", q="trees", k=4, merge=False).json()
+    second = get(world, "/v1/search", q="trees", k=6, merge=False, cursor=first["next_cursor"]).json()
+    whole = get(world, "/v1/search", q="trees", k=10, merge=False).json()
+    ids = [f["properties"]["window_id"] for f in first["features"] + second["features"]]
+    assert ids == [f["properties"]["window_id"] for f in whole["features"]]
+    assert [f["properties"]["rank"] for f in second["features"]] == list(range(5, 11))
+    other = get(world, "/v1/search", q="water", k=4, cursor=first["next_cursor"])
+    assert other.status_code == 400 and "another query" in other.json()["error"]["message"]
+    merged = get(
+        world, "/v1/search", q="trees", k=4, cursor=first["next_cursor"]
+    )  # merge changes the ranking
+    assert merged.status_code == 400
+
+
+def test_post_search_filters_by_polygon_and_finds_similar(world: dict) -> None:
+    client = world["client"]
+    tile = mercantile.bounds(world["tile"])
+    poly = {
+        "type": "Polygon",
+        "coordinates": [
+            [
+                [tile.west, tile.south],
+                [tile.east, tile.south],
+                [tile.west, tile.north],
+                [tile.west, tile.south],
+            ]
+        ],
+    }
+    body = client.post(
+        "/v1/search", json={"q": "roofs", "k": 30, "polygon": poly, "zoom": [16], "merge": False}
+    ).json()
+    assert body["count"] > 0
+    for f in body["features"]:
+        assert shape(f["geometry"]).intersects(shape(poly)) and f["properties"]["z"] == 16
+    wid = body["features"][3]["properties"]["window_id"]
+    similar = client.post("/v1/search", json={"window_id": wid, "k": 3}).json()
+    assert similar["features"][0]["properties"]["window_id"] == wid
+    assert similar["query"] == {"window_id": wid}
+    for payload, status, fragment in (
+        ({"k": 3}, 400, "either q"),
+        ({"q": "x", "window_id": wid}, 400, "either q"),
+        ({"q": "roofs", "polygon": {"type": "Point", "coordinates": [0, 0]}}, 400, "Polygon"),
+        ({"q": "roofs", "bbox": [1, 2, 3]}, 400, "four numbers"),
+        ({"window_id": 12345}, 404, "not in the index"),
+    ):
+        resp = client.post("/v1/search", json=payload)
+        assert resp.status_code == status and fragment in resp.json()["error"]["message"], resp.text
+
+
+def test_bbox_and_min_score_on_get(world: dict) -> None:
+    b = mercantile.bounds(world["tile"])
+    bbox = f"{b.west},{b.south},{b.east},{b.north}"
+    body = get(world, "/v1/search", q="a road", k=10, bbox=bbox, min_score=-0.5).json()
+    for f in body["features"]:
+        assert shape(f["geometry"]).intersects(box(b.west, b.south, b.east, b.north))
+        assert f["properties"]["score"] >= -0.5
+    none = get(world, "/v1/search", q="a road", min_score=0.999).json()
+    assert none["count"] == 0 and none["confidence"]["level"] == "none" and none["warning"]
+
+
+def test_classify_ranks_labels_for_a_window_and_an_upload(world: dict) -> None:
+    client = world["client"]
+    wid = int(world["area"].ids[5])
+    body = client.post("/v1/classify", data={"window_id": wid}).json()
+    assert len(body["labels"]) == 30 and body["template"] == "An aerial photograph of {label}"
+    scores = [r["score"] for r in body["labels"]]
+    assert scores == sorted(scores, reverse=True) and body["best"] == body["labels"][0]["label"]
+    assert sum(r["probability"] for r in body["labels"]) == pytest.approx(1.0, abs=1e-4)
+    assert body["labels"][0]["prompt"] == f"An aerial photograph of {body['best']}"
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(png, format="PNG")
+    resp = client.post(
+        "/v1/classify",
+        files={"file": ("sea.png", png.getvalue(), "image/png")},
+        data={"labels": ["a harbour with boats", "a wheat field"], "template": "{label}"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert {r["prompt"] for r in resp.json()["labels"]} == {"a harbour with boats", "a wheat field"}
+    for data, fragment in (({}, "either file"), ({"window_id": wid, "labels": ["one"]}, "at least two")):
+        resp = client.post("/v1/classify", data=data)
+        assert resp.status_code == 400 and fragment in resp.json()["error"]["message"]
+
+
+def test_heatmap_scores_every_window_of_a_tile(world: dict) -> None:
+    t = world["tile"]
+    body = get(world, f"/v1/tiles/mall/{t.z}/{t.x}/{t.y}/heatmap", q="a pond", grid=8).json()
+    assert body["count"] == 26  # one whole-tile window and 5 x 5 half-tile windows
+    scores = [f["properties"]["score"] for f in body["features"]]
+    assert (
+        scores == sorted(scores, reverse=True)
+        and body["best"] == body["features"][0]["properties"]["window_id"]
+    )
+    values = body["grid"]["values"]
+    assert len(values) == 8 and all(len(row) == 8 for row in values)
+    assert all(v is not None and min(scores) <= v <= max(scores) for row in values for v in row)
+    missing = get(world, "/v1/tiles/mall/3/1/1/heatmap", q="a pond")
+    assert missing.status_code == 404 and "not been ingested" in missing.json()["error"]["message"]
+    assert get(world, f"/v1/tiles/mall/{t.z}/{t.x}/{t.y}/heatmap", q="!!").status_code == 400
+
+
+def test_index_readiness_and_openapi(world: dict) -> None:
+    info = get(world, "/v1/index").json()
+    assert info["vectors"] == len(world["area"].ids)
+    assert [s["area_id"] for s in info["shards"]] == [world["area"].area_id]
+    paths = world["client"].get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/search",
+        "/v1/search/image",
+        "/v1/windows/{window_id}/similar",
+        "/v1/classify",
+        "/v1/tiles/{source}/{z}/{x}/{y}/heatmap",
+        "/v1/areas/{area_id}",
+        "/v1/index",
+    ):
+        assert path in paths
+    assert "delete" in paths["/v1/areas/{area_id}"] and "post" in paths["/v1/search"]
+
+
+def test_delete_area_is_refused_while_ingesting_then_queued(world: dict, pg_url: str) -> None:
+    client, core = world["client"], world["core"]
+    other = seed_area(pg_url, [mercantile.Tile(1, 1, 5)], name="to delete", source="doomed")
+    world["cleanup"].append(other.area_id)
+    with sync_engine(pg_url).begin() as conn:
+        conn.execute(
+            text("INSERT INTO ingest_jobs (area_id, state) VALUES (:a, 'embedding')"), {"a": other.area_id}
+        )
+    assert client.delete("/v1/areas/99999999").status_code == 404
+    refused = client.delete(f"/v1/areas/{other.area_id}")
+    assert refused.status_code == 400 and "force=true" in refused.json()["error"]["message"]
+    queue = redis.Redis.from_url(core.redis_url)
+    before = queue.llen("index")
+    resp = client.delete(f"/v1/areas/{other.area_id}", params={"force": "true"})
+    assert resp.status_code == 202 and resp.json()["area"]["status"] == "deleting"
+    assert queue.llen("index") == before + 1  # the indexer's task (run for real in test_hot_swap)
+    queue.close()
+
+
+def test_searchers_register_the_version_they_hold(world: dict) -> None:
+    core = world["core"]
+    client = redis.Redis.from_url(core.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{core.redis_namespace}:searchers:*"))
+        assert len(keys) == 1
+        version = world["client"].get("/v1/index").json()["version"]
+        assert client.get(keys[0]).decode() == str(version) and 0 < client.pttl(keys[0]) <= 20_000
+    finally:
+        client.close()

@@ -1,0 +1,238 @@
+"""Geo filters, minimum score, merging and paging of the search pipeline, checked against brute
+force (shapely over every window, numpy over every vector) on real PostGIS rows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import mercantile
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box
+from sqlalchemy import text
+
+from cliprs.db.engine import async_engine, sync_engine
+from cliprs.manifest import Manifest, Shard
+from cliprs.tiles import BBox
+from cliprs_indexer.shards import build_flat
+from cliprs_indexer.synthetic import SeededArea, clustered_unit_vectors, delete_seeded, seed_area
+from cliprs_search.filters import HitFilter
+from cliprs_search.index import LoadedIndex, sample_index
+from cliprs_search.merge import merge_overlapping
+from cliprs_search.search import SearchRequest, run_search
+from cliprs_search.settings import SearchSettings
+
+DIM = 64
+# Sydney harbour: far from every other test's rows, so the filters only ever meet ours.
+CENTRE = (151.21, -33.86)
+
+
+@dataclass
+class World:
+    area: SeededArea
+    vectors: np.ndarray
+    index: LoadedIndex
+    footprints: list[Polygon]
+
+
+def tiles_around(z: int, radius: int) -> list[mercantile.Tile]:
+    t = mercantile.tile(*CENTRE, z)
+    return [
+        mercantile.Tile(t.x + dx, t.y + dy, z)
+        for dx in range(-radius, radius)
+        for dy in range(-radius, radius)
+    ]
+
+
+@pytest.fixture(scope="module")
+def world(pg_url: str) -> Iterator[World]:
+    """45 tiles at two zooms (1,170 windows) with clustered vectors in one exact shard."""
+    area = seed_area(pg_url, tiles_around(15, 1) + tiles_around(16, 3), name="filters", source="filters")
+    with sync_engine(pg_url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE windows"))
+    vectors = clustered_unit_vectors(len(area.ids), DIM, seed=5, group=13)
+    shard = build_flat(area.ids, vectors)
+    manifest = Manifest(1, "test", DIM, [Shard(area.area_id, "mem", len(area.ids), "flat")])
+    index = LoadedIndex(manifest, [shard], sample_index([shard], [area.area_id], 512))
+    yield World(area, vectors, index, [box(*b) for b in area.boxes])
+    delete_seeded(pg_url, [area.area_id])
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator:
+    engine = async_engine(pg_url)
+    async with engine.connect() as c:
+        yield c
+    await engine.dispose()
+
+
+def random_polygon(rng: np.random.Generator, extent: tuple[float, float, float, float]) -> Polygon:
+    """A random star-shaped (hence simple) polygon inside ``extent``."""
+    w, s, e, n = extent
+    cx, cy = rng.uniform(w, e), rng.uniform(s, n)
+    r_max = rng.uniform(0.001, 0.6) * (e - w)
+    m = int(rng.integers(4, 12))
+    # One vertex per equal sector: sorted angles less than pi apart keep the polygon simple.
+    angles = (np.arange(m) + rng.uniform(0.05, 0.95, m)) * 2 * math.pi / m
+    radii = rng.uniform(0.3, 1.0, len(angles)) * r_max
+    return Polygon(zip(cx + radii * np.cos(angles), cy + radii * np.sin(angles), strict=True))
+
+
+def brute_force(
+    world: World, query: np.ndarray, keep: np.ndarray, k: int, min_score: float = -1.0
+) -> list[int]:
+    scores = world.vectors @ query
+    rows = np.flatnonzero(keep & (scores >= min_score))
+    order = rows[np.argsort(-scores[rows], kind="stable")][:k]
+    return world.area.ids[order].tolist()
+
+
+def query_vector(world: World, rng: np.random.Generator) -> np.ndarray:
+    q = world.vectors[rng.integers(len(world.vectors))] + rng.normal(0, 0.05, DIM).astype(np.float32)
+    return (q / np.linalg.norm(q)).astype(np.float32)
+
+
+def settings(**kw) -> SearchSettings:
+    return SearchSettings(**{"overfetch": 3, **kw})
+
+
+async def ids_of(
+    world: World, conn, q, flt: HitFilter, k: int, s: SearchSettings, **kw
+) -> tuple[list[int], str]:
+    page = await run_search(world.index, conn, SearchRequest(q, k, flt=flt, merge=False, **kw), s)
+    return [h.row["id"] for h in page.hits], page.strategy
+
+
+def extent(world: World) -> tuple[float, float, float, float]:
+    b = world.area.boxes
+    return b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+
+
+@pytest.mark.parametrize("strategy", ["selector", "overfetch", "auto"])
+async def test_random_polygons_match_brute_force(world: World, conn, strategy: str) -> None:
+    rng = np.random.default_rng({"selector": 1, "overfetch": 2, "auto": 3}[strategy])
+    s = settings(filter_strategy=strategy)
+    seen = set()
+    for i in range(12):
+        poly = random_polygon(rng, extent(world))
+        if i % 4 == 3:  # now and then two parts
+            other = random_polygon(rng, extent(world))
+            poly = MultiPolygon([poly, other]) if not poly.intersects(other) else poly
+        zooms = [16] if i % 3 == 1 else None
+        keep = np.array([poly.intersects(f) for f in world.footprints])
+        if zooms:
+            keep &= np.isin(world.area.zooms, zooms)
+        q = query_vector(world, rng)
+        k = int(rng.integers(1, 40))
+        got, used = await ids_of(world, conn, q, HitFilter(polygon=poly, zooms=zooms), k, s)
+        assert got == brute_force(world, q, keep, k), f"polygon {i} ({keep.sum()} windows pass)"
+        if strategy != "auto":
+            assert used == strategy
+        seen.add(used)
+    if strategy == "auto":  # random sizes: both ways get used
+        assert seen == {"selector", "overfetch"}
+
+
+async def test_bbox_zoom_and_area_filters_match_brute_force(world: World, conn) -> None:
+    rng = np.random.default_rng(11)
+    w, s_, e, n = extent(world)
+    for strategy in ("selector", "overfetch"):
+        s = settings(filter_strategy=strategy)
+        for _ in range(5):
+            x0, x1 = np.sort(rng.uniform(w, e, 2))
+            y0, y1 = np.sort(rng.uniform(s_, n, 2))
+            bb = BBox(x0, y0, x1, y1)
+            keep = np.array([box(*bb.as_list()).intersects(f) for f in world.footprints])
+            keep &= world.area.zooms == 15
+            q = query_vector(world, rng)
+            flt = HitFilter(area_id=world.area.area_id, zooms=[15], bbox=bb)
+            got, _ = await ids_of(world, conn, q, flt, 15, s)
+            assert got == brute_force(world, q, keep, 15)
+
+
+async def test_auto_strategy_follows_selectivity(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(4))
+    s = settings()
+    cx, cy = world.area.boxes[0, :2] + 1e-6  # a sliver at one window's corner: a handful pass
+    tiny = box(cx, cy, cx + 1e-5, cy + 1e-5)
+    _, used = await ids_of(world, conn, q, HitFilter(polygon=tiny), 5, s)
+    assert used == "selector"
+    everything = box(*extent(world)).buffer(0.01)
+    _, used = await ids_of(world, conn, q, HitFilter(polygon=everything), 5, s)
+    assert used == "overfetch"
+    _, used = await ids_of(world, conn, q, HitFilter(), 5, s)
+    assert used == "index"
+
+
+async def test_overfetch_switches_to_the_selector_when_candidates_run_out(world: World, conn) -> None:
+    rng = np.random.default_rng(8)
+    q = query_vector(world, rng)
+    # A filter the over-fetch cannot satisfy within 40 candidates: zoom 15 windows in a corner.
+    corner = box(*world.area.boxes[world.area.zooms == 15][0])
+    keep = np.array([corner.intersects(f) for f in world.footprints]) & (world.area.zooms == 15)
+    s = settings(filter_strategy="overfetch", max_candidates=40)
+    got, used = await ids_of(world, conn, q, HitFilter(polygon=corner, zooms=[15]), 10, s)
+    assert got == brute_force(world, q, keep, 10)
+    assert used == "selector"
+
+
+async def test_min_score_keeps_only_better_hits(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(9))
+    scores = np.sort(world.vectors @ q)[::-1]
+    threshold = float(scores[30])  # 30 windows score above it
+    keep = np.ones(len(world.footprints), dtype=bool)
+    got, _ = await ids_of(world, conn, q, HitFilter(), 100, settings(), min_score=threshold)
+    assert got == brute_force(world, q, keep, 100, threshold)
+    assert 30 <= len(got) <= 31
+
+
+async def test_pages_concatenate_to_the_full_ranking(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(10))
+    s = settings()
+    poly = box(*extent(world)).buffer(-0.005)
+    for merge in (False, True):
+        whole = await run_search(
+            world.index, conn, SearchRequest(q, 60, flt=HitFilter(polygon=poly), merge=merge), s
+        )
+        paged, offset = [], 0
+        while True:
+            page = await run_search(
+                world.index, conn, SearchRequest(q, 7, offset, HitFilter(polygon=poly), merge=merge), s
+            )
+            paged += [h.row["id"] for h in page.hits]
+            offset += 7
+            if not page.has_more or offset >= 60:
+                break
+        assert paged[:60] == [h.row["id"] for h in whole.hits][: len(paged)]
+        assert len(paged) >= 56
+
+
+async def test_merged_hits_do_not_overlap_and_account_for_every_window(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(12))
+    s = settings()
+    page = await run_search(world.index, conn, SearchRequest(q, 20, merge=True), s)
+    assert page.merged > 0  # overlapping windows of one place do score alike
+    boxes = np.array([[h.row[c] for c in ("x0", "y0", "x1", "y1")] for h in page.hits])
+    # No two returned hits would merge with each other...
+    assert len(merge_overlapping(boxes, s.merge_overlap, s.merge_max_area_ratio)) == len(page.hits)
+    scores = [h.score for h in page.hits]
+    assert scores == sorted(scores, reverse=True)
+    by_id = dict(zip(world.area.ids.tolist(), world.footprints, strict=True))
+    for h in page.hits:
+        kept = by_id[h.row["id"]]
+        for wid in h.merged:  # ...and every merged window overlaps its hit enough, scoring lower
+            other = by_id[wid]
+            small = min(kept.area, other.area)
+            assert kept.intersection(other).area >= s.merge_overlap * small - 1e-15
+            assert float(world.vectors[world.area.ids == wid][0] @ q) <= h.score + 1e-6
+    # Without merging the same ranking starts with the same best window.
+    flat = await run_search(world.index, conn, SearchRequest(q, 20, merge=False), s)
+    assert flat.hits[0].row["id"] == page.hits[0].row["id"] and flat.merged == 0
+
+
+def test_random_polygons_are_valid() -> None:
+    rng = np.random.default_rng(0)
+    assert all(shapely.is_valid(random_polygon(rng, (0, 0, 1, 1))) for _ in range(200))

@@ -288,3 +288,29 @@ def test_tiles_are_served_with_caching_headers_and_404_outside(stack: dict, inge
     )
     far = mercantile.tile(2.35, 48.85, 13)  # Paris
     assert httpx.get(f"{stack['tiler']}/tiles/test/13/{far.x}/{far.y}").status_code == 404
+
+
+def test_polygon_area_fetches_only_the_tiles_it_overlaps(stack: dict, ingested: dict) -> None:
+    # A triangle inside the ingested box: its tiles are already fetched and embedded, so the job
+    # is quick, and it must plan fewer tiles than its bounding box.
+    w, s, e, n = AREA_BBOX
+    triangle = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [w, n], [w, s]]]}
+    both = httpx.post(
+        f"{stack['api']}/v1/areas",
+        json={"name": "x", "bbox": AREA_BBOX, "polygon": triangle, "zooms": [14], "source": "test"},
+    )
+    assert both.status_code == 400 and "either bbox" in both.json()["error"]["message"]
+    resp = httpx.post(
+        f"{stack['api']}/v1/areas",
+        json={"name": "triangle", "polygon": triangle, "zooms": [14], "source": "test"},
+    )
+    assert resp.status_code == 202, resp.text
+    job = resp.json()["job"]
+    bbox_tiles = len(list(tiles_for_bbox(BBox(*AREA_BBOX), [14])))
+    assert 0 < job["tiles_planned"] < bbox_tiles
+    deadline = time.monotonic() + 120
+    while job["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+        job = httpx.get(f"{stack['api']}/v1/jobs/{job['id']}").json()
+    assert job["state"] == "done" and job["tiles_embedded"] == job["tiles_planned"]

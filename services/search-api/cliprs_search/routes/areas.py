@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from cliprs.errors import InvalidInput, NotFound
 from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA
-from cliprs.tiles import check_plan_size, parse_bbox, validate_zooms
+from cliprs.tiles import area_wkt, check_plan_size, parse_area, validate_zooms
 from cliprs_search.context import Context, get_context
 from cliprs_search.queries import AREA_COLUMNS, JOB_COLUMNS, area_dict, job_dict
 
@@ -21,8 +21,13 @@ ACTIVE_JOB_STATES = ("queued", "fetching", "embedding", "indexing")
 
 class AreaRequest(BaseModel):
     name: str = Field(..., min_length=1, max_length=200, examples=["Chincoteague harbour"])
-    bbox: list[float] = Field(
-        ..., description="[min_lon, min_lat, max_lon, max_lat]", examples=[[-75.6, 37.6, -75.5, 37.7]]
+    bbox: list[float] | None = Field(
+        None,
+        description="[min_lon, min_lat, max_lon, max_lat] (or give polygon)",
+        examples=[[-75.6, 37.6, -75.5, 37.7]],
+    )
+    polygon: dict | None = Field(
+        None, description="A GeoJSON Polygon, instead of bbox: only the tiles it overlaps are fetched"
     )
     zooms: list[int] = Field(..., examples=[[12, 13, 14]])
     source: str = Field("demo", description="A configured tile source name")
@@ -54,12 +59,12 @@ async def job_or_404(ctx: Context, job_id: int) -> dict:
 async def create_area(body: AreaRequest, ctx: Context = Depends(get_context)) -> dict:
     """Create an area and start ingesting it (fetch, embed, index); poll its job."""
     core = ctx.core
-    bbox = parse_bbox(body.bbox)
+    area = parse_area(bbox=body.bbox, polygon=body.polygon)
     zooms = validate_zooms(body.zooms, core.max_zoom)
     if body.source not in core.tile_sources:
         known = ", ".join(sorted(core.tile_sources))
         raise InvalidInput(f"unknown tile source {body.source!r}; configured sources: {known}")
-    planned = check_plan_size(bbox, zooms, core.max_tiles_per_area)
+    planned = check_plan_size(area, zooms, core.max_tiles_per_area)
     async with ctx.engine.begin() as conn:
         area_id = (
             await conn.execute(
@@ -67,7 +72,7 @@ async def create_area(body: AreaRequest, ctx: Context = Depends(get_context)) ->
                     "INSERT INTO areas (name, bbox, zooms, source, status) VALUES "
                     "(:name, ST_GeomFromText(:wkt, 4326), :zooms, :source, 'pending') RETURNING id"
                 ),
-                {"name": body.name.strip(), "wkt": bbox.wkt(), "zooms": zooms, "source": body.source},
+                {"name": body.name.strip(), "wkt": area_wkt(area), "zooms": zooms, "source": body.source},
             )
         ).scalar_one()
         job_id = (

@@ -27,27 +27,25 @@ import platform
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import mercantile
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
-from cliprs.db.engine import sync_engine, sync_url
-from cliprs.db.migrate import ensure_database, upgrade
+from cliprs.db.engine import sync_engine
 from cliprs.model import ClipEncoder, ImageTransform, ModelInfo, load_encoder
 from cliprs.model.encoder import available_cpus
 from cliprs.model.loader import resolve_device
 from cliprs.model.tiny import build_tiny_clip
 from cliprs.settings import CoreSettings, ModelSettings
+from cliprs.testing import throwaway_database
 from cliprs.tilecache import tile_path
 from cliprs.tiles import tile_polygon_wkt
 from cliprs_embedder.pipeline import cut_tile, embed_tiles
@@ -101,24 +99,6 @@ def vit_b32_random(device: torch.device, tiny_dir: Path) -> ClipEncoder:
     model = CLIPModel(CLIPConfig())  # the defaults are openai/clip-vit-base-patch32's shapes
     info = ModelInfo("ViT-B/32 (random weights)", "vit-b-32-random", str(device), 512)
     return ClipEncoder(model, CLIPTokenizer.from_pretrained(tiny_dir), CLIPImageProcessorPil(), device, info)
-
-
-@contextmanager
-def throwaway_db(admin_url: str) -> Iterator[str]:
-    """A migrated database of its own, dropped afterwards."""
-    name = f"cliprs_bench_{uuid.uuid4().hex[:8]}"
-    url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-    url = url.replace("postgresql+psycopg2://", "postgresql://")
-    ensure_database(url)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        sync_engine.cache_clear()
-        admin = create_engine(make_url(sync_url(admin_url)), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def seed(core: CoreSettings, tiles: list[tuple[tuple[int, int, int], Image.Image]]) -> list[int]:
@@ -247,7 +227,7 @@ def main() -> None:
     results: dict[str, float] = {}
     with ExitStack() as stack:
         try:
-            db_url = stack.enter_context(throwaway_db(admin_url))
+            db_url = stack.enter_context(throwaway_database(admin_url))
         except Exception as exc:  # no PostgreSQL on this host: still measure the encoder
             print(f"(end to end skipped: no database at {admin_url.split('@')[-1]}: {type(exc).__name__})")
             db_url = None

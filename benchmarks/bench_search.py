@@ -28,24 +28,20 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
 import httpx
 import numpy as np
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
-from cliprs.db.engine import sync_engine, sync_url
-from cliprs.db.migrate import ensure_database, upgrade
+from cliprs.db.engine import sync_engine
 from cliprs.devstack import Ports, Stack, service_specs, stack_env
 from cliprs.fsutil import atomic_path
 from cliprs.manifest import Shard, search_shard
 from cliprs.model.tiny import build_tiny_clip
 from cliprs.settings import CoreSettings
-from cliprs.testing import free_port
+from cliprs.testing import free_port, throwaway_database
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
 from cliprs_indexer.build import publish_changes
 from cliprs_indexer.settings import IndexerSettings
@@ -63,24 +59,6 @@ PHRASES = [
     "a forest", "a beach", "a construction site", "white roofs", "a cemetery", "tennis courts",
     "a swimming pool", "a large warehouse", "a traffic circle", "a helicopter pad",
 ]  # fmt: skip
-
-
-@contextmanager
-def throwaway_db(admin_url: str) -> Iterator[str]:
-    """A migrated database of its own, dropped afterwards."""
-    name = f"cliprs_bench_{uuid.uuid4().hex[:8]}"
-    url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-    url = url.replace("postgresql+psycopg2://", "postgresql://")
-    ensure_database(url)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        sync_engine.cache_clear()
-        admin = create_engine(make_url(sync_url(admin_url)), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def study_tiles(n_windows: int, per_tile: int = 26) -> list:
@@ -210,7 +188,7 @@ def end_to_end(core: CoreSettings, model_dir: Path, args: argparse.Namespace, ar
 def run_size(n: int, args: argparse.Namespace, model_dir: Path) -> dict:
     print(f"\n=== {n:,} windows ===", flush=True)
     result: dict = {"n": n}
-    with throwaway_db(args.admin_url) as db_url, tempfile.TemporaryDirectory(dir=args.tmp) as data:
+    with throwaway_database(args.admin_url) as db_url, tempfile.TemporaryDirectory(dir=args.tmp) as data:
         core = CoreSettings(
             database_url=db_url,
             redis_url=args.redis_url,

@@ -27,23 +27,14 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
-import redis
 from playwright.sync_api import sync_playwright
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from cliprs.db.engine import sync_engine, sync_url
-from cliprs.db.migrate import ensure_database, upgrade
 from cliprs.devstack import Ports, Stack, service_specs, stack_env
 from cliprs.model.tiny import build_tiny_clip
-from cliprs.testing import free_port
+from cliprs.testing import free_port, private_redis_db, throwaway_database
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
 from cliprs_web.app import STATIC_DIR
@@ -67,44 +58,6 @@ PHRASES = [
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
-
-
-@contextmanager
-def throwaway_db(admin_url: str) -> Iterator[str]:
-    """A migrated database of its own, dropped afterwards."""
-    name = f"cliprs_bench_{uuid.uuid4().hex[:8]}"
-    url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-    url = url.replace("postgresql+psycopg2://", "postgresql://")
-    ensure_database(url)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        sync_engine.cache_clear()
-        admin = create_engine(make_url(sync_url(admin_url)), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def own_redis_db(base_url: str) -> Iterator[str]:
-    """A Redis database nobody else uses (Celery queues are per database), claimed with the
-    same lock key as the test fixtures, emptied afterwards."""
-    netloc = urlsplit(base_url).netloc
-    for db in range(15, 7, -1):
-        url = f"redis://{netloc}/{db}"
-        client = redis.Redis.from_url(url)
-        if client.set("cliprs-test-session", "bench-web", nx=True, ex=3600):
-            break
-        client.close()
-    else:
-        raise RuntimeError("no free Redis database among 8..15")
-    try:
-        yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def render_area(out: Path) -> int:
@@ -271,8 +224,8 @@ def main() -> int:
     model_dir = build_tiny_clip(REPO / ".cache/models/tiny-test", vocab_cache=REPO / ".cache/wheels")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        throwaway_db(args.admin_url) as db_url,
-        own_redis_db(args.redis_url) as redis_url,
+        throwaway_database(args.admin_url) as db_url,
+        private_redis_db(args.redis_url) as redis_url,
     ):
         tmp_path = Path(tmp)
         print("rendering the Sentinel-2 tiles of the area...", flush=True)

@@ -25,10 +25,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 from shapely.geometry import box, shape
 
-from cliprs.devstack import Ports, Stack, service_specs, stack_env
-from cliprs.testing import REPO_ROOT, free_port
+from cliprs.testing import REPO_ROOT
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (requirements-dev.txt)"
@@ -61,64 +59,26 @@ def _margin(bbox: list[float], d: float) -> BBox:
 
 
 @pytest.fixture(scope="module")
-def tile_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tile_folder(render_tiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real Sentinel-2 tiles of both test areas, rendered into an XYZ folder."""
-    out = tmp_path_factory.mktemp("tiles")
-    bands = demo_band_paths()
-    stretch = scene_stretch(bands)
     wanted = {*tiles_for_bbox(BBox(*AREA_BBOX), AREA_ZOOMS)}
     wanted |= {*tiles_for_bbox(_margin(NEW_AREA_BBOX, NEW_AREA_MARGIN), AREA_ZOOMS)}
-    for t in wanted:
-        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
-        assert image is not None, f"the demo scene should cover tile {t}"
-        path = out / str(t.z) / str(t.x) / f"{t.y}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-    return out
+    return render_tiles(tmp_path_factory.mktemp("tiles"), wanted)
 
 
 @pytest.fixture(scope="module")
-def stack(
-    pg_url: str,
-    redis_url: str,
-    tiny_model_dir: Path,
-    tile_folder: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict]:
+def stack(start_platform, tiny_model_dir: Path, tile_folder: Path, tmp_path_factory) -> Iterator[dict]:
     """Every service including the web page as a real process, on the fallback model."""
-    run_dir = tmp_path_factory.mktemp("run")
-    ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
-    env = stack_env(
-        ports,
-        {
-            **os.environ,
-            "CLIPRS_DATABASE_URL": pg_url,
-            "CLIPRS_REDIS_URL": redis_url,
-            "CLIPRS_DATA_DIR": str(run_dir / "data"),
-            "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
-            "CLIPRS_MAX_TILES_PER_AREA": str(MAX_TILES),
-            "CLIPRS_REDIS_NAMESPACE": "browser",
-            # A model that cannot load, and the fallback allowed: the fallback is the tiny CLIP.
-            "CLIP_MODEL": str(run_dir / "no-such-model"),
-            "CLIP_FALLBACK": "1",
-            "CLIP_FALLBACK_DIR": str(tiny_model_dir),
-            "HF_HUB_OFFLINE": "1",
-        },
-    )
-    s = Stack(run_dir, env)
-    specs = service_specs(ports, with_web=True)
-    try:
-        for spec in specs:
-            s.start(spec)
-        s.wait_ready(specs, timeout_s=180)
-        yield {
-            "api": f"http://127.0.0.1:{ports.search}",
-            "tiler": f"http://127.0.0.1:{ports.tiler}",
-            "web": f"http://127.0.0.1:{ports.web}",
-            "stack": s,
-        }
-    finally:
-        s.stop_all()
+    env = {
+        "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
+        "CLIPRS_MAX_TILES_PER_AREA": str(MAX_TILES),
+        # A model that cannot load, and the fallback allowed: the fallback is the tiny CLIP.
+        "CLIP_MODEL": str(tmp_path_factory.mktemp("models") / "no-such-model"),
+        "CLIP_FALLBACK": "1",
+        "CLIP_FALLBACK_DIR": str(tiny_model_dir),
+    }
+    with start_platform("browser", env, with_web=True) as platform:
+        yield platform
 
 
 def _follow(stack: dict, job: dict, timeout_s: float = 240) -> dict:

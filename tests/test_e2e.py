@@ -15,10 +15,7 @@ import pytest
 from PIL import Image
 from shapely.geometry import box, shape
 
-from cliprs.devstack import Ports, Stack, service_specs, stack_env
-from cliprs.testing import free_port
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
 
 AREA_BBOX = [-75.66, 37.66, -75.62, 37.69]  # farmland and a creek on Virginia's Eastern Shore
 AREA_ZOOMS = [13, 14]
@@ -26,60 +23,21 @@ MAX_TILES = 200
 
 
 @pytest.fixture(scope="module")
-def tile_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tile_folder(render_tiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real Sentinel-2 tiles of the test area, rendered into an XYZ folder."""
-    out = tmp_path_factory.mktemp("tiles")
-    bands = demo_band_paths()
-    stretch = scene_stretch(bands)
-    for t in tiles_for_bbox(BBox(*AREA_BBOX), AREA_ZOOMS):
-        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
-        assert image is not None, f"the demo scene should cover tile {t}"
-        path = out / str(t.z) / str(t.x) / f"{t.y}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-    return out
+    return render_tiles(tmp_path_factory.mktemp("tiles"), tiles_for_bbox(BBox(*AREA_BBOX), AREA_ZOOMS))
 
 
 @pytest.fixture(scope="module")
-def stack(
-    pg_url: str,
-    redis_url: str,
-    tiny_model_dir: Path,
-    tile_folder: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict]:
+def stack(start_platform, tiny_model_dir: Path, tile_folder: Path) -> Iterator[dict]:
     """Every backend service as a real process, on free loopback ports."""
-    import os
-
-    run_dir = tmp_path_factory.mktemp("run")
-    ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
-    env = stack_env(
-        ports,
-        {
-            **os.environ,
-            "CLIPRS_DATABASE_URL": pg_url,
-            "CLIPRS_REDIS_URL": redis_url,
-            "CLIPRS_DATA_DIR": str(run_dir / "data"),
-            "CLIPRS_TILE_SOURCES": json.dumps({"test": f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
-            "CLIPRS_MAX_TILES_PER_AREA": str(MAX_TILES),
-            "CLIPRS_REDIS_NAMESPACE": "e2e",
-            "CLIP_MODEL": str(tiny_model_dir),
-            "HF_HUB_OFFLINE": "1",
-        },
-    )
-    s = Stack(run_dir, env)
-    specs = service_specs(ports, with_web=False)
-    try:
-        for spec in specs:
-            s.start(spec)
-        s.wait_ready(specs, timeout_s=180)
-        yield {
-            "api": f"http://127.0.0.1:{ports.search}",
-            "tiler": f"http://127.0.0.1:{ports.tiler}",
-            "stack": s,
-        }
-    finally:
-        s.stop_all()
+    env = {
+        "CLIPRS_TILE_SOURCES": json.dumps({"test": f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
+        "CLIPRS_MAX_TILES_PER_AREA": str(MAX_TILES),
+        "CLIP_MODEL": str(tiny_model_dir),
+    }
+    with start_platform("e2e", env) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="module")

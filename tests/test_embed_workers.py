@@ -26,13 +26,11 @@ import pytest
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.devstack import Ports, Stack, service_specs, stack_env
+from cliprs.devstack import Stack
 from cliprs.manifest import load_manifest
-from cliprs.testing import free_port
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs.vectors import read_chunk
 from cliprs.windows import plan_windows
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
 
 AREA_BBOX = [-75.70, 37.62, -75.60, 37.70]  # 30 tiles at zoom 14 of the Sentinel-2 demo scene
 ZOOMS = [14]
@@ -44,56 +42,26 @@ TASK = re.compile(r"Task embedder\.embed_tiles\[([0-9a-f-]+)\] (received|succeed
 
 
 @pytest.fixture(scope="module")
-def tile_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiles")
-    bands = demo_band_paths()
-    stretch = scene_stretch(bands)
-    for t in tiles_for_bbox(BBox(*AREA_BBOX), ZOOMS):
-        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
-        assert image is not None, f"the demo scene should cover tile {t}"
-        path = out / str(t.z) / str(t.x) / f"{t.y}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-    return out
+def tile_folder(render_tiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render_tiles(tmp_path_factory.mktemp("tiles"), tiles_for_bbox(BBox(*AREA_BBOX), ZOOMS))
 
 
 @pytest.fixture(scope="module")
-def stack(
-    pg_url: str, redis_url: str, tiny_model_dir: Path, tile_folder: Path, tmp_path_factory
-) -> Iterator[dict]:
-    run_dir = tmp_path_factory.mktemp("run")
-    ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
-    data_dir = run_dir / "data"
-    env = stack_env(
-        ports,
-        {
-            **os.environ,
-            "CLIPRS_DATABASE_URL": pg_url,
-            "CLIPRS_REDIS_URL": redis_url,
-            "CLIPRS_DATA_DIR": str(data_dir),
-            # A source name of its own: tiles are shared by source and z/x/y across areas, and
-            # other tests of the session cut the same tiles with other window scales.
-            "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
-            "CLIPRS_REDIS_NAMESPACE": "workers",
-            "CLIPRS_TASK_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "CLIP_MODEL": str(tiny_model_dir),
-            # Two workers share the machine's cores: one torch and one resize thread each.
-            "CLIP_TORCH_THREADS": "1",
-            "CLIP_PREPROCESS_WORKERS": "1",
-            "EMBEDDER_WINDOW_SCALES": json.dumps(SCALES),
-            "TILER_EMBED_BATCH": "2",
-            "HF_HUB_OFFLINE": "1",
-        },
-    )
-    s = Stack(run_dir, env)
-    specs = service_specs(ports, embed_workers=2, with_web=False)
-    try:
-        for spec in specs:
-            s.start(spec)
-        s.wait_ready(specs, timeout_s=180)
-        yield {"api": f"http://127.0.0.1:{ports.search}", "stack": s, "data_dir": data_dir}
-    finally:
-        s.stop_all()
+def stack(start_platform, tiny_model_dir: Path, tile_folder: Path) -> Iterator[dict]:
+    env = {
+        # A source name of its own: tiles are shared by source and z/x/y across areas, and
+        # other tests of the session cut the same tiles with other window scales.
+        "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
+        "CLIPRS_TASK_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+        "CLIP_MODEL": str(tiny_model_dir),
+        # Two workers share the machine's cores: one torch and one resize thread each.
+        "CLIP_TORCH_THREADS": "1",
+        "CLIP_PREPROCESS_WORKERS": "1",
+        "EMBEDDER_WINDOW_SCALES": json.dumps(SCALES),
+        "TILER_EMBED_BATCH": "2",
+    }
+    with start_platform("workers", env, embed_workers=2) as platform:
+        yield platform
 
 
 def _tasks(log: str) -> tuple[set[str], set[str]]:
@@ -146,6 +114,14 @@ def killed_run(stack: dict) -> dict:
         job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
     logs = "\n".join(s.log_tail(n) for n in ("embedder-worker-2", "indexer-worker", "tiler-worker"))
     assert job["state"] == "done", f"{job}\n{logs}"
+    # Worker 1 may have stored its tiles and died before acknowledging: then the job can finish
+    # before the redelivery, which still has to come (after the visibility timeout) and find
+    # nothing left to do. Wait for it, boundedly.
+    redelivery_deadline = time.monotonic() + 6 * VISIBILITY_TIMEOUT_S + 30
+    while not killed_tasks <= _tasks(_worker_log(s, "embedder-worker-2"))[1]:
+        if time.monotonic() > redelivery_deadline:
+            break  # the assertion in the test reports it
+        time.sleep(0.5)
     return {"job": job, "at_kill": at_kill, "killed_tasks": killed_tasks, "area_id": job["area_id"]}
 
 

@@ -223,17 +223,35 @@ def window_vector(ctx: Context, window_id: int) -> np.ndarray:
     return vector
 
 
+class SearchParams:
+    """The query-string options shared by the GET and upload searches (one definition, so the
+    three endpoints cannot drift apart)."""
+
+    def __init__(
+        self,
+        k: int | None = Query(None, description=K_HELP),
+        cursor: str | None = Query(None, description=CURSOR_HELP),
+        area_id: int | None = None,
+        zoom: list[int] | None = Query(None, description=ZOOM_HELP),
+        bbox: str | None = Query(None, description=BBOX_HELP),
+        min_score: float = Query(-1.0, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
+        merge: bool = Query(True, description=MERGE_HELP),
+        address: bool = Query(True, description=ADDRESS_HELP),
+    ):
+        self.k, self.cursor, self.area_id, self.zoom, self.bbox = k, cursor, area_id, zoom, bbox
+        self.min_score, self.merge, self.address = min_score, merge, address
+
+    def options(self, ctx: Context, query: dict, polygon: dict | None = None) -> Options:
+        return options(
+            ctx, query, k=self.k, cursor=self.cursor, area_id=self.area_id, zoom=self.zoom, bbox=self.bbox,
+            polygon=polygon, min_score=self.min_score, merge=self.merge, address=self.address,
+        )  # fmt: skip
+
+
 @router.get("/v1/search")
 async def search_text(
     q: str = Query(..., description="What to look for, e.g. 'boats near a pier'"),
-    k: int | None = Query(None, description=K_HELP),
-    cursor: str | None = Query(None, description=CURSOR_HELP),
-    area_id: int | None = None,
-    zoom: list[int] | None = Query(None, description=ZOOM_HELP),
-    bbox: str | None = Query(None, description=BBOX_HELP),
-    min_score: float = Query(-1.0, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
-    merge: bool = Query(True, description=MERGE_HELP),
-    address: bool = Query(True, description=ADDRESS_HELP),
+    params: SearchParams = Depends(),
     ctx: Context = Depends(get_context),
 ) -> dict:
     """Text to image: the windows that best match a description, as GeoJSON, best first.
@@ -243,10 +261,7 @@ async def search_text(
     ``next_cursor`` while more results exist. Polygons: ``POST /v1/search``."""
     started = time.perf_counter()
     query = validate_query(q, ctx.settings.max_query_chars)
-    opts = options(
-        ctx, {"q": query}, k=k, cursor=cursor, area_id=area_id, zoom=zoom, bbox=bbox, polygon=None,
-        min_score=min_score, merge=merge, address=address,
-    )  # fmt: skip
+    opts = params.options(ctx, {"q": query})
     return await text_search(ctx, query, opts, started)
 
 
@@ -276,14 +291,7 @@ async def search_body(body: SearchBody, ctx: Context = Depends(get_context)) -> 
 async def search_image(
     file: UploadFile = File(..., description="A PNG, JPEG or WebP image"),
     polygon: str | None = Form(None, description="Optional GeoJSON Polygon/MultiPolygon filter (JSON text)"),
-    k: int | None = Query(None, description=K_HELP),
-    cursor: str | None = Query(None, description=CURSOR_HELP),
-    area_id: int | None = None,
-    zoom: list[int] | None = Query(None, description=ZOOM_HELP),
-    bbox: str | None = Query(None, description=BBOX_HELP),
-    min_score: float = Query(-1.0, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
-    merge: bool = Query(True, description=MERGE_HELP),
-    address: bool = Query(True, description=ADDRESS_HELP),
+    params: SearchParams = Depends(),
     ctx: Context = Depends(get_context),
 ) -> dict:
     """Image to image: the windows that look most like the uploaded picture."""
@@ -297,10 +305,7 @@ async def search_image(
         poly = json.loads(polygon) if polygon else None
     except ValueError:
         raise InvalidInput('polygon must be GeoJSON text, e.g. {"type": "Polygon", ...}') from None
-    opts = options(
-        ctx, {"image": hashlib.sha256(data).hexdigest()}, k=k, cursor=cursor, area_id=area_id, zoom=zoom,
-        bbox=bbox, polygon=poly, min_score=min_score, merge=merge, address=address,
-    )  # fmt: skip
+    opts = params.options(ctx, {"image": hashlib.sha256(data).hexdigest()}, polygon=poly)
     vector, info = await ctx.embedder.embed_image(
         data, file.filename or "upload", file.content_type or "application/octet-stream"
     )
@@ -312,21 +317,11 @@ async def search_image(
 @router.get("/v1/windows/{window_id}/similar")
 async def search_similar(
     window_id: int,
-    k: int | None = Query(None, description=K_HELP),
-    cursor: str | None = Query(None, description=CURSOR_HELP),
-    area_id: int | None = None,
-    zoom: list[int] | None = Query(None, description=ZOOM_HELP),
-    bbox: str | None = Query(None, description=BBOX_HELP),
-    min_score: float = Query(-1.0, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
-    merge: bool = Query(True, description=MERGE_HELP),
-    address: bool = Query(True, description=ADDRESS_HELP),
+    params: SearchParams = Depends(),
     ctx: Context = Depends(get_context),
 ) -> dict:
     """Find similar: the windows that look most like an indexed window (itself first)."""
     started = time.perf_counter()
-    opts = options(
-        ctx, {"window_id": window_id}, k=k, cursor=cursor, area_id=area_id, zoom=zoom, bbox=bbox,
-        polygon=None, min_score=min_score, merge=merge, address=address,
-    )  # fmt: skip
+    opts = params.options(ctx, {"window_id": window_id})
     vector = window_vector(ctx, window_id)
     return await answer(ctx, vector, opts, started, {"query": {"window_id": window_id}})

@@ -144,7 +144,7 @@ def create_app(core: CoreSettings | None = None, settings: TilerSettings | None 
     ) -> dict:
         """How many tiles an area would need, per zoom, and whether that is within the limit."""
         try:
-            levels = parse_zooms(zooms)
+            levels = parse_zooms(zooms, core.max_zoom)  # the platform's limit, not the renderer's
         except ZoomSpecError as exc:
             raise InvalidInput(str(exc)) from None
         return _plan(parse_area(bbox=bbox), levels)

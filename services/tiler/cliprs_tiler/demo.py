@@ -18,8 +18,8 @@ class ZoomSpecError(ValueError):
     """A --zooms value that is not ``A-B``, ``a,b,c`` or a single level."""
 
 
-def parse_zooms(spec: str) -> list[int]:
-    """``"10-14"`` -> [10, ..., 14]; ``"10,12"`` -> [10, 12]; ``"12"`` -> [12]."""
+def parse_zooms(spec: str, max_zoom: int = MAX_ZOOM) -> list[int]:
+    """``"10-14"`` -> [10, ..., 14]; ``"10,12"`` -> [10, 12]; ``"12"`` -> [12], each within 0..max_zoom."""
     text = spec.strip()
     try:
         if "-" in text:
@@ -31,9 +31,9 @@ def parse_zooms(spec: str) -> list[int]:
         raise ZoomSpecError(f"bad zoom spec {spec!r}: use A-B (e.g. 10-14) or a list (e.g. 10,12)") from None
     if not zooms:
         raise ZoomSpecError(f"zoom range {spec!r} runs backwards")
-    bad = [z for z in zooms if not 0 <= z <= MAX_ZOOM]
+    bad = [z for z in zooms if not 0 <= z <= max_zoom]
     if bad:
-        raise ZoomSpecError(f"zoom levels must be within 0..{MAX_ZOOM}, got {bad}")
+        raise ZoomSpecError(f"zoom levels must be within 0..{max_zoom}, got {bad}")
     return sorted(set(zooms))
 
 

@@ -330,6 +330,8 @@ def test_plan_preview_for_boxes_and_polygons(core_settings: CoreSettings) -> Non
                 "GeoJSON Polygon",
             ),
             (("post", {"json": {"bbox": [0, 0, 1, 1], "zooms": [30]}}), "0..22"),
+            # The GET form's zoom spec is held to the same platform limit as the POST form.
+            (("get", {"params": {"bbox": "0,0,1,1", "zooms": "20-30"}}), "0..22"),
         ]:
             method, kwargs = request
             resp = getattr(client, method)("/v1/plan", **kwargs)

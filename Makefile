@@ -16,10 +16,10 @@ infra: ## Start PostgreSQL and Redis on loopback if they are not running
 	@deploy/local/infra.sh start
 
 up: install infra ## Bring the whole platform up locally, ingest the demo area, print the URL
-	@$(PY) -m cliprs.devstack up
+	@$(PY) -m cliprs_tools.devstack up
 
 down: ## Stop what `make up` started, and nothing else
-	@$(PY) -m cliprs.devstack down
+	@$(PY) -m cliprs_tools.devstack down
 	@deploy/local/infra.sh stop
 
 test: install infra ## Run every test (lint, unit, end to end) against real PostGIS and Redis
@@ -37,7 +37,7 @@ migrate: install infra ## Create the database if needed and apply migrations
 	@$(PY) -m cliprs.db.migrate
 
 demo-tiles: install ## Render the Sentinel-2 demo area into var/demo-tiles
-	@$(PY) -m cliprs_tiler.demo --out var/demo-tiles --zooms 10-14
+	@$(PY) -m cliprs_tools.demo --out var/demo-tiles --zooms 10-14
 
 .PHONY: bench-tiler
 bench-tiler: install infra ## Tiler throughput: tiles/s from a local tile server and the cache, vs a naive fetch
@@ -49,11 +49,11 @@ bench-embed: install infra ## Embedder throughput: windows/s end to end and enco
 
 .PHONY: eval
 eval: install ## Evaluate CLIP models side by side (EVAL_ARGS="--model A --model B --retrieval DIR/dataset_rsicd.json")
-	@$(PY) -m cliprs.evaluation $(EVAL_ARGS)
+	@$(PY) -m cliprs_tools.evaluation $(EVAL_ARGS)
 
 .PHONY: finetune
 finetune: install ## Fine-tune a CLIP on captions (FINETUNE_ARGS="--data DIR/dataset_rsicd.json --model BASE")
-	@$(PY) -m cliprs.finetune $(FINETUNE_ARGS)
+	@$(PY) -m cliprs_tools.finetune $(FINETUNE_ARGS)
 
 .PHONY: bench-finetune
 bench-finetune: install ## Fine-tuning and evaluation throughput (tiny and ViT-B/32 shapes) and a toy run's gain

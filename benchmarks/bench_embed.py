@@ -40,17 +40,19 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
 from cliprs.db.engine import sync_engine
-from cliprs.model import ClipEncoder, ImageTransform, ModelInfo, load_encoder
-from cliprs.model.encoder import available_cpus
-from cliprs.model.loader import resolve_device
-from cliprs.model.tiny import build_tiny_clip
-from cliprs.settings import CoreSettings, ModelSettings
-from cliprs.testing import throwaway_database
+from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
 from cliprs.tiles import tile_polygon_wkt
 from cliprs_embedder.pipeline import cut_tile, embed_tiles
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+from cliprs_model import ClipEncoder, ImageTransform, ModelInfo, load_encoder
+from cliprs_model.encoder import available_cpus
+from cliprs_model.loader import resolve_device
+from cliprs_model.settings import ModelSettings
+from cliprs_model.tiny import build_tiny_clip
+from cliprs_testing.plugin import throwaway_database
+from cliprs_tiler.render import render_tile, scene_stretch
+from cliprs_tools.demo import demo_band_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_3090 = 200  # windows/s, the source study on one RTX 3090

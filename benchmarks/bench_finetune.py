@@ -28,14 +28,14 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
-from cliprs.evaluation.datasets import load_captions, load_classification
-from cliprs.evaluation.runner import evaluate_model
-from cliprs.evaluation.sample import write_sample
-from cliprs.finetune.settings import FinetuneSettings
-from cliprs.finetune.trainer import Trainer
-from cliprs.model import load_encoder
-from cliprs.model.tiny import build_tiny_clip
-from cliprs.settings import ModelSettings
+from cliprs_model import load_encoder
+from cliprs_model.settings import ModelSettings
+from cliprs_model.tiny import build_tiny_clip
+from cliprs_tools.evaluation.datasets import load_captions, load_classification
+from cliprs_tools.evaluation.runner import evaluate_model
+from cliprs_tools.evaluation.sample import write_sample
+from cliprs_tools.finetune.settings import FinetuneSettings
+from cliprs_tools.finetune.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

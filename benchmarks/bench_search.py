@@ -4,7 +4,7 @@
 
 For each size: a throwaway PostGIS database gets that many window rows (tiles of the original
 study area in Northern Virginia at zooms 16-19, cut exactly as the embedder cuts them), the
-windows get synthetic CLIP-like 512-d vectors (clustered unit vectors: `cliprs_indexer.synthetic`),
+windows get synthetic CLIP-like 512-d vectors (clustered unit vectors: `cliprs_testing.synthetic`),
 and the indexer builds the shard it would build for that size (exact while at most
 INDEXER_FLAT_MAX_VECTORS, IVF-PQ tuned to recall@10 >= 0.95 above). Then:
 
@@ -36,17 +36,17 @@ import numpy as np
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.devstack import Ports, Stack, service_specs, stack_env
 from cliprs.fsutil import atomic_path
 from cliprs.manifest import Shard, search_shard
-from cliprs.model.tiny import build_tiny_clip
 from cliprs.settings import CoreSettings
-from cliprs.testing import free_port, throwaway_database
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
 from cliprs_indexer.build import publish_changes
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_indexer.shards import build_index, recall_at_k
-from cliprs_indexer.synthetic import clustered_unit_vectors, seed_area
+from cliprs_model.tiny import build_tiny_clip
+from cliprs_testing.plugin import free_port, throwaway_database
+from cliprs_testing.synthetic import clustered_unit_vectors, seed_area
+from cliprs_tools.devstack import Ports, Stack, service_specs, stack_env
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_AREA = BBox(-77.274, 38.812, -76.986, 38.912)  # Northern Virginia, Arlington, the National Mall

@@ -35,11 +35,11 @@ from cliprs.db.migrate import ensure_database, upgrade
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
-from cliprs_tiler.faultserver import TileServer
+from cliprs_testing.faultserver import TileServer
 from cliprs_tiler.fetch import fetch_job
-from cliprs_tiler.render import demo_band_paths
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import RasterSource, XyzSource, check_image
+from cliprs_tools.demo import demo_band_paths
 
 
 def plan(n: int) -> list[mercantile.Tile]:

@@ -32,11 +32,12 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from cliprs.devstack import Ports, Stack, service_specs, stack_env
-from cliprs.model.tiny import build_tiny_clip
-from cliprs.testing import free_port, private_redis_db, throwaway_database
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+from cliprs_model.tiny import build_tiny_clip
+from cliprs_testing.plugin import free_port, private_redis_db, throwaway_database
+from cliprs_tiler.render import render_tile, scene_stretch
+from cliprs_tools.demo import demo_band_paths
+from cliprs_tools.devstack import Ports, Stack, service_specs, stack_env
 from cliprs_web.app import STATIC_DIR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ from pathlib import Path
 import mercantile
 import pytest
 
-from cliprs.devstack import Ports, Stack, service_specs, stack_env
-from cliprs.testing import free_port
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+from cliprs_testing.plugin import free_port
+from cliprs_tiler.render import render_tile, scene_stretch
+from cliprs_tools.demo import demo_band_paths
+from cliprs_tools.devstack import Ports, Stack, service_specs, stack_env
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 from shapely.geometry import box, shape
 
-from cliprs.testing import REPO_ROOT
 from cliprs.tiles import BBox, tiles_for_bbox
+from cliprs_testing.plugin import REPO_ROOT
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (requirements-dev.txt)"

@@ -26,9 +26,10 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from cliprs.queue import QUEUE_OF
-from cliprs.settings import CoreSettings, ModelSettings
+from cliprs.settings import CoreSettings
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_indexer.settings import IndexerSettings
+from cliprs_model.settings import ModelSettings
 from cliprs_search.settings import SearchSettings
 from cliprs_tiler.settings import TilerSettings
 from cliprs_web.settings import WebSettings

@@ -26,11 +26,11 @@ import pytest
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.devstack import Stack
 from cliprs.manifest import load_manifest
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs.vectors import read_chunk
 from cliprs.windows import plan_windows
+from cliprs_tools.devstack import Stack
 
 AREA_BBOX = [-75.70, 37.62, -75.60, 37.70]  # 30 tiles at zoom 14 of the Sentinel-2 demo scene
 ZOOMS = [14]

@@ -18,18 +18,18 @@ import mercantile
 import numpy as np
 import pytest
 
-from cliprs.devstack import Ports, ServiceSpec, Stack, service_specs, stack_env
 from cliprs.manifest import list_versions
 from cliprs.settings import CoreSettings
-from cliprs.testing import free_port
 from cliprs_indexer.build import collect_area_vectors, publish_area
-from cliprs_indexer.synthetic import (
+from cliprs_testing.plugin import free_port
+from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
     delete_seeded,
     seed_area,
     write_area_chunks,
 )
+from cliprs_tools.devstack import Ports, ServiceSpec, Stack, service_specs, stack_env
 
 DIM = 64
 K = 10

@@ -19,13 +19,14 @@ from shapely.geometry import box, shape
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.model import load_encoder
-from cliprs.settings import CoreSettings, ModelSettings
+from cliprs.settings import CoreSettings
 from cliprs_embedder.app import create_app as create_embedder
 from cliprs_indexer.build import collect_area_vectors, publish_area
-from cliprs_indexer.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
+from cliprs_model import load_encoder
+from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
+from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
 
 CENTRE = (-77.036, 38.889)  # the National Mall
 

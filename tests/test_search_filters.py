@@ -18,12 +18,12 @@ from cliprs.db.engine import async_engine, sync_engine
 from cliprs.manifest import Manifest, Shard
 from cliprs.tiles import BBox
 from cliprs_indexer.shards import build_flat
-from cliprs_indexer.synthetic import SeededArea, clustered_unit_vectors, delete_seeded, seed_area
 from cliprs_search.filters import HitFilter
 from cliprs_search.index import LoadedIndex, sample_index
 from cliprs_search.merge import merge_overlapping
 from cliprs_search.search import SearchRequest, run_search
 from cliprs_search.settings import SearchSettings
+from cliprs_testing.synthetic import SeededArea, clustered_unit_vectors, delete_seeded, seed_area
 
 DIM = 64
 # Sydney harbour: far from every other test's rows, so the filters only ever meet ours.

@@ -28,13 +28,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # Reinstall the Python packages only when a pyproject or the dev requirements changed.
-stamp="$VENV/.cliprs-installed-$(cat libs/cliprs/pyproject.toml services/*/pyproject.toml requirements-dev.txt | sha1sum | cut -c1-12)"
+stamp="$VENV/.cliprs-installed-$(cat libs/*/pyproject.toml tools/pyproject.toml services/*/pyproject.toml requirements-dev.txt | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "==> installing Python packages into $VENV"
   # torch first and pinned: this version has a local CPU wheel; anything else pulls CUDA.
   "$VENV/bin/pip" install -q torch==2.13.0
-  "$VENV/bin/pip" install -q -e libs/cliprs -e services/tiler -e services/embedder -e services/indexer \
-    -e services/search-api -e services/web -r requirements-dev.txt
+  "$VENV/bin/pip" install -q -e libs/core -e libs/http -e libs/model -e libs/testing -e tools \
+    -e services/tiler -e services/embedder -e services/indexer -e services/search-api -e services/web \
+    -r requirements-dev.txt
   rm -f "$VENV"/.cliprs-installed-*
   touch "$stamp"
 fi

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cliprs.errors import InvalidInput, TooLarge, Unavailable
-from cliprs.http import install_error_handlers, readiness_response, run_checks
-from cliprs.model import ClipEncoder, load_encoder
-from cliprs.settings import ModelSettings
 from cliprs_embedder.images import decode_image
 from cliprs_embedder.settings import EmbedderSettings
+from cliprs_http import install_error_handlers, readiness_response, run_checks
+from cliprs_model import ClipEncoder, load_encoder
+from cliprs_model.settings import ModelSettings
 
 
 class TextRequest(BaseModel):
@@ -72,8 +72,8 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        ok, report = run_checks({"model": lambda: model().info.as_dict()})
+    async def readyz() -> JSONResponse:
+        ok, report = await run_checks({"model": lambda: model().info.as_dict()})
         info = state["encoder"].info.as_dict() if state["encoder"] else None
         return readiness_response(ok, report, model=info)
 

@@ -25,13 +25,13 @@ from sqlalchemy import text
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.model import ClipEncoder
-from cliprs.model.preprocess import ImageTransform, prefetch_map
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
 from cliprs.windows import Window, plan_windows, window_bbox, window_id
 from cliprs_embedder.settings import EmbedderSettings
+from cliprs_model import ClipEncoder
+from cliprs_model.preprocess import ImageTransform, prefetch_map
 
 log = logging.getLogger("cliprs.embedder")
 

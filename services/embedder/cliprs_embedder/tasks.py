@@ -7,11 +7,12 @@ from functools import lru_cache
 
 from celery.signals import worker_ready
 
-from cliprs.model import ClipEncoder, load_encoder
 from cliprs.queue import TASK_EMBED_TILES, TASK_INDEX_AREA, make_celery
-from cliprs.settings import CoreSettings, ModelSettings
+from cliprs.settings import CoreSettings
 from cliprs_embedder.pipeline import advance_job, embed_tiles
 from cliprs_embedder.settings import EmbedderSettings
+from cliprs_model import ClipEncoder, load_encoder
+from cliprs_model.settings import ModelSettings
 
 log = logging.getLogger("cliprs.embedder")
 core = CoreSettings()

@@ -11,13 +11,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cliprs.errors import InvalidInput, TooLarge
-from cliprs.model import load_encoder
-from cliprs.settings import ModelSettings
 from cliprs_embedder.app import create_app, validate_texts
 from cliprs_embedder.images import decode_image
 from cliprs_embedder.pipeline import cut_tile
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_tiler.render import demo_band_paths, render_tile
+from cliprs_model import load_encoder
+from cliprs_model.settings import ModelSettings
+from cliprs_tiler.render import render_tile
+from cliprs_tools.demo import demo_band_paths
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,17 @@ from PIL import Image
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.model import load_encoder
-from cliprs.settings import CoreSettings, ModelSettings
+from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
 from cliprs.tiles import tile_polygon_wkt
 from cliprs.vectors import read_chunk
 from cliprs.windows import window_id
 from cliprs_embedder.pipeline import cut_tile, embed_tiles
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_tiler.render import demo_band_paths, render_tile, scene_stretch
+from cliprs_model import load_encoder
+from cliprs_model.settings import ModelSettings
+from cliprs_tiler.render import render_tile, scene_stretch
+from cliprs_tools.demo import demo_band_paths
 
 TILES = [(14, 4749, 6339), (14, 4750, 6339), (13, 2374, 3169)]
 SETTINGS = EmbedderSettings(window_scales=[1.0, 0.5], stride_ratio=0.25)

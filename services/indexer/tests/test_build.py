@@ -21,7 +21,7 @@ from cliprs.manifest import current_version, load_manifest, manifest_path
 from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
 from cliprs_indexer.build import AreaVectors, ModelMismatch, collect_area_vectors, publish_area
-from cliprs_indexer.synthetic import delete_seeded
+from cliprs_testing.synthetic import delete_seeded
 
 DIM = 16
 MODEL = "test/tiny-clip-a"

@@ -31,7 +31,7 @@ from cliprs_indexer.__main__ import main as cli
 from cliprs_indexer.build import collect_area_vectors, make_shard, publish_area, publish_changes
 from cliprs_indexer.maintenance import delete_area, garbage_collect, rebuild
 from cliprs_indexer.settings import IndexerSettings
-from cliprs_indexer.synthetic import (
+from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
     delete_seeded,

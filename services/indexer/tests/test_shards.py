@@ -9,7 +9,7 @@ import pytest
 from cliprs.manifest import Shard, search_shard
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_indexer.shards import build_index, plan_ivfpq, recall_at_k
-from cliprs_indexer.synthetic import clustered_unit_vectors, split_queries
+from cliprs_testing.synthetic import clustered_unit_vectors, split_queries
 
 
 @pytest.fixture(scope="module")

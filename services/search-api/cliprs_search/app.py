@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from cliprs.db.engine import async_engine
-from cliprs.http import install_error_handlers, readiness_response, redis_ping
 from cliprs.queue import make_celery
 from cliprs.settings import CoreSettings
+from cliprs_http import install_error_handlers, readiness_response, redis_ping
 from cliprs_search.context import Context
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.geocode import make_geocoder

@@ -20,12 +20,11 @@ from sqlalchemy import text
 
 from cliprs.db.engine import ping, sync_engine
 from cliprs.errors import InvalidInput, NotFound
-from cliprs.http import install_error_handlers, readiness_response, redis_ping, run_checks
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
-from cliprs.tiles import parse_area, plan_summary, tile_polygon_wkt, validate_zooms
+from cliprs.tiles import parse_area, parse_zoom_spec, plan_summary, tile_polygon_wkt, validate_zooms
 from cliprs.windows import split_window_id
-from cliprs_tiler.demo import ZoomSpecError, parse_zooms
+from cliprs_http import install_error_handlers, readiness_response, redis_ping, run_checks
 from cliprs_tiler.fetch import job_progress
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import SourcePool, TileFetchError
@@ -81,14 +80,14 @@ def create_app(core: CoreSettings | None = None, settings: TilerSettings | None 
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> Response:
+    async def readyz() -> Response:
         def cache_writable() -> dict:
             core.tile_cache_dir.mkdir(parents=True, exist_ok=True)
             if not os.access(core.tile_cache_dir, os.W_OK):
                 raise PermissionError(f"{core.tile_cache_dir} is not writable")
             return {"path": str(core.tile_cache_dir)}
 
-        ok, report = run_checks(
+        ok, report = await run_checks(
             {
                 "database": lambda: ping(core.database_url),
                 "redis": lambda: redis_ping(core.redis_url),
@@ -143,11 +142,7 @@ def create_app(core: CoreSettings | None = None, settings: TilerSettings | None 
         bbox: str = Query(..., description="min_lon,min_lat,max_lon,max_lat"),
     ) -> dict:
         """How many tiles an area would need, per zoom, and whether that is within the limit."""
-        try:
-            levels = parse_zooms(zooms, core.max_zoom)  # the platform's limit, not the renderer's
-        except ZoomSpecError as exc:
-            raise InvalidInput(str(exc)) from None
-        return _plan(parse_area(bbox=bbox), levels)
+        return _plan(parse_area(bbox=bbox), parse_zoom_spec(zooms, core.max_zoom))
 
     @app.post("/v1/plan")
     def plan_post(body: PlanRequest) -> dict:

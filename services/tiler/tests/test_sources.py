@@ -1,6 +1,6 @@
 """Tile sources against a real HTTP tile server on loopback that injects faults per path.
 
-The server (``cliprs_tiler.faultserver.TileServer``) serves deterministic PNG tiles for
+The server (``cliprs_testing.faultserver.TileServer``) serves deterministic PNG tiles for
 ``/.../{z}/{x}/{y}.png`` and can be told, per path, to answer 429 with ``Retry-After: 1``, 500,
 403 or 404, to send half the PNG (with a matching Content-Length, so only decoding can notice),
 to drop the connection without a response, or to answer later than the client's timeout; each
@@ -26,7 +26,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_tiler.faultserver import TILE_SIZE, Fault, TileServer, make_tile
+from cliprs_testing.faultserver import TILE_SIZE, Fault, TileServer, make_tile
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import (

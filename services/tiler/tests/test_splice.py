@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliprs_tiler.faultserver import make_tile
+from cliprs_testing.faultserver import make_tile
 from cliprs_tiler.splice import covering_tiles, splice
 
 TS = 256

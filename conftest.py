@@ -1,3 +1,0 @@
-"""Shared fixtures for every test suite in the repository (see cliprs.testing)."""
-
-pytest_plugins = ["cliprs.testing"]

@@ -1,7 +1,0 @@
-"""The CLIP model loader shared by the embedder, the evaluation tools and the tests."""
-
-from cliprs.model.encoder import ClipEncoder, ModelInfo
-from cliprs.model.loader import BACKENDS, load_encoder, register_backend
-from cliprs.model.preprocess import ImageTransform
-
-__all__ = ["BACKENDS", "ClipEncoder", "ImageTransform", "ModelInfo", "load_encoder", "register_backend"]

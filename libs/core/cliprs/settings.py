@@ -1,0 +1,69 @@
+"""Settings shared by every service: where the infrastructure is and where data lives.
+
+Each service adds its own settings class with its own prefix (``TILER_``, ``EMBEDDER_``,
+``INDEXER_``, ``SEARCH_``, ``WEB_``); what every service needs lives here under ``CLIPRS_``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cliprs.tiles import MAX_ZOOM
+
+
+class CoreSettings(BaseSettings):
+    """Infrastructure and data locations (env prefix ``CLIPRS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPRS_", extra="ignore")
+
+    database_url: str = "postgresql://postgres:postgres@127.0.0.1:5432/cliprs"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("var")
+    # Named tile sources: name -> URL template. Schemes: http(s):// XYZ templates (env
+    # references like ${MAPBOX_TOKEN} are expanded only at fetch time, so secrets stay out of
+    # logs and the database), file:// folders laid out as {z}/{x}/{y}.{ext}, mbtiles:///file
+    # and geotiff:///a.tif (or three band files R,G,B, comma-separated; any CRS, cut on the fly).
+    tile_sources: dict[str, str] = Field(
+        default_factory=lambda: {"demo": "file://var/demo-tiles/{z}/{x}/{y}.png"}
+    )
+    max_tiles_per_area: int = 5000
+    max_zoom: int = MAX_ZOOM
+    # Prefix for Redis keys and pub/sub channels, so two stacks can share one Redis.
+    redis_namespace: str = "cliprs"
+    # Seconds before a task held by a dead worker is redelivered (Redis visibility timeout).
+    # Must exceed the longest task; a live worker's task is otherwise redelivered too (harmless,
+    # every write is idempotent, but wasted work).
+    task_visibility_timeout: int = 900
+
+    @field_validator("max_tiles_per_area")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @property
+    def tile_cache_dir(self) -> Path:
+        return self.data_dir / "tiles"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.data_dir / "vectors"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def index_channel(self) -> str:
+        """Redis pub/sub channel on which new index versions are announced."""
+        return f"{self.redis_namespace}:index-updates"
+
+
+@lru_cache
+def core_settings() -> CoreSettings:
+    return CoreSettings()

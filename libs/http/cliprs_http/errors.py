@@ -1,0 +1,121 @@
+"""The one mapping from errors to HTTP answers, shared by every service.
+
+Every error answers ``{"error": {"code": ..., "message": ...}}``; clients (including the
+services calling each other) read ``code``, never the English message:
+
+- ``invalid_input`` 400: a value the caller sent is wrong; the message says how to fix it.
+- ``invalid_request`` 422: the request does not match the endpoint's schema (a missing or
+  misspelt field, a wrong type, a value beyond a declared bound).
+- ``too_large`` 422: valid, but beyond a configured limit (area tiles, upload bytes, query length).
+- ``not_found`` 404.
+- ``unavailable`` 503 with ``Retry-After``: a dependency (PostgreSQL, Redis, the broker, a peer
+  service, the index) is down or not ready. The caller may retry as is.
+- ``internal`` 500: a bug; the log has the traceback, the answer has none.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cliprs.errors import ClipRSError, InvalidInput, NotFound, TooLarge, Unavailable
+
+log = logging.getLogger("cliprs_http")
+
+# Seconds a client should wait before retrying a 503.
+RETRY_AFTER_S = 5
+
+# Domain error -> (status, machine-readable code).
+ERROR_STATUS: dict[type[ClipRSError], tuple[int, str]] = {
+    InvalidInput: (400, "invalid_input"),
+    NotFound: (404, "not_found"),
+    TooLarge: (422, "too_large"),
+    Unavailable: (503, "unavailable"),
+}
+
+
+def _dependency_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes that mean "a dependency is down", from the client libraries present."""
+    found: list[type[BaseException]] = []
+    candidates = [
+        ("sqlalchemy.exc", "OperationalError"),  # PostgreSQL unreachable, connection lost
+        ("sqlalchemy.exc", "InterfaceError"),
+        ("sqlalchemy.exc", "TimeoutError"),  # connection pool exhausted
+        ("psycopg2", "OperationalError"),
+        ("asyncpg.exceptions", "CannotConnectNowError"),
+        ("asyncpg.exceptions", "ConnectionDoesNotExistError"),
+        ("redis.exceptions", "ConnectionError"),
+        ("redis.exceptions", "TimeoutError"),
+        ("kombu.exceptions", "OperationalError"),  # the Celery broker
+        ("httpx", "TransportError"),  # a peer service unreachable
+    ]
+    import importlib
+
+    for module, name in candidates:
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        found.append(cls)
+    found.extend([ConnectionError, TimeoutError])  # OSError subclasses: refused, reset, timed out
+    return tuple(found)
+
+
+DEPENDENCY_ERRORS = _dependency_errors()
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def status_for(exc: ClipRSError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    return 500, "internal"
+
+
+def _answer(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer domain errors, bad requests, dependency failures and crashes in the one shape."""
+
+    @app.exception_handler(ClipRSError)
+    async def _domain(_: Request, exc: ClipRSError) -> JSONResponse:
+        status, code = status_for(exc)
+        return _answer(status, code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return _answer(422, "invalid_request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 414: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return _answer(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DEPENDENCY_ERRORS):
+            # Name the failing library, never its message: connection strings can carry secrets.
+            log.warning(
+                "dependency failure on %s %s: %s", request.method, request.url.path, type(exc).__name__
+            )
+            return _answer(
+                503, "unavailable", f"a dependency is unavailable ({type(exc).__name__}); retry shortly"
+            )
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _answer(500, "internal", "internal error; see the service log")

@@ -1,0 +1,31 @@
+"""Which CLIP to load and how to run it (env prefix ``CLIP_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelSettings(BaseSettings):
+    """Which CLIP to load (env prefix ``CLIP_``: ``CLIP_MODEL``, ``CLIP_DEVICE``...)."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIP_", extra="ignore")
+
+    model: str = "flax-community/clip-rsicd-v2"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # When the named model cannot be loaded, fall back to a small generated CLIP instead of
+    # failing. `make up` turns this on so the platform runs offline; production leaves it off.
+    fallback: bool = False
+    fallback_dir: Path = Path(".cache/models/fallback-clip")
+    # Which loader builds the encoder: a name in cliprs_model.loader.BACKENDS ("hf-clip") or
+    # "package.module:function" for a backend that lives in another package.
+    backend: str = "hf-clip"
+    # Images per forward pass; 0 = auto (sized to the free GPU memory on CUDA, 64 on CPU).
+    batch_size: int = 0
+    # auto = fp16 autocast on CUDA, fp32 on CPU; fp32 | fp16 | bf16 force one.
+    precision: str = "auto"
+    # CPU threads: torch's intra-op threads, and the threads that decode/resize images.
+    # 0 = auto (every CPU this process may use); with N workers on one host, give each 1/N.
+    torch_threads: int = 0
+    preprocess_workers: int = 0

@@ -1,0 +1,225 @@
+"""The model loader on the tiny generated CLIP: real vocabulary, unit vectors, loud fallback,
+fast preprocessing equal to the processor, batching, precision, the backend registry."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.clip import CLIPImageProcessorPil
+
+from cliprs.errors import Unavailable
+from cliprs_model import BACKENDS, ImageTransform, load_encoder, register_backend
+from cliprs_model.loader import load_hf_clip
+from cliprs_model.preprocess import prefetch_map
+from cliprs_model.settings import ModelSettings
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path):
+    return load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu"))
+
+
+def test_tokenizer_uses_the_real_clip_vocabulary(encoder) -> None:
+    ids = encoder.tokenizer("boats near a pier")["input_ids"]
+    # OpenAI CLIP ids: <|startoftext|>=49406, "a</w>"=320, <|endoftext|>=49407.
+    assert ids[0] == 49406 and ids[-1] == 49407 and 320 in ids
+    assert encoder.tokenizer.convert_ids_to_tokens(ids[1:-1]) == [
+        "boats</w>",
+        "near</w>",
+        "a</w>",
+        "pier</w>",
+    ]
+
+
+def test_vectors_are_unit_length_and_distinct(encoder) -> None:
+    texts = encoder.embed_texts(["boats near a pier", "a red car in a parking lot"])
+    rng = np.random.default_rng(1)
+    images = encoder.embed_images(
+        [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    )
+    for v in (texts, images):
+        assert v.dtype == np.float32 and v.shape[1] == 512
+        assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert texts[0] @ texts[1] < 0.999
+    assert encoder.info.dim == 512 and not encoder.info.fallback
+
+
+def test_batching_does_not_change_vectors(encoder) -> None:
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)) for _ in range(5)]
+    assert np.allclose(
+        encoder.embed_images(images, batch_size=2), encoder.embed_images(images, batch_size=5), atol=1e-5
+    )
+
+
+def test_unloadable_model_fails_clearly_without_fallback(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable, match="cannot load CLIP model"):
+        load_encoder(ModelSettings(model=str(tmp_path / "missing"), device="cpu"))
+
+
+def test_fallback_is_loud_and_reported(tmp_path: Path, tiny_model_dir: Path, caplog, monkeypatch) -> None:
+    fallback_dir = tmp_path / "fallback"
+    monkeypatch.setenv("CLIPRS_CLIP_VOCAB", str(next((tiny_model_dir.parents[1] / "wheels").glob("*.whl"))))
+    enc = load_encoder(
+        ModelSettings(model=str(tmp_path / "missing"), device="cpu", fallback=True, fallback_dir=fallback_dir)
+    )
+    assert enc.info.fallback and enc.info.requested == str(tmp_path / "missing")
+    assert enc.info.loaded == str(fallback_dir) and enc.info.reason
+    assert any("FALLING BACK" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+# -- fast preprocessing == the model's image processor ------------------------------------------
+
+
+def _images(rng: np.random.Generator) -> list[Image.Image]:
+    """Window-like squares (smaller, equal and larger than 224 px), odd shapes, other modes."""
+    sizes = [(64, 64), (128, 128), (224, 224), (256, 256), (512, 512), (300, 100), (99, 301), (225, 223)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    images.append(Image.fromarray(rng.integers(0, 256, (50, 70, 4), dtype=np.uint8), "RGBA"))
+    images.append(Image.fromarray(rng.integers(0, 256, (80, 60), dtype=np.uint8), "L"))
+    return images
+
+
+@pytest.mark.parametrize("which", ["vit-b-32", "tiny-checkpoint"])
+def test_fast_preprocessing_equals_the_processor(which: str, tiny_model_dir: Path) -> None:
+    # CLIPImageProcessorPil's defaults are ViT-B/32's: shortest edge 224 bicubic, centre crop
+    # 224, rescale 1/255, OpenAI CLIP mean/std; the tiny checkpoint saves the same settings.
+    processor = (
+        CLIPImageProcessorPil()
+        if which == "vit-b-32"
+        else CLIPImageProcessorPil.from_pretrained(str(tiny_model_dir))
+    )
+    transform = ImageTransform.from_processor(processor)
+    assert (transform.shortest_edge, transform.crop, transform.resample) == (224, (224, 224), 3)
+    images = _images(np.random.default_rng(3))
+    reference = processor(images=images, return_tensors="pt")["pixel_values"]
+    with ThreadPoolExecutor(2) as pool:
+        fast = transform.normalise(torch.from_numpy(transform.prepare(images, pool)))
+    assert fast.shape == reference.shape == (len(images), 3, 224, 224)
+    assert fast.dtype == torch.float32
+    assert (fast - reference).abs().max().item() < 1e-5
+
+
+def test_encoder_preprocess_is_the_processors_output(encoder) -> None:
+    images = _images(np.random.default_rng(4))
+    reference = encoder.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert (encoder.preprocess(images) - reference).abs().max().item() < 1e-5
+
+
+def test_unsupported_processor_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="longest_edge"):
+        ImageTransform.from_processor(CLIPImageProcessorPil(size={"shortest_edge": 224, "longest_edge": 300}))
+
+
+def test_prefetch_map_keeps_order_and_bounds_work_in_flight() -> None:
+    started: list[int] = []
+
+    def work(i: int) -> int:
+        started.append(i)
+        return i * i
+
+    with ThreadPoolExecutor(4) as pool:
+        results = prefetch_map(pool, work, range(20), ahead=3)
+        assert next(results) == 0
+        assert len(started) <= 3  # nothing beyond the look-ahead was submitted
+        assert list(results) == [i * i for i in range(1, 20)]
+
+
+# -- batching --------------------------------------------------------------------------------
+
+
+def test_groups_share_batches_and_come_back_in_order(encoder) -> None:
+    rng = np.random.default_rng(5)
+    sizes = [0, 3, 0, 7, 1, 0, 5]
+    groups = [encoder.prepare([_noise(rng) for _ in range(n)]) for n in sizes]
+    out = list(encoder.embed_groups(((i, g) for i, g in enumerate(groups)), batch_size=4))
+    assert [k for k, _ in out] == list(range(len(sizes)))
+    assert [len(v) for _, v in out] == sizes
+    # Each group's vectors equal embedding that group alone in one batch.
+    for (_, vectors), pixels in zip(out, groups, strict=True):
+        if len(pixels):
+            assert np.allclose(vectors, encoder.embed_pixels(pixels), atol=1e-5)
+
+
+def test_auto_batch_size_on_cpu(encoder) -> None:
+    assert encoder.batch_size == 64
+
+
+def _noise(rng: np.random.Generator, side: int = 96) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+# -- precision and devices ---------------------------------------------------------------------
+
+
+def test_bf16_on_cpu_is_close_to_fp32(tiny_model_dir: Path) -> None:
+    fp32 = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu"))
+    bf16 = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu", precision="bf16"))
+    images = [_noise(np.random.default_rng(6)) for _ in range(4)]
+    a, b = fp32.embed_images(images), bf16.embed_images(images)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+    assert np.min(np.sum(a * b, axis=1)) > 0.99
+    with pytest.raises(ValueError, match="precision"):
+        fp32.configure(precision="fp8")
+
+
+def test_asking_for_cuda_without_one_fails_clearly(tiny_model_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(Unavailable, match="no CUDA device"):
+        load_encoder(ModelSettings(model=str(tiny_model_dir), device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fp16_matches_cpu_and_sizes_its_batches(tiny_model_dir: Path, encoder) -> None:
+    gpu = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cuda"))
+    assert gpu.precision == torch.float16 and 32 <= gpu.batch_size <= 1024
+    images = [_noise(np.random.default_rng(7)) for _ in range(40)]
+    on_gpu, on_cpu = gpu.embed_images(images, batch_size=16), encoder.embed_images(images)
+    assert on_gpu.dtype == np.float32
+    assert np.min(np.sum(on_gpu * on_cpu, axis=1)) > 0.99
+
+
+# -- the backend registry ------------------------------------------------------------------------
+
+CALLS: list[str] = []
+
+
+def recording_backend(name_or_path: str, device: torch.device):
+    """A backend living outside cliprs, selected as ``CLIP_BACKEND=module:function``."""
+    CALLS.append(name_or_path)
+    return load_hf_clip(name_or_path, device)
+
+
+def test_backends_are_chosen_by_setting(tiny_model_dir: Path, monkeypatch) -> None:
+    monkeypatch.setitem(BACKENDS, "recording", recording_backend)
+    enc = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu", backend="recording"))
+    assert CALLS == [str(tiny_model_dir)] and enc.dim == 512
+    monkeypatch.setenv("CLIP_BACKEND", f"{__name__}:recording_backend")
+    monkeypatch.setenv("CLIP_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("CLIP_DEVICE", "cpu")
+    load_encoder()
+    assert len(CALLS) == 2
+
+
+def test_register_backend_decorator(monkeypatch) -> None:
+    monkeypatch.setattr("cliprs_model.loader.BACKENDS", dict(BACKENDS))
+    from cliprs_model import loader
+
+    @register_backend("other")
+    def other(name_or_path: str, device: torch.device):
+        raise RuntimeError("not this one")
+
+    assert loader.BACKENDS["other"] is other and "other" not in BACKENDS
+
+
+def test_unknown_backend_says_what_exists(tiny_model_dir: Path) -> None:
+    with pytest.raises(Unavailable, match=r"unknown CLIP backend 'nope'.*hf-clip"):
+        load_encoder(ModelSettings(model=str(tiny_model_dir), backend="nope"))
+    with pytest.raises(Unavailable, match="cannot import"):
+        load_encoder(ModelSettings(model=str(tiny_model_dir), backend="no_such_module:load"))

@@ -1,0 +1,328 @@
+"""Run the whole platform as local processes (no Docker): used by `make up` and the e2e tests.
+
+`python -m cliprs_tools.devstack up` migrates the database, renders the demo tiles, starts every
+service in the background (pid files and logs under ``.run/``), ingests the demo area with a
+progress bar and prints the map URL. `python -m cliprs_tools.devstack down` stops what `up` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+DEMO_AREA = {
+    "name": "Virginia Eastern Shore (Sentinel-2 demo)",
+    # The Sentinel-2 scene's extent (lon −75.73…−75.51, lat 37.58…37.76).
+    "bbox": [-75.7296, 37.5848, -75.5091, 37.7613],
+    "zooms": [10, 11, 12, 13, 14],
+    "source": "demo",
+}
+
+
+@dataclass
+class Ports:
+    search: int = 8000
+    tiler: int = 8001
+    embedder: int = 8002
+    web: int = 8080
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    argv: list[str]
+    ready_url: str | None = None  # None for Celery workers (checked through the job flow)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def stack_env(ports: Ports, base: dict[str, str]) -> dict[str, str]:
+    """Environment shared by every process: infrastructure from ``base`` plus service wiring."""
+    env = dict(base)
+    host = "127.0.0.1"
+    env.update(
+        TILER_PORT=str(ports.tiler),
+        EMBEDDER_PORT=str(ports.embedder),
+        SEARCH_PORT=str(ports.search),
+        SEARCH_EMBEDDER_URL=f"http://{host}:{ports.embedder}",
+        SEARCH_TILER_PUBLIC_URL=f"http://{host}:{ports.tiler}",
+        WEB_PORT=str(ports.web),
+        WEB_SEARCH_API_URL=f"http://{host}:{ports.search}",
+        WEB_TILER_URL=f"http://{host}:{ports.tiler}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _worker(module: str, queue: str, name: str) -> list[str]:
+    # solo pool: the worker process is the one running the task, so killing it kills the
+    # task (redelivered thanks to acks_late); scale out by starting more workers.
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        module,
+        "worker",
+        "-Q",
+        queue,
+        "--pool",
+        "solo",
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def service_specs(ports: Ports, embed_workers: int = 1, with_web: bool = True) -> list[ServiceSpec]:
+    """Every process of the platform."""
+    local = "http://127.0.0.1"
+    specs = [
+        ServiceSpec("tiler", [sys.executable, "-m", "cliprs_tiler"], f"{local}:{ports.tiler}/readyz"),
+        ServiceSpec("tiler-worker", _worker("cliprs_tiler.tasks", "tiles", "tiler")),
+        ServiceSpec(
+            "embedder", [sys.executable, "-m", "cliprs_embedder"], f"{local}:{ports.embedder}/readyz"
+        ),
+        *[
+            ServiceSpec(f"embedder-worker-{i}", _worker("cliprs_embedder.tasks", "embed", f"embedder{i}"))
+            for i in range(1, embed_workers + 1)
+        ],
+        ServiceSpec("indexer-worker", _worker("cliprs_indexer.tasks", "index", "indexer")),
+        ServiceSpec("search-api", [sys.executable, "-m", "cliprs_search"], f"{local}:{ports.search}/readyz"),
+    ]
+    if with_web:
+        specs.append(ServiceSpec("web", [sys.executable, "-m", "cliprs_web"], f"{local}:{ports.web}/healthz"))
+    return specs
+
+
+class Stack:
+    """Starts, watches and stops the processes; each gets a pid file and a log in ``run_dir``."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str], cwd: Path | None = None):
+        self.run_dir = Path(run_dir)
+        self.log_dir = self.run_dir / "logs"
+        self.env = env
+        self.cwd = cwd
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, spec: ServiceSpec) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{spec.name}.log", "ab")
+        proc = subprocess.Popen(
+            spec.argv,
+            env={**self.env, **spec.env},
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        (self.run_dir / f"{spec.name}.pid").write_text(str(proc.pid))
+        self.procs[spec.name] = proc
+        return proc
+
+    def wait_ready(self, specs: list[ServiceSpec], timeout_s: float = 180) -> None:
+        """Wait until every HTTP service answers its readiness URL; raise with the log tail if not."""
+        deadline = time.monotonic() + timeout_s
+        pending = [s for s in specs if s.ready_url]
+        while pending:
+            for spec in list(pending):
+                proc = self.procs.get(spec.name)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{spec.name} exited with {proc.returncode}:\n{self.log_tail(spec.name)}"
+                    )
+                try:
+                    if httpx.get(spec.ready_url, timeout=2).status_code == 200:
+                        pending.remove(spec)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise RuntimeError(
+                    f"not ready after {timeout_s:.0f}s: {names}\n{self.log_tail(pending[0].name)}"
+                )
+            time.sleep(0.5)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop_all(self, timeout_s: float = 10) -> list[str]:
+        """Stop every process whose pid file is in ``run_dir`` (ours or a previous `up`'s).
+
+        A pid is only signalled while it still runs one of our commands, so a stale pid file
+        whose number was reused by the system never stops somebody else's process.
+        """
+        stopped = []
+        for pid_file in sorted(self.run_dir.glob("*.pid")):
+            pid_text = pid_file.read_text().strip()
+            pid_file.unlink(missing_ok=True)
+            if not pid_text.isdigit() or not _is_ours(int(pid_text)):
+                continue
+            pid = int(pid_text)
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            stopped.append(pid_file.stem)
+            self._reap(pid_file.stem, pid, timeout_s)
+        return stopped
+
+    def _reap(self, name: str, pid: int, timeout_s: float) -> None:
+        proc = self.procs.pop(name, None)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"cliprs" in cmdline
+
+
+def ingest(api: str, area: dict, poll_s: float = 1.0, timeout_s: float = 3600, show: bool = True) -> dict:
+    """Create an area (unless one with the same name exists) and follow its job to the end."""
+    from tqdm import tqdm
+
+    existing = [a for a in httpx.get(f"{api}/v1/areas", timeout=10).json() if a["name"] == area["name"]]
+    if existing and existing[0]["status"] == "ready":
+        return existing[0]["job"]
+    if existing and existing[0].get("job") and existing[0]["job"]["state"] not in ("failed", "done"):
+        job = existing[0]["job"]
+    else:
+        resp = httpx.post(f"{api}/v1/areas", json=area, timeout=30)
+        if resp.status_code != 202:
+            raise RuntimeError(f"creating the area failed: {resp.status_code} {resp.text}")
+        job = resp.json()["job"]
+    deadline = time.monotonic() + timeout_s
+    bar = tqdm(total=max(job["tiles_planned"], 1), unit="tile", disable=not show, desc="ingest")
+    while job["state"] not in ("done", "failed"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ingest job {job['id']} not finished after {timeout_s}s: {job}")
+        time.sleep(poll_s)
+        job = httpx.get(f"{api}/v1/jobs/{job['id']}", timeout=10).json()
+        bar.total = max(job["tiles_planned"], 1)
+        bar.n = job["tiles_embedded"] + job["tiles_failed"]
+        bar.set_postfix_str(
+            f"{job['state']}: fetched {job['tiles_fetched']}, windows {job['windows_embedded']}"
+        )
+        bar.refresh()
+    bar.close()
+    if job["state"] == "failed":
+        raise RuntimeError(f"ingest job {job['id']} failed: {job['error']}")
+    return job
+
+
+def _default_env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    data_dir = Path(env.get("CLIPRS_DATA_DIR", root / "var")).resolve()
+    env.setdefault("CLIPRS_DATA_DIR", str(data_dir))
+    env.setdefault(
+        "CLIPRS_TILE_SOURCES", json.dumps({"demo": f"file://{data_dir}/demo-tiles/{{z}}/{{x}}/{{y}}.png"})
+    )
+    env.setdefault("CLIP_FALLBACK", "1")
+    if "HF_HUB_OFFLINE" not in env and not _hub_reachable():
+        # Without this, every process spends ~30 s in retries before falling back.
+        print("==> the Hugging Face Hub is not reachable: models load from the local cache only")
+        env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("CLIP_FALLBACK_DIR", str(root / ".cache/models/fallback-clip"))
+    return env
+
+
+def _hub_reachable() -> bool:
+    try:
+        httpx.head("https://huggingface.co", timeout=3)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def up(root: Path, embed_workers: int) -> None:
+    from cliprs.db.migrate import ensure_database, upgrade
+    from cliprs.settings import CoreSettings
+
+    env = _default_env(root)
+    os.environ.update(env)
+    core = CoreSettings()
+    print(f"==> database {core.database_url.split('@')[-1]}: migrating")
+    ensure_database(core.database_url)
+    upgrade(core.database_url)
+    demo = core.data_dir / "demo-tiles"
+    print(f"==> demo tiles (Sentinel-2, Virginia Eastern Shore) in {demo}")
+    subprocess.run(
+        [sys.executable, "-m", "cliprs_tools.demo", "--out", str(demo), "--zooms", "10-14"], check=True
+    )
+    ports = Ports()
+    stack = Stack(root / ".run", stack_env(ports, env), cwd=root)
+    stack.stop_all()
+    specs = service_specs(ports, embed_workers)
+    for spec in specs:
+        stack.start(spec)
+    print(
+        f"==> started {len(specs)} processes (logs in .run/logs); waiting until ready (the model may take a while)"
+    )
+    stack.wait_ready(specs, timeout_s=600)
+    ready = httpx.get(f"http://127.0.0.1:{ports.search}/readyz", timeout=10).json()
+    model = ready.get("model") or {}
+    if model.get("fallback"):
+        print(f"!!! WARNING: {model.get('requested')!r} could not be loaded ({model.get('reason')}).")
+        print("!!! Running on a small GENERATED fallback CLIP: search results are NOT meaningful.")
+        print(
+            "!!! Put the model in the Hugging Face cache or set CLIP_MODEL to a local folder, then `make up` again."
+        )
+    print("==> ingesting the demo area")
+    job = ingest(f"http://127.0.0.1:{ports.search}", DEMO_AREA)
+    print(f"==> demo area indexed: {job['windows_indexed']} windows from {job['tiles_embedded']} tiles")
+    print(f"\nCLIP-RS is up:  http://127.0.0.1:{ports.web}/   (API: http://127.0.0.1:{ports.search}/docs)")
+
+
+def down(root: Path) -> None:
+    stopped = Stack(root / ".run", {}).stop_all()
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cliprs_tools.devstack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
+    parser.add_argument("--embed-workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up(args.root.resolve(), args.embed_workers)
+        else:
+            down(args.root.resolve())
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -185,7 +185,8 @@ def collect_garbage(
             manifest = load_manifest(index_dir, v)
         except FileNotFoundError:  # removed by a concurrent collector
             continue
-        assert manifest is not None
+        if manifest is None:
+            continue
         (kept_files if v in keep else dropped_files).update(manifest.files())
     for v in versions:
         if v not in keep:

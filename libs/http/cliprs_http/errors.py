@@ -107,15 +107,19 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return _answer(exc.status_code, code, str(exc.detail))
 
+    async def _dependency(request: Request, exc: Exception) -> JSONResponse:
+        # Name the failing library, never its message: connection strings can carry secrets.
+        log.warning("dependency failure on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return _answer(
+            503, "unavailable", f"a dependency is unavailable ({type(exc).__name__}); retry shortly"
+        )
+
+    # Registered per class (not caught in the catch-all) so Starlette answers them like domain
+    # errors instead of logging them as crashes.
+    for cls in DEPENDENCY_ERRORS:
+        app.add_exception_handler(cls, _dependency)
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DEPENDENCY_ERRORS):
-            # Name the failing library, never its message: connection strings can carry secrets.
-            log.warning(
-                "dependency failure on %s %s: %s", request.method, request.url.path, type(exc).__name__
-            )
-            return _answer(
-                503, "unavailable", f"a dependency is unavailable ({type(exc).__name__}); retry shortly"
-            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _answer(500, "internal", "internal error; see the service log")

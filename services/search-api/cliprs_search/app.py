@@ -1,33 +1,29 @@
-"""The public REST gateway (versioned under /v1): wiring, health and readiness; the endpoints live
-in `cliprs_search.routes` (areas and jobs, search, classification and heat maps)."""
+"""The public REST gateway (versioned under /v1): builds the app's context and includes the
+routers of `cliprs_search.routes` (search, analysis, areas and jobs, health)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import asynccontextmanager
 
 import faiss
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from cliprs.db.engine import async_engine
 from cliprs.queue import make_celery
 from cliprs.settings import CoreSettings
-from cliprs_http import install_error_handlers, readiness_response, redis_ping
+from cliprs_http import install_error_handlers
 from cliprs_search.context import Context
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.geocode import make_geocoder
 from cliprs_search.index import IndexHolder, Registration
-from cliprs_search.routes import analysis, areas, search
-from cliprs_search.routes.search import validate_query
+from cliprs_search.routes import analysis, areas, health, search
 from cliprs_search.settings import SearchSettings
 
-__all__ = ["create_app", "validate_query"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("cliprs.search")
 
@@ -45,6 +41,28 @@ Errors are `{"error": {"code", "message"}}`: 400 malformed input, 404 unknown id
 schema errors, 503 when a dependency or the index is not ready.
 """
 
+TAGS = [
+    {"name": "search", "description": "Text and image search over the indexed windows"},
+    {"name": "analysis", "description": "Zero-shot labels and per-tile heat maps"},
+    {"name": "areas", "description": "Areas, ingestion jobs and deletion"},
+    {"name": "index", "description": "The live index version, health and readiness"},
+]
+
+
+def build_context(
+    core: CoreSettings, settings: SearchSettings, embedder_transport: httpx.AsyncBaseTransport | None = None
+) -> Context:
+    """The app's state; nothing connects yet (the engine, Celery and HTTP clients are lazy)."""
+    registration = Registration(core.redis_url, core.redis_namespace, settings.searcher_ttl_s)
+    return Context(
+        core=core,
+        settings=settings,
+        holder=IndexHolder(core.index_dir, registration, settings.sample_size),
+        engine=async_engine(core.database_url),
+        embedder=EmbedderClient(settings.embedder_url, transport=embedder_transport),
+        celery=make_celery("cliprs-search", core),
+    )
+
 
 def create_app(
     core: CoreSettings | None = None,
@@ -54,15 +72,7 @@ def create_app(
     """The app; ``embedder_transport`` lets tests run the embedder in-process."""
     core = core or CoreSettings()
     settings = settings or SearchSettings()
-    registration = Registration(core.redis_url, core.redis_namespace, settings.searcher_ttl_s)
-    ctx = Context(
-        core=core,
-        settings=settings,
-        holder=IndexHolder(core.index_dir, registration, settings.sample_size),
-        engine=async_engine(core.database_url),
-        embedder=EmbedderClient(settings.embedder_url, transport=embedder_transport),
-        celery=make_celery("cliprs-search", core),
-    )
+    ctx = build_context(core, settings, embedder_transport)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -85,66 +95,13 @@ def create_app(
         version="0.2.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        openapi_tags=[
-            {"name": "search", "description": "Text and image search over the indexed windows"},
-            {"name": "analysis", "description": "Zero-shot labels and per-tile heat maps"},
-            {"name": "areas", "description": "Areas, ingestion jobs and deletion"},
-            {"name": "index", "description": "The live index version"},
-        ],
+        openapi_tags=TAGS,
     )
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
     )
     install_error_handlers(app)
     app.state.ctx = ctx
-    app.state.index = ctx.holder
-    app.include_router(search.router)
-    app.include_router(analysis.router)
-    app.include_router(areas.router)
-
-    @app.get("/healthz", tags=["index"])
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["index"])
-    async def readyz() -> JSONResponse:
-        report: dict = {}
-        ok = True
-
-        async def check(name: str, coro) -> object:
-            nonlocal ok
-            start = time.perf_counter()
-            try:
-                detail = await coro
-                report[name] = {"ok": True, "ms": round((time.perf_counter() - start) * 1000, 1)}
-                return detail
-            except Exception as exc:
-                ok = False
-                report[name] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-                return None
-
-        async def db() -> None:
-            async with ctx.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-
-        await check("database", db())
-        await check("redis", asyncio.to_thread(redis_ping, core.redis_url))
-        emb = await check("embedder", ctx.embedder.readyz())
-        model = (emb or {}).get("model")
-        if emb is not None and emb.get("status") != "ready":
-            ok = False
-            report["embedder"] = {
-                "ok": False,
-                "error": "the embedder is not ready",
-                "detail": emb.get("checks"),
-            }
-        current = ctx.holder.current
-        report["index"] = {
-            "ok": True,
-            "version": current.version if current else None,
-            "vectors": current.manifest.vector_count if current else 0,
-        }
-        report["geocoder"] = {"ok": True, "provider": ctx.geocoder.name if ctx.geocoder else None}
-        return readiness_response(ok, report, model=model)
-
+    for module in (search, analysis, areas, health):
+        app.include_router(module.router)
     return app

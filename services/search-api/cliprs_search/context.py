@@ -1,13 +1,14 @@
-"""What every route needs, built once per app: settings, the index holder, the database engine,
+"""What every request needs, built once per app: settings, the index holder, the database engine,
 the embedder client, the Celery client and the geocoder."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import faiss
 from celery import Celery
-from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cliprs.errors import Unavailable
@@ -44,16 +45,8 @@ class Context:
         return index
 
 
-def get_context(request: Request) -> Context:
-    return request.app.state.ctx
-
-
 def faiss_executor(omp_threads: int, workers: int | None = None) -> ThreadPoolExecutor:
     """A thread pool whose threads each run FAISS with ``omp_threads`` OpenMP threads."""
-    import os
-
-    import faiss
-
     return ThreadPoolExecutor(
         max_workers=workers or max(2, os.cpu_count() or 2),
         thread_name_prefix="faiss",

@@ -11,7 +11,6 @@ import io
 import logging
 import math
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +18,8 @@ from typing import Protocol
 import faiss
 import httpx
 import numpy as np
+from aiolimiter import AsyncLimiter
+from cachetools import LRUCache
 
 from cliprs_search.settings import SearchSettings
 
@@ -174,23 +175,19 @@ class NominatimGeocoder:
             transport=transport,
         )
         self.fallback = fallback
-        self.interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        # At most one request per 1/rate_per_s seconds (0: no limit), and one at a time.
+        self.limiter = AsyncLimiter(1, 1.0 / rate_per_s) if rate_per_s > 0 else None
+        self._one_at_a_time = asyncio.Lock()
         self.timeout_s = timeout_s
-        self.cache: OrderedDict[tuple[float, float], Place | None] = OrderedDict()
-        self.cache_size = cache_size
-        self._lock = asyncio.Lock()
-        self._last = 0.0
+        self.cache: LRUCache[tuple[float, float], Place | None] = LRUCache(maxsize=cache_size)
 
     async def _one(self, lon: float, lat: float) -> Place | None:
         key = (round(lon, 4), round(lat, 4))
         if key in self.cache:
-            self.cache.move_to_end(key)
             return self.cache[key]
-        async with self._lock:
-            wait = self._last + self.interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._last = time.monotonic()
+        async with self._one_at_a_time:
+            if self.limiter is not None:
+                await self.limiter.acquire()
             resp = await self.client.get(
                 "/reverse",
                 params={"format": "jsonv2", "lat": lat, "lon": lon, "zoom": 16, "addressdetails": 1},
@@ -213,8 +210,6 @@ class NominatimGeocoder:
                 source="nominatim",
             )
         self.cache[key] = place
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
         return place
 
     async def reverse(self, points: list[tuple[float, float]]) -> list[Place | None]:

@@ -216,7 +216,8 @@ class IndexHolder:
 
     def _read(self, version: int) -> LoadedIndex:
         manifest = load_manifest(self.index_dir, version)
-        assert manifest is not None
+        if manifest is None:  # only when no version is given and none is published
+            raise FileNotFoundError(f"no manifest of index version {version} in {self.index_dir}")
         shards = [faiss.read_index(str(self.index_dir / s.file)) for s in manifest.shards]
         sample = sample_index(shards, [s.area_id for s in manifest.shards], self.sample_size)
         return LoadedIndex(manifest, shards, sample)

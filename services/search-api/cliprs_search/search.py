@@ -28,10 +28,10 @@ import faiss
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs_search.filters import HitFilter, matching_ids, passing_fraction
+from cliprs_search import repository
+from cliprs_search.filters import HitFilter
 from cliprs_search.index import LoadedIndex
 from cliprs_search.merge import merge_overlapping
-from cliprs_search.queries import window_rows
 from cliprs_search.settings import SearchSettings
 
 
@@ -121,7 +121,7 @@ async def run_search(
                 else []
             )
             with clock("db"):
-                measured = await passing_fraction(conn, flt, sample)
+                measured = await _passing_fraction(conn, flt, sample)
             if measured is None:
                 choice = "selector"  # nothing to estimate with: the listing is bounded anyway
             else:
@@ -157,7 +157,7 @@ async def run_search(
             unseen = [wid for wid, _ in chunk if wid not in ranking.rows]
             if unseen:
                 with clock("db"):
-                    found = await window_rows(conn, unseen, flt)
+                    found = await repository.window_rows(conn, unseen, flt)
                 ranking.rows.update({wid: found.get(wid) for wid in unseen})
             below = False
             for wid, score in chunk:
@@ -215,5 +215,15 @@ class _Clock:
 
 async def _selector_ids(conn: AsyncConnection, flt: HitFilter, settings: SearchSettings) -> list[int] | None:
     """The ids passing ``flt``, or None when there are too many for an ID selector."""
-    ids = await matching_ids(conn, flt, settings.selector_max_ids + 1)
+    ids = await repository.matching_ids(conn, flt, settings.selector_max_ids + 1)
     return ids if len(ids) <= settings.selector_max_ids else None
+
+
+async def _passing_fraction(conn: AsyncConnection, flt: HitFilter, sample_ids: list[int]) -> float | None:
+    """The fraction of ``sample_ids`` (random indexed windows) that pass ``flt``: an unbiased
+    estimate of the filter's selectivity, from a few thousand primary-key lookups. PostgreSQL's
+    own estimate is no substitute: its geometry histogram spans every area in the world, so a
+    filter inside one small area looks far more selective than it is."""
+    if not sample_ids:
+        return None
+    return await repository.passing_count(conn, flt, sample_ids) / len(sample_ids)

@@ -14,7 +14,7 @@ from cliprs_search.confidence import assess
 from cliprs_search.filters import parse_polygon
 from cliprs_search.geocode import NominatimGeocoder, OfflineGeocoder, bearing, haversine_km
 from cliprs_search.merge import merge_overlapping
-from cliprs_search.routes.search import validate_query
+from cliprs_search.service.shared import hit_feature, validate_query
 
 # ----------------------------------------------------------------------------- queries
 
@@ -215,3 +215,23 @@ async def test_nominatim_geocoder_parses_answers_and_falls_back_offline(offline:
         assert calls[0]["format"] == "jsonv2"
     finally:
         await geocoder.aclose()
+
+
+# ----------------------------------------------------------------------------- hit features
+
+
+def test_hit_features_leave_out_properties_that_do_not_apply() -> None:
+    row = {
+        "id": 5, "z": 16, "scale": 0.5, "source": "demo", "tz": 16, "tx": 2, "ty": 3, "lon": 1.123456789,
+        "lat": 2.0, "px_x0": 0, "px_y0": 0, "px_x1": 128, "px_y1": 128,
+        "footprint": '{"type": "Polygon", "coordinates": [[[1, 2], [2, 2], [2, 3], [1, 2]]]}',
+    }  # fmt: skip
+    plain = hit_feature(row, 0.1234567, 1, "http://tiler.test/").model_dump(mode="json")
+    assert plain["id"] == 5 and plain["geometry"]["type"] == "Polygon"
+    props = plain["properties"]
+    assert props["center"] == [1.1234568, 2.0] and props["score"] == 0.123457
+    assert props["image_url"] == "http://tiler.test/windows/5.png"
+    assert not {"merged", "merged_ids", "address", "place", "pixels"} & props.keys()
+    merged = hit_feature(row, 0.1, 1, "http://tiler.test", merged=[], pixels=True).model_dump(mode="json")
+    assert merged["properties"]["merged"] == 0 and merged["properties"]["merged_ids"] == []
+    assert merged["properties"]["pixels"] == [0, 0, 128, 128]

@@ -1,0 +1,280 @@
+"""The search-api's request and response models (what OpenAPI documents and FastAPI checks).
+
+Search answers are GeoJSON FeatureCollections built on `cliprs_http.schemas`; one model,
+`SearchOptions`, holds the options every search takes, whether they come from the query string
+(``GET``, upload) or a JSON body (``POST /v1/search``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+from cliprs_http.schemas import Feature, FeatureCollection, Readiness
+
+# ----------------------------------------------------------------------------- requests
+
+
+def _comma_string(value: Any) -> Any:
+    """The query string's ``bbox=a,b,c,d`` arrives as a one-item list (the field also takes a
+    list, so FastAPI reads it as repeatable): unwrap it to the comma string it is."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    return value
+
+
+class SearchOptions(BaseModel):
+    """The options of every search: paging, filters and what each hit carries. ``GET`` searches
+    read them from the query string, ``POST /v1/search`` from its JSON body."""
+
+    k: int | None = Field(None, description="How many results per page (1..max_k)")
+    cursor: str | None = Field(
+        None, description="The next_cursor of the previous page (same query and filters)"
+    )
+    area_id: int | None = Field(None, description="Only windows of this area")
+    zoom: list[int] | None = Field(None, description="Only these zoom levels (repeatable)")
+    bbox: Annotated[str | list[float] | None, BeforeValidator(_comma_string)] = Field(
+        None, description="min_lon,min_lat,max_lon,max_lat (a comma string, or a list in a JSON body)"
+    )
+    min_score: float = Field(
+        -1.0, ge=-1.0, le=1.0, description="Minimum cosine similarity (the UI's sensitivity)"
+    )
+    merge: bool = Field(
+        True, description="Merge overlapping windows that hit the same object into one result"
+    )
+    address: bool = Field(True, description="Name the nearest known place of each hit (reverse geocoding)")
+
+
+class SearchBody(SearchOptions):
+    """A search with every option, polygons included (JSON body of ``POST /v1/search``)."""
+
+    q: str | None = Field(
+        None, description="What to look for (text to image)", examples=["boats near a pier"]
+    )
+    window_id: int | None = Field(None, description="Find windows similar to this indexed one (instead of q)")
+    polygon: dict | None = Field(
+        None,
+        description="GeoJSON Polygon or MultiPolygon (or a Feature holding one), lon/lat; hits intersect it",
+        examples=[
+            {"type": "Polygon", "coordinates": [[[-75.7, 37.6], [-75.5, 37.6], [-75.6, 37.7], [-75.7, 37.6]]]}
+        ],
+    )
+
+
+class AreaRequest(BaseModel):
+    name: str = Field(..., min_length=1, max_length=200, examples=["Chincoteague harbour"])
+    bbox: list[float] | None = Field(
+        None,
+        description="[min_lon, min_lat, max_lon, max_lat] (or give polygon)",
+        examples=[[-75.6, 37.6, -75.5, 37.7]],
+    )
+    polygon: dict | None = Field(
+        None, description="A GeoJSON Polygon, instead of bbox: only the tiles it overlaps are fetched"
+    )
+    zooms: list[int] = Field(..., examples=[[12, 13, 14]])
+    source: str = Field("demo", description="A configured tile source name")
+
+
+# ----------------------------------------------------------------------------- search results
+
+
+class PlaceInfo(BaseModel):
+    """The nearest known place of a hit (reverse geocoding)."""
+
+    name: str
+    admin1: str = ""
+    admin2: str = ""
+    country: str = ""
+    lon: float | None = None
+    lat: float | None = None
+    distance_km: float | None = Field(None, description="From the hit to the place")
+    bearing: str | None = Field(None, description="Where the hit lies as seen from the place")
+    source: str = ""
+    label: str = Field(..., description="e.g. '2.3 km NE of Onancock, Virginia, US'")
+
+
+class TileRef(BaseModel):
+    source: str
+    z: int
+    x: int
+    y: int
+
+
+def _absent_when_none(value: Any) -> bool:
+    return value is None
+
+
+def _optional(description: str | None = None) -> Any:
+    """A property that only some answers have: left out (not null) where it does not apply."""
+    return Field(None, description=description, exclude_if=_absent_when_none)
+
+
+class HitProperties(BaseModel):
+    window_id: int
+    score: float = Field(..., description="Cosine similarity to the query")
+    rank: int = Field(..., description="1-based, across pages")
+    z: int
+    scale: float = Field(..., description="Window side as a fraction of the tile side")
+    tile: TileRef
+    center: list[float] = Field(..., description="[lon, lat]")
+    image_url: str = Field(..., description="The window's pixels, from the tiler")
+    merged: int | None = _optional("How many overlapping windows merged into this hit (when merge=true)")
+    merged_ids: list[int] | None = _optional("Their window ids")
+    address: str | None = _optional("The nearest place's label (when address=true and one is known)")
+    place: PlaceInfo | None = _optional("The nearest known place")
+    pixels: list[int] | None = _optional("Heat maps: [x0, y0, x1, y1] in the tile")
+
+
+class HitFeature(Feature):
+    """One window as a GeoJSON feature; ``id`` is the window id."""
+
+    id: int
+    properties: HitProperties
+
+
+class FilterReport(BaseModel):
+    strategy: Literal["index", "overfetch", "selector", "empty"]
+    estimated_matches: int | None = Field(None, description="Estimated windows passing the filter")
+    candidates: int = Field(..., description="FAISS hits examined")
+
+
+class Confidence(BaseModel):
+    level: Literal["none", "low", "medium", "high"]
+    top_score: float | None
+    z: float | None = Field(None, description="Standard deviations of the best hit above an average window")
+
+
+class SearchResults(FeatureCollection):
+    """One page of hits, best first."""
+
+    features: list[HitFeature]
+    count: int
+    index_version: int
+    took_ms: float
+    query: str | dict[str, Any] = Field(..., description="The text, or {window_id} / {image}")
+    model: dict[str, Any] | None = Field(None, description="The model that embedded the query")
+    next_cursor: str | None = Field(None, description="Pass as cursor for the next page; null on the last")
+    merged: int = Field(..., description="Windows merged into the hits of this page")
+    filter: FilterReport
+    confidence: Confidence
+    warning: str | None = None
+    timings_ms: dict[str, float]
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+class LabelScore(BaseModel):
+    label: str
+    prompt: str
+    score: float = Field(..., description="Cosine of the prompt to the image")
+    probability: float = Field(..., description="CLIP's softmax over the labels")
+    rank: int
+
+
+class Classification(BaseModel):
+    labels: list[LabelScore]
+    best: str
+    template: str
+    query: dict[str, Any] = Field(..., description="{image: filename} or {window_id}")
+    model: dict[str, Any] | None
+    took_ms: float
+
+
+class HeatmapTile(BaseModel):
+    source: str
+    z: int
+    x: int
+    y: int
+    size: int = Field(..., description="Tile side in pixels")
+    bounds: list[float] = Field(..., description="[west, south, east, north]")
+
+
+class HeatGrid(BaseModel):
+    cells: int = Field(..., description="Cells per tile side")
+    values: list[list[float | None]] = Field(
+        ..., description="Rows top to bottom; null where no window covers"
+    )
+
+
+class Heatmap(FeatureCollection):
+    """Every window of one tile scored against a text, best first, and the grid of mean scores."""
+
+    features: list[HitFeature]
+    count: int
+    tile: HeatmapTile
+    grid: HeatGrid
+    best: int = Field(..., description="The best window's id")
+    query: str
+    model: dict[str, Any] | None
+    index_version: int
+    took_ms: float
+
+
+# ----------------------------------------------------------------------------- areas, jobs, index
+
+
+class Job(BaseModel):
+    """An ingest job's progress."""
+
+    id: int
+    area_id: int
+    state: str = Field(..., description="queued, fetching, embedding, indexing, done or failed")
+    tiles_planned: int
+    tiles_fetched: int
+    tiles_cached: int
+    tiles_failed: int
+    tiles_embedded: int
+    windows_embedded: int
+    windows_indexed: int
+    error: str | None
+    created_at: str | None
+    updated_at: str | None
+    finished_at: str | None
+
+
+class Area(BaseModel):
+    id: int
+    name: str
+    source: str
+    status: str
+    zooms: list[int]
+    bbox: list[float] = Field(..., description="[min_lon, min_lat, max_lon, max_lat]")
+    created_at: str
+
+
+class AreaWithJob(Area):
+    job: Job | None = Field(None, description="The area's latest ingest job")
+
+
+class AreaCreated(BaseModel):
+    area: Area
+    job: Job
+
+
+class AreaDeletion(BaseModel):
+    area: Area
+    task_id: str = Field(..., description="The indexer's delete task")
+
+
+class ShardInfo(BaseModel):
+    area_id: int
+    count: int
+    kind: str = Field(..., description="flat or ivfpq")
+    params: dict[str, Any]
+
+
+class IndexInfo(BaseModel):
+    """The index version this process serves (version null before anything is indexed)."""
+
+    version: int | None
+    vectors: int
+    shards: list[ShardInfo]
+    model_id: str | None = None
+    dim: int | None = None
+    created_at: float | None = Field(None, description="Unix time the version was published")
+
+
+class SearchReadiness(Readiness):
+    model: dict[str, Any] | None = Field(None, description="The embedder's model")

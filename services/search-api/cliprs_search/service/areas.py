@@ -1,0 +1,102 @@
+"""Areas, their ingest jobs, deleting an area, and the live index version."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cliprs.errors import InvalidInput, NotFound
+from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA
+from cliprs.tiles import area_wkt, check_plan_size, parse_area, validate_zooms
+from cliprs_search import repository
+from cliprs_search.context import Context
+from cliprs_search.schemas import (
+    Area,
+    AreaCreated,
+    AreaDeletion,
+    AreaRequest,
+    AreaWithJob,
+    IndexInfo,
+    Job,
+    ShardInfo,
+)
+
+# An area whose latest job is in one of these states is still being ingested.
+ACTIVE_JOB_STATES = ("queued", "fetching", "embedding", "indexing")
+
+
+async def get_area(ctx: Context, area_id: int) -> Area:
+    """One area, or `NotFound` (also once it is deleted)."""
+    async with ctx.engine.connect() as conn:
+        row = await repository.area(conn, area_id)
+    if row is None:
+        raise NotFound(f"no area {area_id}")
+    return Area(**row)
+
+
+async def get_job(ctx: Context, job_id: int) -> Job:
+    """An ingest job's progress, or `NotFound`."""
+    async with ctx.engine.connect() as conn:
+        row = await repository.job(conn, job_id)
+    if row is None:
+        raise NotFound(f"no ingest job {job_id}")
+    return Job(**row)
+
+
+async def create_area(ctx: Context, request: AreaRequest) -> AreaCreated:
+    """Create an area and queue its ingestion (fetch, embed, index)."""
+    core = ctx.core
+    area = parse_area(bbox=request.bbox, polygon=request.polygon)
+    zooms = validate_zooms(request.zooms, core.max_zoom)
+    if request.source not in core.tile_sources:
+        known = ", ".join(sorted(core.tile_sources))
+        raise InvalidInput(f"unknown tile source {request.source!r}; configured sources: {known}")
+    planned = check_plan_size(area, zooms, core.max_tiles_per_area)
+    async with ctx.engine.begin() as conn:
+        area_id = await repository.insert_area(
+            conn, request.name.strip(), area_wkt(area), zooms, request.source
+        )
+        job_id = await repository.insert_job(conn, area_id, planned)
+    await asyncio.to_thread(ctx.celery.send_task, TASK_FETCH_AREA, args=[job_id])
+    return AreaCreated(area=await get_area(ctx, area_id), job=await get_job(ctx, job_id))
+
+
+async def list_areas(ctx: Context) -> list[AreaWithJob]:
+    """Every area with its latest ingest job."""
+    async with ctx.engine.connect() as conn:
+        areas = await repository.areas(conn)
+        latest = await repository.latest_jobs(conn)
+    return [AreaWithJob(**a, job=latest.get(a["id"])) for a in areas]
+
+
+async def delete_area(ctx: Context, area_id: int, force: bool) -> AreaDeletion:
+    """Mark the area deleting and queue the indexer's delete task; refused while the area is
+    still being ingested unless ``force``."""
+    async with ctx.engine.begin() as conn:
+        row = await repository.lock_area(conn, area_id)
+        if row is None:
+            raise NotFound(f"no area {area_id}")
+        state = row["job_state"]
+        if state in ACTIVE_JOB_STATES and not force:
+            raise InvalidInput(
+                f"area {area_id} is still being ingested (job {state}); wait until its job is done "
+                "or failed, or pass force=true"
+            )
+        await repository.mark_area_deleting(conn, area_id)
+    task = await asyncio.to_thread(ctx.celery.send_task, TASK_DELETE_AREA, args=[area_id])
+    return AreaDeletion(area=await get_area(ctx, area_id), task_id=task.id)
+
+
+def index_info(ctx: Context) -> IndexInfo:
+    """The index version this process serves: its shards, their kind and tuned parameters."""
+    index = ctx.holder.current
+    if index is None:
+        return IndexInfo(version=None, vectors=0, shards=[])
+    m = index.manifest
+    return IndexInfo(
+        version=m.version,
+        model_id=m.model_id,
+        dim=m.dim,
+        vectors=m.vector_count,
+        created_at=m.created_at,
+        shards=[ShardInfo(area_id=s.area_id, count=s.count, kind=s.kind, params=s.params) for s in m.shards],
+    )

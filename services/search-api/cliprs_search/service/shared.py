@@ -1,0 +1,106 @@
+"""What several parts of the API share: checking a text query, an indexed window's vector, an
+uploaded file, and a window row as a GeoJSON feature."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from cliprs.errors import InvalidInput, NotFound, TooLarge
+from cliprs_search.context import Context
+from cliprs_search.geocode import Place
+from cliprs_search.schemas import HitFeature, HitProperties, PlaceInfo, TileRef
+
+_MEANINGFUL = re.compile(r"\w", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Words that carry no visual meaning on their own: a query made only of them is refused.
+FILLER_WORDS = frozenset(
+    "a an the of and or in on at to for with without near by from into onto over under above below "
+    "this that these those some any it its is are be there here what where which who show find me "
+    "please image photo picture".split()
+)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image, read (up to the limit) by the route."""
+
+    data: bytes
+    filename: str
+    content_type: str
+
+
+def validate_query(q: str, max_chars: int) -> str:
+    """The stripped query, or `InvalidInput` when there is nothing the model could look for."""
+    q = q.strip()
+    if not q:
+        raise InvalidInput("the query is empty; describe what to look for, e.g. 'boats near a pier'")
+    if len(q) > max_chars:
+        raise TooLarge(f"the query has {len(q)} characters; the limit is {max_chars}")
+    if not _MEANINGFUL.search(q):
+        raise InvalidInput("the query has no letters or digits; describe what to look for in words")
+    words = [w.lower() for w in _WORD.findall(q)]
+    if all(w in FILLER_WORDS for w in words):
+        raise InvalidInput(
+            f"the query has only filler words ({' '.join(words)!r}); say what to look for, e.g. 'boats near a pier'"
+        )
+    return q
+
+
+def check_upload_size(data: bytes, max_bytes: int) -> bytes:
+    """``data`` (read up to ``max_bytes + 1``), or `TooLarge` when it is over the limit."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"the upload is over the limit of {max_bytes} bytes")
+    return data
+
+
+def parse_geojson_text(value: str | None) -> dict | None:
+    """A GeoJSON polygon sent as text (a form field), parsed; None when not given."""
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise InvalidInput('polygon must be GeoJSON text, e.g. {"type": "Polygon", ...}') from None
+
+
+def window_vector(ctx: Context, window_id: int) -> np.ndarray:
+    """The indexed vector of a window, or `NotFound`."""
+    vector = ctx.index().vector_of(window_id)
+    if vector is None:
+        raise NotFound(f"window {window_id} is not in the index")
+    return vector
+
+
+def hit_feature(
+    row: dict,
+    score: float,
+    rank: int,
+    tiler_url: str,
+    merged: list[int] | None = None,
+    place: Place | None = None,
+    pixels: bool = False,
+) -> HitFeature:
+    """One window row as a GeoJSON feature (``merged``: windows merged into it; ``pixels``: give
+    the window's pixel box in its tile)."""
+    props = HitProperties(
+        window_id=row["id"],
+        score=round(float(score), 6),
+        rank=rank,
+        z=row["z"],
+        scale=row["scale"],
+        tile=TileRef(source=row["source"], z=row["tz"], x=row["tx"], y=row["ty"]),
+        center=[round(row["lon"], 7), round(row["lat"], 7)],
+        image_url=f"{tiler_url.rstrip('/')}/windows/{row['id']}.png",
+    )
+    if merged is not None:
+        props.merged, props.merged_ids = len(merged), merged
+    if place is not None:
+        props.place = PlaceInfo(**place.as_dict())
+        props.address = props.place.label
+    if pixels:
+        props.pixels = [row["px_x0"], row["px_y0"], row["px_x1"], row["px_y1"]]
+    return HitFeature(type="Feature", id=row["id"], geometry=json.loads(row["footprint"]), properties=props)

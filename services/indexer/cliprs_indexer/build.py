@@ -16,7 +16,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import redis
-from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import ClipRSError
@@ -24,13 +23,11 @@ from cliprs.fsutil import atomic_path
 from cliprs.manifest import Manifest, Shard, load_manifest, publish
 from cliprs.settings import CoreSettings
 from cliprs.vectors import read_chunk
+from cliprs_indexer import repository
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_indexer.shards import BuiltShard, build_index
 
 log = logging.getLogger("cliprs.indexer")
-
-# Serialises version numbering (and garbage collection) across indexer processes.
-PUBLISH_LOCK_KEY = 0x434C49505253
 
 
 class ModelMismatch(ClipRSError):
@@ -47,17 +44,7 @@ class AreaVectors:
 def collect_area_vectors(core: CoreSettings, area_id: int) -> AreaVectors | None:
     """Every vector of the area's embedded tiles (None when there are none)."""
     with sync_engine(core.database_url).connect() as conn:
-        tile_ids = (
-            conn.execute(
-                text(
-                    "SELECT t.id FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
-                    "WHERE at.area_id = :a AND t.status = 'embedded' ORDER BY t.id"
-                ),
-                {"a": area_id},
-            )
-            .scalars()
-            .all()
-        )
+        tile_ids = repository.embedded_tile_ids(conn, area_id)
     ids, vecs, models = [], [], set()
     for tile_id in tile_ids:
         chunk = read_chunk(core.vectors_dir, tile_id)
@@ -101,13 +88,8 @@ def publish_changes(
     """
     index_dir = core.index_dir
     with sync_engine(core.database_url).begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PUBLISH_LOCK_KEY})
-        alive = set(
-            conn.execute(
-                text("SELECT id FROM areas WHERE id = ANY(:ids) AND status <> 'deleting'"),
-                {"ids": list(changes)},
-            ).scalars()
-        )
+        repository.lock_publishing(conn)
+        alive = repository.live_area_ids(conn, list(changes))
         for area_id, shard in list(changes.items()):
             if shard is not None and area_id not in alive:
                 log.info("area %s was deleted meanwhile; its new shard is not published", area_id)
@@ -123,7 +105,7 @@ def publish_changes(
                     f"the index holds vectors of {current.model_id!r} but the new shards hold "
                     f"{model_id!r}; rebuild the whole index with one model"
                 )
-        last = conn.execute(text("SELECT coalesce(max(version), 0) FROM index_versions")).scalar()
+        last = repository.last_index_version(conn)
         version = max(last, current.version if current else 0) + 1
         shards = [s for s in (current.shards if current else []) if s.area_id not in changes]
         shards += [s for s in changes.values() if s is not None]
@@ -132,18 +114,8 @@ def publish_changes(
         dim = dim if adding and dim else (current.dim if current else 0)
         manifest = Manifest(version=version, model_id=model_id, dim=dim, shards=shards)
         path = publish(index_dir, manifest)
-        conn.execute(
-            text(
-                "INSERT INTO index_versions (version, manifest_path, shard_files, vector_count, model_id) "
-                "VALUES (:v, :p, CAST(:f AS jsonb), :n, :m)"
-            ),
-            {
-                "v": version,
-                "p": str(path),
-                "f": json.dumps([s.file for s in shards]),
-                "n": manifest.vector_count,
-                "m": model_id,
-            },
+        repository.record_index_version(
+            conn, version, str(path), [s.file for s in shards], manifest.vector_count, model_id
         )
     announce(core, version)
     log.info("published index version %s: %d shards, %d vectors", version, len(shards), manifest.vector_count)

@@ -6,20 +6,14 @@ import logging
 from dataclasses import dataclass, field
 
 import redis
-from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import NotFound
 from cliprs.manifest import GarbageReport, Manifest, Shard, collect_garbage, held_versions
 from cliprs.settings import CoreSettings
 from cliprs.vectors import chunk_path
-from cliprs_indexer.build import (
-    PUBLISH_LOCK_KEY,
-    ModelMismatch,
-    collect_area_vectors,
-    make_shard,
-    publish_changes,
-)
+from cliprs_indexer import repository
+from cliprs_indexer.build import ModelMismatch, collect_area_vectors, make_shard, publish_changes
 from cliprs_indexer.settings import IndexerSettings
 
 log = logging.getLogger("cliprs.indexer")
@@ -34,13 +28,10 @@ def garbage_collect(core: CoreSettings, settings: IndexerSettings) -> GarbageRep
         client.close()
     with sync_engine(core.database_url).begin() as conn:
         # Under the publish lock: no version appears while we decide what is garbage.
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PUBLISH_LOCK_KEY})
+        repository.lock_publishing(conn)
         report = collect_garbage(core.index_dir, held, settings.gc_min_age_s, settings.gc_orphan_age_s)
         if report.removed_versions:
-            conn.execute(
-                text("UPDATE index_versions SET removed_at = now() WHERE version = ANY(:v)"),
-                {"v": report.removed_versions},
-            )
+            repository.mark_versions_removed(conn, report.removed_versions)
     if report.removed_versions or report.removed_files:
         log.info(
             "removed index versions %s and %d shard files; still held: %s",
@@ -55,7 +46,7 @@ def analyze_windows(core: CoreSettings) -> None:
     """Refresh the planner's statistics of the windows table after a bulk change, so the
     gateway's joins (ids x geometry filters) get good plans before autovacuum catches up."""
     with sync_engine(core.database_url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE windows"))
+        repository.analyze_windows(conn)
 
 
 @dataclass
@@ -75,41 +66,16 @@ def delete_area(core: CoreSettings, area_id: int) -> DeleteReport:
     """
     engine = sync_engine(core.database_url)
     with engine.begin() as conn:
-        found = conn.execute(
-            text("UPDATE areas SET status = 'deleting' WHERE id = :a RETURNING id"), {"a": area_id}
-        ).scalar()
-    if found is None:
+        found = repository.mark_area_deleting(conn, area_id)
+    if not found:
         raise NotFound(f"no area {area_id}")
     manifest = publish_changes(core, {area_id: None})
     with engine.begin() as conn:
-        tile_ids = list(
-            conn.execute(
-                text(
-                    """
-                    SELECT at.tile_id FROM area_tiles at WHERE at.area_id = :a AND NOT EXISTS (
-                        SELECT 1 FROM area_tiles o WHERE o.tile_id = at.tile_id AND o.area_id <> :a)
-                    """
-                ),
-                {"a": area_id},
-            ).scalars()
-        )
-        windows_deleted = conn.execute(
-            text("SELECT count(*) FROM windows WHERE tile_id = ANY(:t)"), {"t": tile_ids}
-        ).scalar_one()
-        conn.execute(text("DELETE FROM tiles WHERE id = ANY(:t)"), {"t": tile_ids})  # windows cascade
-        # Tiles the area planned first but others share now belong to one of those others.
-        conn.execute(
-            text(
-                """
-                UPDATE tiles t SET area_id = (
-                    SELECT min(o.area_id) FROM area_tiles o WHERE o.tile_id = t.id AND o.area_id <> :a)
-                WHERE t.area_id = :a AND EXISTS (
-                    SELECT 1 FROM area_tiles o WHERE o.tile_id = t.id AND o.area_id <> :a)
-                """
-            ),
-            {"a": area_id},
-        )
-        conn.execute(text("DELETE FROM areas WHERE id = :a"), {"a": area_id})
+        tile_ids = repository.unshared_tile_ids(conn, area_id)
+        windows_deleted = repository.count_windows(conn, tile_ids)
+        repository.delete_tiles(conn, tile_ids)  # their windows cascade
+        repository.hand_over_shared_tiles(conn, area_id)
+        repository.delete_area_row(conn, area_id)
     chunks = 0
     for tile_id in tile_ids:
         path = chunk_path(core.vectors_dir, tile_id)
@@ -142,13 +108,9 @@ def rebuild(
     engine = sync_engine(core.database_url)
     with engine.connect() as conn:
         if area_ids is None:
-            area_ids = list(
-                conn.execute(text("SELECT id FROM areas WHERE status <> 'deleting' ORDER BY id")).scalars()
-            )
+            area_ids = repository.all_live_area_ids(conn)
         else:
-            known = set(
-                conn.execute(text("SELECT id FROM areas WHERE id = ANY(:a)"), {"a": area_ids}).scalars()
-            )
+            known = repository.existing_area_ids(conn, area_ids)
             missing = sorted(set(area_ids) - known)
             if missing:
                 raise NotFound(f"no area {', '.join(map(str, missing))}")

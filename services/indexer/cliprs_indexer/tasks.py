@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import text
-
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.queue import TASK_DELETE_AREA, TASK_GC, TASK_INDEX_AREA, TASK_REBUILD, make_celery
 from cliprs.settings import CoreSettings
+from cliprs_indexer import repository
 from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_indexer.maintenance import analyze_windows, garbage_collect
 from cliprs_indexer.maintenance import delete_area as delete_area_rows
@@ -42,9 +41,7 @@ def index_area(job_id: int) -> dict:
     """Build the job's area shard, publish a new index version, and finish the job."""
     engine = sync_engine(core.database_url)
     with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT area_id, state FROM ingest_jobs WHERE id = :j"), {"j": job_id}
-        ).one_or_none()
+        row = repository.job_for_indexing(conn, job_id)
     if row is None or row.state != "indexing":
         log.info("job %s is not waiting for indexing (%s); skipped", job_id, row.state if row else "gone")
         return {}
@@ -57,19 +54,13 @@ def index_area(job_id: int) -> dict:
         log.exception("job %s: indexing failed", job_id)
         with engine.begin() as conn:
             jobs.set_state(conn, job_id, "failed", error=f"indexing failed: {exc}"[:500])
-            conn.execute(text("UPDATE areas SET status = 'failed' WHERE id = :a"), {"a": row.area_id})
+            repository.set_area_failed(conn, row.area_id)
         raise
     with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE ingest_jobs SET windows_indexed = :n WHERE id = :j"),
-            {"n": len(vectors.ids), "j": job_id},
-        )
+        repository.set_windows_indexed(conn, job_id, len(vectors.ids))
         jobs.refresh_counts(conn, job_id)
         jobs.set_state(conn, job_id, "done", expected="indexing")
-        conn.execute(
-            text("UPDATE areas SET status = 'ready' WHERE id = :a AND status <> 'deleting'"),
-            {"a": row.area_id},
-        )
+        repository.set_area_ready(conn, row.area_id)
     analyze_windows(core)
     _collect_garbage()
     return {"version": manifest.version if manifest else None, "vectors": len(vectors.ids)}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cliprs.errors import Unavailable
 from cliprs_model.preprocess import ImageTransform, prefetch_map
 
 K = TypeVar("K")
@@ -120,6 +121,17 @@ class ClipEncoder:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
 
+    @contextlib.contextmanager
+    def _out_of_memory_is_unavailable(self) -> Iterator[None]:
+        """A device out of memory is an overload that passes (other requests, other workers hold
+        the memory), not a bug: raise `Unavailable` (HTTP 503, retry) instead of a crash."""
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            raise Unavailable(
+                f"the model ran out of memory on {self.device}; retry shortly, or send fewer inputs at once"
+            ) from exc
+
     # -- images --------------------------------------------------------------------------------
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -145,10 +157,11 @@ class ClipEncoder:
     @torch.inference_mode()
     def _launch(self, batch: torch.Tensor) -> torch.Tensor:
         """Unit vectors of a staged uint8 batch, left on the device (asynchronous on CUDA)."""
-        pixels = self.transform.normalise(batch.to(self.device, non_blocking=True))
-        with self._autocast():
-            feats = self.model.get_image_features(pixel_values=pixels)
-        return _unit(feats)
+        with self._out_of_memory_is_unavailable():
+            pixels = self.transform.normalise(batch.to(self.device, non_blocking=True))
+            with self._autocast():
+                feats = self.model.get_image_features(pixel_values=pixels)
+            return _unit(feats)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(n, dim) float32 unit vectors of prepared (n, H, W, 3) uint8 pixels, in one batch."""
@@ -244,10 +257,12 @@ class ClipEncoder:
         """(n, dim) float32 unit vectors for ``texts`` (truncated to the model's context)."""
         tokens = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
-        ).to(self.device)
-        with self._autocast():
-            feats = self.model.get_text_features(**tokens)
-        return _to_numpy(_unit(feats))
+        )
+        with self._out_of_memory_is_unavailable():
+            tokens = tokens.to(self.device)
+            with self._autocast():
+                feats = self.model.get_text_features(**tokens)
+            return _to_numpy(_unit(feats))
 
     def count_tokens(self, text: str) -> int:
         """Tokens the text needs, start and end markers included."""

@@ -92,7 +92,8 @@ def load_encoder(settings: ModelSettings | None = None, backend: str | None = No
     try:
         encoder = load(settings.model, device)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        first_line = next(iter(str(exc).splitlines()), "")  # some exceptions have no message
+        reason = f"{type(exc).__name__}: {first_line[:300]}"
         if not settings.fallback:
             raise Unavailable(f"cannot load CLIP model {settings.model!r}: {reason}") from exc
         log.warning(
@@ -102,8 +103,15 @@ def load_encoder(settings: ModelSettings | None = None, backend: str | None = No
             settings.model,
             reason,
         )
-        # The fallback is a transformers checkpoint, whatever backend was asked for.
-        encoder = load_hf_clip(str(build_tiny_clip(settings.fallback_dir)), device)
+        try:
+            # The fallback is a transformers checkpoint, whatever backend was asked for.
+            tiny_dir = build_tiny_clip(settings.fallback_dir, vocab_cache=settings.vocab)
+            encoder = load_hf_clip(str(tiny_dir), device)
+        except Exception as fallback_exc:
+            raise Unavailable(
+                f"cannot load CLIP model {settings.model!r}: {reason}; the fallback failed too: "
+                f"{type(fallback_exc).__name__}: {fallback_exc}"
+            ) from fallback_exc
         encoder.info.requested = settings.model
         encoder.info.fallback = True
         encoder.info.reason = reason

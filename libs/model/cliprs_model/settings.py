@@ -18,6 +18,10 @@ class ModelSettings(BaseSettings):
     # failing. `make up` turns this on so the platform runs offline; production leaves it off.
     fallback: bool = False
     fallback_dir: Path = Path(".cache/models/fallback-clip")
+    # The real CLIP vocabulary the fallback is built with: an open_clip_torch wheel, its
+    # bpe_simple_vocab_16e6.txt.gz, or a folder holding the wheel. Unset: a wheels/ folder
+    # beside fallback_dir, filled with `pip download` when empty (needs the network once).
+    vocab: Path | None = None
     # Which loader builds the encoder: a name in cliprs_model.loader.BACKENDS ("hf-clip") or
     # "package.module:function" for a backend that lives in another package.
     backend: str = "hf-clip"

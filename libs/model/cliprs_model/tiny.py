@@ -1,4 +1,4 @@
-"""A small generated CLIP with the real vocabulary: for tests, and the offline fallback.
+"""A small generated CLIP with the real vocabulary: the offline fallback of `load_encoder`, and tests.
 
 Same interfaces, input size (224 px, patch 32) and embedding size (512) as ViT-B/32, so every
 code path (preprocessing, batching, FAISS dimensions) is exercised; the weights are random, so
@@ -23,7 +23,11 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 def build_tiny_clip(out_dir: Path, seed: int = 0, vocab_cache: Path | None = None) -> Path:
     """Generate and save a tiny CLIP checkpoint (model, tokenizer, image processor) in
-    ``out_dir`` unless one is already there; returns ``out_dir``."""
+    ``out_dir`` unless one is already there; returns ``out_dir``.
+
+    ``vocab_cache``: where the real CLIP vocabulary comes from (see `vocab.find_bpe_file`: the
+    open_clip wheel, its ``.txt.gz``, or a folder for the wheel); default ``wheels/`` beside
+    ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (API and workers) may start at once: one builds, the others wait.

@@ -3,6 +3,7 @@ fast preprocessing equal to the processor, batching, precision, the backend regi
 
 from __future__ import annotations
 
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cliprs_model import BACKENDS, ImageTransform, load_encoder, register_backen
 from cliprs_model.loader import load_hf_clip
 from cliprs_model.preprocess import prefetch_map
 from cliprs_model.settings import ModelSettings
+from cliprs_model.vocab import find_bpe_file
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +66,57 @@ def test_unloadable_model_fails_clearly_without_fallback(tmp_path: Path) -> None
 
 def test_fallback_is_loud_and_reported(tmp_path: Path, tiny_model_dir: Path, caplog, monkeypatch) -> None:
     fallback_dir = tmp_path / "fallback"
-    monkeypatch.setenv("CLIPRS_CLIP_VOCAB", str(next((tiny_model_dir.parents[1] / "wheels").glob("*.whl"))))
+    monkeypatch.setenv("CLIP_VOCAB", str(next((tiny_model_dir.parents[1] / "wheels").glob("*.whl"))))
     enc = load_encoder(
         ModelSettings(model=str(tmp_path / "missing"), device="cpu", fallback=True, fallback_dir=fallback_dir)
     )
     assert enc.info.fallback and enc.info.requested == str(tmp_path / "missing")
     assert enc.info.loaded == str(fallback_dir) and enc.info.reason
     assert any("FALLING BACK" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_vocabulary_comes_from_a_wheel_a_gz_or_a_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    wheel = next((tiny_model_dir.parents[1] / "wheels").glob("*.whl"))
+    from_wheel = find_bpe_file(wheel)
+    assert find_bpe_file(wheel.parent) == from_wheel
+    gz = tmp_path / "bpe.txt.gz"
+    gz.write_bytes(from_wheel)
+    assert find_bpe_file(gz) == from_wheel
+
+
+def test_a_vocabulary_that_cannot_be_fetched_is_unavailable(tmp_path: Path, monkeypatch) -> None:
+    def offline(command, **_):
+        raise subprocess.CalledProcessError(1, command, stderr="ERROR: No matching distribution found")
+
+    monkeypatch.setattr(subprocess, "run", offline)
+    with pytest.raises(Unavailable, match=r"cannot fetch the CLIP vocabulary.*No matching distribution"):
+        find_bpe_file(tmp_path / "empty")
+
+
+def test_a_failing_fallback_is_unavailable_and_says_both_reasons(tmp_path: Path) -> None:
+    not_a_vocab = tmp_path / "bpe.txt.gz"
+    not_a_vocab.write_bytes(b"")
+    settings = ModelSettings(
+        model=str(tmp_path / "missing"),
+        device="cpu",
+        fallback=True,
+        fallback_dir=tmp_path / "fallback",
+        vocab=not_a_vocab,
+    )
+    with pytest.raises(Unavailable, match=r"cannot load CLIP model.*the fallback failed too"):
+        load_encoder(settings)
+
+
+def test_out_of_device_memory_is_unavailable(encoder, monkeypatch) -> None:
+    def out_of_memory(*_, **__):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(encoder.model, "get_text_features", out_of_memory)
+    monkeypatch.setattr(encoder.model, "get_image_features", out_of_memory)
+    with pytest.raises(Unavailable, match="ran out of memory"):
+        encoder.embed_texts(["boats"])
+    with pytest.raises(Unavailable, match="ran out of memory"):
+        encoder.embed_images([Image.new("RGB", (64, 64))])
 
 
 # -- fast preprocessing == the model's image processor ------------------------------------------

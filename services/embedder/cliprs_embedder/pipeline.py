@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import text
+from sqlalchemy import Engine
 
-from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
 from cliprs.windows import Window, plan_windows, window_bbox, window_id
+from cliprs_embedder import repository
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import ClipEncoder
 from cliprs_model.preprocess import ImageTransform, prefetch_map
@@ -83,23 +83,9 @@ def prepare_tile(
     return t
 
 
-INSERT_WINDOWS = text(
-    """
-    INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center)
-    SELECT w.id, :tile_id, :z, w.x0, w.y0, w.x1, w.y1, w.scale, ST_GeomFromText(w.fp, 4326),
-           ST_SetSRID(ST_MakePoint(w.cx, w.cy), 4326)
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:x0 AS int[]), CAST(:y0 AS int[]), CAST(:x1 AS int[]),
-                CAST(:y1 AS int[]), CAST(:scale AS float8[]), CAST(:fp AS text[]),
-                CAST(:cx AS float8[]), CAST(:cy AS float8[]))
-         AS w(id, x0, y0, x1, y1, scale, fp, cx, cy)
-    ON CONFLICT (id) DO NOTHING
-    """
-)
-
-
-def window_rows(t: TileWork) -> dict:
-    """A tile's window rows as column arrays (one INSERT per tile, however many windows)."""
-    cols: dict[str, list] = {k: [] for k in ("ids", "x0", "y0", "x1", "y1", "scale", "fp", "cx", "cy")}
+def window_rows(t: TileWork) -> dict[str, list]:
+    """A tile's window rows as column arrays (`repository.WINDOW_COLUMNS`)."""
+    cols: dict[str, list] = {k: [] for k in repository.WINDOW_COLUMNS}
     for w in t.windows:
         b = window_bbox(t.z, t.x, t.y, t.size, w)
         for k, v in (
@@ -114,19 +100,14 @@ def window_rows(t: TileWork) -> dict:
             ("cy", (b.min_lat + b.max_lat) / 2),
         ):
             cols[k].append(v)
-    return {"tile_id": t.id, "z": t.z, **cols}
+    return cols
 
 
-def store_tile(engine, core: CoreSettings, t: TileWork, vectors: np.ndarray, model_id: str) -> None:
+def store_tile(engine: Engine, core: CoreSettings, t: TileWork, vectors: np.ndarray, model_id: str) -> None:
     """Hand a tile's vectors on and record its windows: chunk first, then rows and status."""
     ids = [window_id(t.id, w.index) for w in t.windows]
     write_chunk(core.vectors_dir, t.id, ids, vectors, model_id)
-    with engine.begin() as conn:
-        conn.execute(INSERT_WINDOWS, window_rows(t))
-        conn.execute(
-            text("UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL WHERE id = :id"),
-            {"id": t.id},
-        )
+    repository.record_embedded_tile(engine, t.id, t.z, window_rows(t))
 
 
 def embed_tiles(
@@ -139,13 +120,7 @@ def embed_tiles(
     """Embed the windows of the given tiles; returns counts for the log."""
     engine = sync_engine(core.database_url)
     start = time.perf_counter()
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id, source, z, x, y FROM tiles WHERE id = ANY(:ids) AND status = 'fetched' ORDER BY id"
-            ),
-            {"ids": tile_ids},
-        ).all()  # embedded already (a redelivery) or never fetched: nothing to do
+    rows = repository.fetched_tiles(engine, tile_ids)
     failed: list[TileWork] = []
 
     def ready_tiles():
@@ -175,14 +150,7 @@ def embed_tiles(
         for f in pending:
             windows += f.result()
             tiles += 1
-    if failed:
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE tiles SET status = 'failed', error = :e WHERE id = :id AND status <> 'embedded'"
-                ),
-                [{"id": t.id, "e": t.error} for t in failed],
-            )
+    repository.mark_failed(engine, {t.id: t.error for t in failed if t.error})
     elapsed = time.perf_counter() - start
     return {
         "tiles": tiles,
@@ -194,6 +162,4 @@ def embed_tiles(
 
 def advance_job(job_id: int, core: CoreSettings) -> bool:
     """Refresh the job's counts; True when this call moved it to indexing (caller queues it)."""
-    with sync_engine(core.database_url).begin() as conn:
-        jobs.refresh_counts(conn, job_id)
-        return jobs.claim_indexing(conn, job_id)
+    return repository.advance_job(sync_engine(core.database_url), job_id)

@@ -10,10 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cliprs.errors import InvalidInput, TooLarge
-from cliprs_embedder.app import create_app, validate_texts
+from cliprs.errors import InvalidInput, TooLarge, Unavailable
+from cliprs_embedder.app import create_app
 from cliprs_embedder.images import decode_image
 from cliprs_embedder.pipeline import cut_tile
+from cliprs_embedder.service import validate_texts
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
@@ -127,3 +128,85 @@ def test_readyz_and_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["model"]["dim"] == 512
+
+
+# -- every error carries the code a client reads (cliprs_http's vocabulary) ---------------------
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        ({"texts": []}, 400, "invalid_input"),
+        ({"texts": ["  "]}, 400, "invalid_input"),
+        ({"texts": ["x" * 51]}, 422, "too_large"),
+        ({"texts": ["a"] * 257}, 422, "too_large"),
+        ({"text": "wrong field"}, 422, "invalid_request"),
+        ({"texts": "not a list"}, 422, "invalid_request"),
+    ],
+)
+def test_text_errors_carry_their_code(client: TestClient, payload: dict, status: int, code: str) -> None:
+    resp = client.post("/v1/embed/text", json=payload)
+    assert (resp.status_code, resp.json()["error"]["code"]) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"", 400, "invalid_input"),
+        (b"GIF89a nope", 400, "invalid_input"),
+        (b"\0" * 200_001, 422, "too_large"),
+        (None, 422, "invalid_request"),
+    ],
+)
+def test_image_errors_carry_their_code(
+    client: TestClient, data: bytes | None, status: int, code: str
+) -> None:
+    files = {"file": ("a.png", data, "image/png")} if data is not None else None
+    resp = client.post("/v1/embed/image", files=files)
+    assert (resp.status_code, resp.json()["error"]["code"]) == (status, code)
+
+
+def test_an_image_over_the_side_limit_is_too_large(encoder) -> None:
+    app = create_app(EmbedderSettings(max_image_side=100), encoder=encoder)
+    with TestClient(app) as c:
+        resp = c.post("/v1/embed/image", files={"file": ("a.png", _png(101, 10), "image/png")})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "too_large")
+    assert "101x10" in resp.json()["error"]["message"]
+
+
+def test_without_a_model_it_stays_up_and_answers_unavailable(tmp_path: Path) -> None:
+    missing = ModelSettings(model=str(tmp_path / "missing"), device="cpu", fallback=False)
+    with TestClient(create_app(model_settings=missing)) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+        assert (
+            ready.json()["model"] is None
+            and "cannot load CLIP model" in ready.json()["checks"]["model"]["error"]
+        )
+        for resp in (
+            c.post("/v1/embed/text", json={"texts": ["boats"]}),
+            c.post("/v1/embed/image", files={"file": ("a.png", _png(8, 8), "image/png")}),
+        ):
+            assert resp.status_code == 503 and resp.headers["Retry-After"]
+            assert resp.json()["error"]["code"] == "unavailable"
+            assert "cannot load CLIP model" in resp.json()["error"]["message"]
+
+
+def test_a_model_out_of_memory_answers_unavailable(encoder, client: TestClient, monkeypatch) -> None:
+    # What ClipEncoder raises when the device runs out of memory (see libs/model's test of it).
+    def out_of_memory(texts):
+        raise Unavailable(
+            "the model ran out of memory on cuda:0; retry shortly, or send fewer inputs at once"
+        )
+
+    monkeypatch.setattr(encoder, "embed_texts", out_of_memory)
+    resp = client.post("/v1/embed/text", json={"texts": ["boats"]})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (503, "unavailable")
+    assert resp.headers["Retry-After"]

@@ -62,7 +62,7 @@ SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "WEB_": WebSettings,
 }
 # Variables with a settings prefix that the code reads straight from os.environ.
-EXTRA_ENV = {"CLIPRS_CLIP_VOCAB"}
+EXTRA_ENV: set[str] = set()
 # The only Dockerfile targets allowed to carry torch (GBs; the light services never need it).
 TORCH_TARGETS = {"embedder", "tools"}
 # Targets built outside compose that must exist too.

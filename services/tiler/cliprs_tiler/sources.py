@@ -10,7 +10,6 @@ import asyncio
 import io
 import logging
 import os
-import random
 import re
 import sqlite3
 import string
@@ -23,16 +22,23 @@ from typing import Protocol
 from urllib.parse import parse_qsl
 
 import httpx
-import rasterio
 import rasterio.errors
-import rasterio.io
 from aiolimiter import AsyncLimiter
 from PIL import Image
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from rio_tiler.errors import RioTilerError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
 
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
-from cliprs_tiler.render import band_plan, render_tile, scene_stretch, tile_format
+from cliprs_tiler.render import Limits, RasterScene, tile_format
 from cliprs_tiler.settings import TilerSettings
 
 _PIL_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
@@ -174,30 +180,40 @@ class XyzSource:
         # Decoding takes milliseconds: off the event loop, so other tiles keep downloading.
         return await asyncio.to_thread(check_image, resp.content)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, TileFetchError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.settings.backoff_max_s)
-        base = self.settings.backoff_base_s * 2 ** (state.attempt_number - 1)
-        return min(self.settings.backoff_max_s, base) * (0.5 + random.random() / 2)  # jitter
-
     async def fetch(self, z: int, x: int, y: int) -> FetchedTile:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.retries + 1),
-            wait=self._wait,
+            wait=WaitRetryAfter(self.settings.backoff_base_s, self.settings.backoff_max_s),
             retry=retry_if_exception(lambda e: isinstance(e, TileFetchError) and e.retryable),
             reraise=True,
         )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(z, x, y)
+            return await retrying(self._attempt, z, x, y)
         except TileFetchError as exc:
             raise type(exc)(self.redact(str(exc)), exc.retryable) from None
-        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class WaitRetryAfter(wait_base):
+    """Wait as the server asked (Retry-After, capped at ``max_s``), else back off exponentially
+    with "equal jitter": a uniform wait between half and all of ``base_s * 2**(attempt - 1)``
+    (itself capped at ``max_s``), so clients that failed together do not retry together."""
+
+    def __init__(self, base_s: float, max_s: float):
+        self.max_s = max_s
+        half_base, half_max = base_s / 2, max_s / 2
+        self.backoff = wait_exponential(multiplier=half_base, max=half_max) + wait_random_exponential(
+            multiplier=half_base, max=half_max
+        )
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(exc, TileFetchError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_s)
+        return self.backoff(retry_state)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -271,40 +287,35 @@ class RasterSource:
         if missing:
             raise InvalidInput(f"tile source {name!r}: no raster file at {', '.join(missing)}")
         self._local = threading.local()  # GDAL handles must not be shared between threads
-        self._opened: list[rasterio.io.DatasetReader] = []
+        self._scenes: list[RasterScene] = []
         self._lock = threading.Lock()
-        self._stretch: list[tuple[float, float]] | None = None
+        self._stretch: list[Limits] | None = None
         try:
-            datasets = self._datasets()
-            band_plan(datasets)
-        except (rasterio.errors.RasterioError, ValueError) as exc:
+            scene = self._scene()
+        except (rasterio.errors.RasterioError, RioTilerError, ValueError) as exc:
             raise InvalidInput(f"tile source {name!r}: {exc}") from None
-        self.nodata = datasets[0].nodata if datasets[0].nodata is not None else 0
+        self.nodata = scene.nodata
 
-    def _datasets(self) -> list[rasterio.io.DatasetReader]:
-        datasets = getattr(self._local, "datasets", None)
-        if datasets is None:
-            datasets = [rasterio.open(p) for p in self.paths]
-            self._local.datasets = datasets
+    def _scene(self) -> RasterScene:
+        """This thread's open scene (opened on first use)."""
+        scene = getattr(self._local, "scene", None)
+        if scene is None:
+            scene = RasterScene(self.paths)
+            self._local.scene = scene
             with self._lock:
-                self._opened += datasets
-        return datasets
+                self._scenes.append(scene)
+        return scene
 
-    def _limits(self, datasets: list[rasterio.io.DatasetReader]) -> list[tuple[float, float]]:
+    def _limits(self, scene: RasterScene) -> list[Limits]:
         with self._lock:
             if self._stretch is None:
-                if all(ds.dtypes[0] == "uint8" for ds in datasets):
-                    self._stretch = [(0.0, 255.0)] * 3
-                else:
-                    self._stretch = scene_stretch(datasets, nodata=self.nodata)
+                self._stretch = scene.default_stretch()
             return self._stretch
 
     def render(self, z: int, x: int, y: int) -> bytes | None:
         """The encoded tile, or None where the raster has no data."""
-        datasets = self._datasets()
-        image = render_tile(
-            datasets, z, x, y, self.tile_size, stretch=self._limits(datasets), nodata=self.nodata
-        )
+        scene = self._scene()
+        image = scene.render(z, x, y, self.tile_size, stretch=self._limits(scene))
         if image is None:
             return None
         buf = io.BytesIO()
@@ -317,11 +328,16 @@ class RasterSource:
             raise TileNotFound(f"source {self.name!r} has no data in tile {z}/{x}/{y}")
         return FetchedTile(data, self.ext, self.tile_size)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Close every thread's scene; a later render opens a fresh one."""
         with self._lock:
-            opened, self._opened = self._opened, []
-        for ds in opened:
-            ds.close()
+            scenes, self._scenes = self._scenes, []
+            self._local = threading.local()  # drops the closed scenes of every thread
+        for scene in scenes:
+            scene.close()
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 SCHEMES = "http(s)://, file://, mbtiles:// or geotiff://"

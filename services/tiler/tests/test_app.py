@@ -44,9 +44,7 @@ RATE = 10  # requests per second; aiolimiter lets one second's worth (RATE) go a
 def imagery() -> Iterator[RasterSource]:
     src = RasterSource("s2", demo_band_paths())
     yield src
-    src._local.__dict__.clear()
-    for ds in src._opened:
-        ds.close()
+    src.close()
 
 
 @pytest.fixture

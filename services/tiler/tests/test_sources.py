@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from sqlalchemy import text
+from tenacity import RetryCallState
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import InvalidInput
@@ -34,6 +35,7 @@ from cliprs_tiler.sources import (
     FolderSource,
     TileFetchError,
     TileNotFound,
+    WaitRetryAfter,
     XyzSource,
     check_image,
     open_source,
@@ -223,6 +225,23 @@ async def test_slow_response_times_out_is_retried_then_fails_clearly(server: Til
     assert 0.55 <= elapsed < 1.9, elapsed  # two 0.3 s timeouts, not the server's 2 s
     assert got.data == server.tile(5, 7, 8)
     assert server.count("/5/7/8.png") == 2
+
+
+def test_backoff_is_exponential_with_equal_jitter_and_honours_retry_after() -> None:
+    wait = WaitRetryAfter(base_s=0.5, max_s=3.0)
+
+    def state(attempt: int, exc: BaseException) -> RetryCallState:
+        retry_state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        retry_state.attempt_number = attempt
+        retry_state.set_exception((type(exc), exc, None))
+        return retry_state
+
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (8, 3.0)]:
+        waits = [wait(state(attempt, TileFetchError("HTTP 500", retryable=True))) for _ in range(200)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits), (attempt, min(waits), max(waits))
+        assert max(waits) - min(waits) > ceiling / 4  # jittered, not fixed
+    assert wait(state(1, TileFetchError("HTTP 429", retryable=True, retry_after=1.5))) == 1.5
+    assert wait(state(1, TileFetchError("HTTP 429", retryable=True, retry_after=60))) == 3.0
 
 
 def test_subdomain_substitution_in_the_url() -> None:

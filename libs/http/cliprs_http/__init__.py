@@ -11,7 +11,7 @@ from cliprs_http.errors import (
     install_error_handlers,
     status_for,
 )
-from cliprs_http.health import Check, readiness, readiness_response, redis_ping, run_checks
+from cliprs_http.health import Check, health_router, readiness, readiness_response, redis_ping, run_checks
 from cliprs_http.schemas import ERROR_RESPONSES, ErrorResponse, Health, Readiness
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Health",
     "Readiness",
     "error_body",
+    "health_router",
     "install_error_handlers",
     "readiness",
     "readiness_response",

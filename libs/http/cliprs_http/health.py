@@ -8,7 +8,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+
+from cliprs_http.schemas import Health, Readiness
 
 # A readiness check: returns extra detail (a dict) or raises. Sync or async.
 Check = Callable[[], Any] | Callable[[], Awaitable[Any]]
@@ -57,3 +60,27 @@ def redis_ping(url: str) -> None:
         client.ping()
     finally:
         client.close()
+
+
+def _healthz() -> Health:
+    """Liveness: the process answers (it may not be ready)."""
+    return Health()
+
+
+def health_router(
+    ready: Callable[..., Awaitable[JSONResponse]],
+    model: type[Readiness] = Readiness,
+    tags: list[str] | None = None,
+) -> APIRouter:
+    """``/healthz`` and ``/readyz`` for a service: ``ready`` is its readiness endpoint (it may
+    take FastAPI dependencies) answering through `readiness`; ``model`` documents its body."""
+    router = APIRouter(tags=tags or ["health"])
+    router.add_api_route("/healthz", _healthz, methods=["GET"], response_model=Health)
+    router.add_api_route(
+        "/readyz",
+        ready,
+        methods=["GET"],
+        response_model=model,
+        responses={503: {"model": model, "description": "A check failed; retry after Retry-After"}},
+    )
+    return router

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from cliprs_http import Health, Readiness, readiness_response
+from cliprs_http import health_router, readiness_response
 from cliprs_web import service
 from cliprs_web.schemas import PageConfig
 from cliprs_web.settings import WebSettings
@@ -30,18 +30,10 @@ def config(request: Request) -> PageConfig:
     return service.page_config(_settings(request))
 
 
-@router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """Liveness: the process answers."""
-    return Health()
-
-
-@router.get(
-    "/readyz",
-    response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Not ready: the failing checks say why"}},
-)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the vendored bundle exists and the search-api's /readyz answers."""
     ok, checks = await service.readiness_checks(_settings(request), _static_dir(request))
     return readiness_response(ok, checks)
+
+
+router.include_router(health_router(readyz))

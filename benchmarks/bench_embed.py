@@ -35,22 +35,21 @@ import mercantile
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import text
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
-from cliprs.tiles import tile_polygon_wkt
 from cliprs_embedder.pipeline import cut_tile, embed_tiles
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import ClipEncoder, ImageTransform, ModelInfo, load_encoder
 from cliprs_model.encoder import available_cpus
 from cliprs_model.loader import resolve_device
 from cliprs_model.settings import ModelSettings
-from cliprs_model.tiny import build_tiny_clip
-from cliprs_testing.plugin import throwaway_database
+from cliprs_testing.db import throwaway_database
+from cliprs_testing.factories import make_area, make_tile
+from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_tiler.render import render_tile, scene_stretch
 from cliprs_tools.demo import demo_band_paths
 
@@ -108,26 +107,12 @@ def seed(core: CoreSettings, tiles: list[tuple[tuple[int, int, int], Image.Image
     source = f"bench-{uuid.uuid4().hex[:6]}"
     ids = []
     with sync_engine(core.database_url).begin() as conn:
-        area = conn.execute(
-            text(
-                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
-                "('bench', ST_MakeEnvelope(-75.7, 37.6, -75.5, 37.8, 4326), '{14}', :s) RETURNING id"
-            ),
-            {"s": source},
-        ).scalar_one()
+        area = make_area(conn, name="bench", bbox=(-75.7, 37.6, -75.5, 37.8), zooms=[14], source=source)
         for (z, x, y), image in tiles:
             path = tile_path(core.tile_cache_dir, source, z, x, y, "png")
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)
-            ids.append(
-                conn.execute(
-                    text(
-                        "INSERT INTO tiles (area_id, source, z, x, y, polygon, status) VALUES "
-                        "(:a, :s, :z, :x, :y, ST_GeomFromText(:p, 4326), 'fetched') RETURNING id"
-                    ),
-                    {"a": area, "s": source, "z": z, "x": x, "y": y, "p": tile_polygon_wkt(z, x, y)},
-                ).scalar_one()
-            )
+            ids.append(make_tile(conn, area, z, x, y, source=source, status="fetched"))
     return ids
 
 
@@ -205,7 +190,7 @@ def main() -> None:
     n_tiles = args.tiles or (400 if gpu else 8)
     per_task = args.tiles_per_task or (64 if gpu else 8)
     n_windows = args.windows or (16384 if gpu else 128)
-    tiny_dir = build_tiny_clip(ROOT / ".cache/models/tiny-test", vocab_cache=ROOT / ".cache/wheels")
+    tiny_dir = tiny_clip(default_cache_dir(ROOT))
     settings = EmbedderSettings()
     print(f"machine: {machine(device)}")
     print(f"rendering {n_tiles} Sentinel-2 demo tiles of {args.tile_size} px ...", flush=True)

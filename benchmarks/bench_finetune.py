@@ -30,7 +30,7 @@ from transformers.models.clip import CLIPImageProcessorPil
 
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_model.tiny import build_tiny_clip
+from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_tools.evaluation.datasets import load_captions, load_classification
 from cliprs_tools.evaluation.runner import evaluate_model
 from cliprs_tools.evaluation.sample import write_sample
@@ -90,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    tiny = build_tiny_clip(ROOT / ".cache/models/tiny-test", vocab_cache=ROOT / ".cache/wheels")
+    cache = default_cache_dir(ROOT)
+    tiny = tiny_clip(cache)
     # 12 categories x 64 images: 480 train (15 steps of 32: timing stays inside one epoch and
     # outlasts the loader's prefetched batches), 96 val, 192 test.
     data = write_sample(work / "sample", per_category=64)
@@ -102,7 +103,7 @@ def main() -> None:
     )
     figures: dict[str, dict] = {}
     for size in sizes:
-        model_dir = tiny if size == "tiny" else vit_b_32(tiny, ROOT / ".cache/models/vit-b-32-random")
+        model_dir = tiny if size == "tiny" else vit_b_32(tiny, cache / "models/vit-b-32-random")
         row = {}
         row["train_img_s"] = train_rate(
             model_dir, data, device, work / "run", args.steps, args.batch, 1, "off"

@@ -43,10 +43,10 @@ from cliprs.tiles import BBox, tiles_for_bbox, zorder
 from cliprs_indexer.build import publish_changes
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_indexer.shards import build_index, recall_at_k
-from cliprs_model.tiny import build_tiny_clip
-from cliprs_testing.plugin import free_port, throwaway_database
+from cliprs_testing.db import ADMIN_URL, throwaway_database
+from cliprs_testing.model import default_cache_dir, tiny_clip
+from cliprs_testing.platform import run_platform
 from cliprs_testing.synthetic import clustered_unit_vectors, seed_area
-from cliprs_tools.devstack import Ports, Stack, service_specs, stack_env
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_AREA = BBox(-77.274, 38.812, -76.986, 38.912)  # Northern Virginia, Arlington, the National Mall
@@ -121,68 +121,59 @@ def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float
 
 
 def end_to_end(core: CoreSettings, model_dir: Path, args: argparse.Namespace, area_bbox: list[float]) -> dict:
-    ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
-    env = stack_env(
-        ports,
-        {
-            **os.environ,
-            "CLIPRS_DATABASE_URL": core.database_url,
-            "CLIPRS_REDIS_URL": core.redis_url,
-            "CLIPRS_DATA_DIR": str(core.data_dir),
-            "CLIPRS_REDIS_NAMESPACE": core.redis_namespace,
-            "CLIP_MODEL": str(model_dir),
-            "HF_HUB_OFFLINE": "1",
-        },
-    )
-    specs = [s for s in service_specs(ports, with_web=False) if s.name in ("embedder", "search-api")]
-    with tempfile.TemporaryDirectory() as run_dir:
-        stack = Stack(Path(run_dir), env, cwd=REPO)
-        try:
-            for spec in specs:
-                stack.start(spec)
-            stack.wait_ready(specs, timeout_s=600)
-            api = f"http://127.0.0.1:{ports.search}"
-            url = f"{api}/v1/search"
-            out: dict = {}
-            with httpx.Client(timeout=60) as client:
-                for i in range(20):  # warm-up: connections, caches
-                    client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10}).raise_for_status()
-                seq, server, stages = [], [], []
-                for i in range(args.queries):
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        run_platform(
+            Path(run_dir),
+            database_url=core.database_url,
+            redis_url=core.redis_url,
+            data_dir=core.data_dir,
+            namespace=core.redis_namespace,
+            env={"CLIP_MODEL": str(model_dir)},
+            services={"embedder", "search-api"},
+            ready_timeout_s=600,
+            cwd=REPO,
+        ) as platform,
+    ):
+        url = f"{platform['api']}/v1/search"
+        out: dict = {}
+        with httpx.Client(timeout=60) as client:
+            for i in range(20):  # warm-up: connections, caches
+                client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10}).raise_for_status()
+            seq, server, stages = [], [], []
+            for i in range(args.queries):
+                t = time.perf_counter()
+                resp = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10})
+                seq.append((time.perf_counter() - t) * 1000)
+                resp.raise_for_status()
+                server.append(resp.json()["took_ms"])
+                stages.append(resp.json()["timings_ms"])
+            out["seq"] = {
+                "p50": pct(seq, 50),
+                "p99": pct(seq, 99),
+                "server_p50": pct(server, 50),
+                "stages_p50": {k: pct([s.get(k, 0.0) for s in stages], 50) for k in stages[0]},
+            }
+            w, s, e, n = area_bbox
+            cx, cy = (w + e) / 2, (s + n) / 2
+            d = (e - w) / 200  # a small triangle: a few hundred windows (selective)
+            poly = {"type": "Polygon", "coordinates": [[[cx, cy], [cx + d, cy], [cx, cy + d], [cx, cy]]]}
+            broad = f"{w},{s},{(w + e) / 2},{n}"  # half the area (broad)
+            for name, call in (
+                ("polygon", lambda q: client.post(url, json={"q": q, "k": 10, "polygon": poly})),
+                ("bbox", lambda q: client.get(url, params={"q": q, "k": 10, "bbox": broad})),
+            ):
+                times, strategy = [], None
+                for i in range(max(20, args.queries // 5)):
                     t = time.perf_counter()
-                    resp = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10})
-                    seq.append((time.perf_counter() - t) * 1000)
+                    resp = call(PHRASES[i % len(PHRASES)])
+                    times.append((time.perf_counter() - t) * 1000)
                     resp.raise_for_status()
-                    server.append(resp.json()["took_ms"])
-                    stages.append(resp.json()["timings_ms"])
-                out["seq"] = {
-                    "p50": pct(seq, 50),
-                    "p99": pct(seq, 99),
-                    "server_p50": pct(server, 50),
-                    "stages_p50": {k: pct([s.get(k, 0.0) for s in stages], 50) for k in stages[0]},
-                }
-                w, s, e, n = area_bbox
-                cx, cy = (w + e) / 2, (s + n) / 2
-                d = (e - w) / 200  # a small triangle: a few hundred windows (selective)
-                poly = {"type": "Polygon", "coordinates": [[[cx, cy], [cx + d, cy], [cx, cy + d], [cx, cy]]]}
-                broad = f"{w},{s},{(w + e) / 2},{n}"  # half the area (broad)
-                for name, call in (
-                    ("polygon", lambda q: client.post(url, json={"q": q, "k": 10, "polygon": poly})),
-                    ("bbox", lambda q: client.get(url, params={"q": q, "k": 10, "bbox": broad})),
-                ):
-                    times, strategy = [], None
-                    for i in range(max(20, args.queries // 5)):
-                        t = time.perf_counter()
-                        resp = call(PHRASES[i % len(PHRASES)])
-                        times.append((time.perf_counter() - t) * 1000)
-                        resp.raise_for_status()
-                        strategy = resp.json()["filter"]["strategy"]
-                    out[name] = {"p50": pct(times, 50), "p99": pct(times, 99), "strategy": strategy}
-            qps, lat, failures = hammer(url, args.concurrency, args.duration)
-            out["load"] = {"qps": qps, "p50": pct(lat, 50), "p99": pct(lat, 99), "failures": failures}
-            return out
-        finally:
-            stack.stop_all()
+                    strategy = resp.json()["filter"]["strategy"]
+                out[name] = {"p50": pct(times, 50), "p99": pct(times, 99), "strategy": strategy}
+        qps, lat, failures = hammer(url, args.concurrency, args.duration)
+        out["load"] = {"qps": qps, "p50": pct(lat, 50), "p99": pct(lat, 99), "failures": failures}
+        return out
 
 
 def run_size(n: int, args: argparse.Namespace, model_dir: Path) -> dict:
@@ -308,16 +299,11 @@ def main() -> int:
     )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of concurrent load")
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get(
-            "CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--redis-url", default=os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--tmp", default=None, help="where shards are written (default: the system temp dir)")
     args = parser.parse_args()
-    model_dir = build_tiny_clip(REPO / ".cache/models/tiny-test", vocab_cache=REPO / ".cache/wheels")
+    model_dir = tiny_clip(default_cache_dir(REPO))
     results = [run_size(int(n), args, model_dir) for n in args.sizes.split(",")]
     summary(results, args)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -20,21 +20,19 @@ import multiprocessing
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import mercantile
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from cliprs.db.engine import sync_engine, sync_url
-from cliprs.db.migrate import ensure_database, upgrade
+from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
+from cliprs_testing.db import throwaway_database
+from cliprs_testing.factories import make_area, make_job
 from cliprs_testing.faultserver import TileServer
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
@@ -109,29 +107,6 @@ def cache_reads(tiles: list[mercantile.Tile], cache: Path) -> float:
     return len(tiles) / (time.perf_counter() - start)
 
 
-class ThrowawayDB:
-    """A migrated database of its own on the configured server, dropped afterwards."""
-
-    def __init__(self, admin_url: str):
-        name = f"cliprs_bench_{uuid.uuid4().hex[:8]}"
-        self.admin_url = admin_url
-        self.name = name
-        url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-        self.url = url.replace("postgresql+psycopg2://", "postgresql://")
-
-    def __enter__(self) -> str:
-        ensure_database(self.url)
-        upgrade(self.url)
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        sync_engine.cache_clear()
-        admin = create_engine(make_url(sync_url(self.admin_url)), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def job_rates(
     base: str, n: int, data_dir: Path, db_url: str, settings: TilerSettings
 ) -> tuple[float, float, int]:
@@ -149,21 +124,9 @@ def job_rates(
         tile_sources={"bench": f"{base}/{{z}}/{{x}}/{{y}}.png"},
         max_tiles_per_area=100_000,
     )
-    engine = sync_engine(db_url)
-    with engine.begin() as conn:
-        area = conn.execute(
-            text(
-                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
-                "('bench', ST_MakeEnvelope(:a, :b, :c, :d, 4326), '{15}', 'bench') RETURNING id"
-            ),
-            dict(zip("abcd", box.as_list(), strict=True)),
-        ).scalar_one()
-        jobs = [
-            conn.execute(
-                text("INSERT INTO ingest_jobs (area_id) VALUES (:a) RETURNING id"), {"a": area}
-            ).scalar_one()
-            for _ in range(2)
-        ]
+    with sync_engine(db_url).begin() as conn:
+        area = make_area(conn, name="bench", bbox=tuple(box.as_list()), zooms=[15], source="bench")
+        jobs = [make_job(conn, area) for _ in range(2)]
     rates = []
     for job in jobs:
         start = time.perf_counter()
@@ -208,7 +171,7 @@ def main() -> int:
                 figures[f"tiler_{tag}"] = asyncio.run(concurrent(base, tiles, work / f"c-{tag}", settings))
                 if latency == 0:
                     figures["cache_read"] = cache_reads(tiles, work / f"c-{tag}")
-                    with ThrowawayDB(CoreSettings().database_url) as db_url:
+                    with throwaway_database(CoreSettings().database_url, prefix="cliprs_bench") as db_url:
                         cold, warm, planned = job_rates(base, args.tiles, work / "job", db_url, settings)
                     figures["job_cold"], figures["job_cached"] = cold, warm
         figures["geotiff_render"] = render_rate(min(args.tiles, 48))

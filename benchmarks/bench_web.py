@@ -33,23 +33,16 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_model.tiny import build_tiny_clip
-from cliprs_testing.plugin import free_port, private_redis_db, throwaway_database
-from cliprs_tiler.render import render_tile, scene_stretch
-from cliprs_tools.demo import demo_band_paths
-from cliprs_tools.devstack import Ports, Stack, service_specs, stack_env
+from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
+from cliprs_testing.db import ADMIN_URL, throwaway_database
+from cliprs_testing.model import default_cache_dir, tiny_clip
+from cliprs_testing.platform import ingest_area, run_platform
+from cliprs_testing.redis_db import private_redis_db
+from cliprs_testing.tiles import render_demo_tiles
 from cliprs_web.app import STATIC_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 AREA = {"name": "bench", "bbox": [-75.68, 37.64, -75.60, 37.70], "zooms": [13, 14, 15], "source": "bench"}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PHRASES = [
     "boats near a pier", "farmland", "a creek through a marsh", "a beach", "houses along a road",
     "a forest", "a parking lot", "a small town", "a field with crops", "a river bend",
@@ -62,16 +55,9 @@ def pct(values: list[float], p: float) -> float:
 
 
 def render_area(out: Path) -> int:
-    bands = demo_band_paths()
-    stretch = scene_stretch(bands)
-    n = 0
-    for t in tiles_for_bbox(BBox(*AREA["bbox"]), AREA["zooms"]):
-        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
-        path = out / str(t.z) / str(t.x) / f"{t.y}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        n += 1
-    return n
+    tiles = list(tiles_for_bbox(BBox(*AREA["bbox"]), AREA["zooms"]))
+    render_demo_tiles(out, tiles)
+    return len(tiles)
 
 
 def bundle_sizes() -> tuple[int, int, int, int]:
@@ -85,21 +71,6 @@ def bundle_sizes() -> tuple[int, int, int, int]:
         return sum(map(len, data)), sum(len(gzip.compress(d, 9)) for d in data)
 
     return (*sizes(own), *sizes(vendor))
-
-
-def ingest(api: str, timeout_s: float = 900) -> dict:
-    resp = httpx.post(f"{api}/v1/areas", json=AREA, timeout=30)
-    resp.raise_for_status()
-    job = resp.json()["job"]
-    deadline = time.monotonic() + timeout_s
-    while job["state"] not in ("done", "failed"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"ingest not finished after {timeout_s:.0f} s: {job}")
-        time.sleep(0.5)
-        job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
-    if job["state"] != "done":
-        raise RuntimeError(f"ingest failed: {job}")
-    return job
 
 
 def measure_page(web: str, api: str, args: argparse.Namespace) -> dict:
@@ -209,20 +180,15 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=30, help="timed text searches")
     parser.add_argument("--loads", type=int, default=5, help="cold page loads")
     parser.add_argument("--k", type=int, default=200, help="results for the rendering and slider figures")
-    parser.add_argument("--chromium", default=os.environ.get("CLIPRS_CHROMIUM", "/usr/bin/chromium"))
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get(
-            "CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    parser.add_argument("--chromium", default=CHROMIUM)
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--redis-url", default=os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the services, database and Redis are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     own_raw, own_gz, vendor_raw, vendor_gz = bundle_sizes()
-    model_dir = build_tiny_clip(REPO / ".cache/models/tiny-test", vocab_cache=REPO / ".cache/wheels")
+    model_dir = tiny_clip(default_cache_dir(REPO))
     with (
         tempfile.TemporaryDirectory() as tmp,
         throwaway_database(args.admin_url) as db_url,
@@ -231,37 +197,27 @@ def main() -> int:
         tmp_path = Path(tmp)
         print("rendering the Sentinel-2 tiles of the area...", flush=True)
         n_tiles = render_area(tmp_path / "tiles")
-        ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
-        env = stack_env(
-            ports,
-            {
-                **os.environ,
-                "CLIPRS_DATABASE_URL": db_url,
-                "CLIPRS_REDIS_URL": redis_url,
-                "CLIPRS_DATA_DIR": str(tmp_path / "data"),
-                "CLIPRS_TILE_SOURCES": json.dumps(
-                    {"bench": f"file://{tmp_path}/tiles/{{z}}/{{x}}/{{y}}.png"}
-                ),
-                "CLIPRS_REDIS_NAMESPACE": "bench-web",
-                "CLIP_MODEL": str(model_dir),
-                "HF_HUB_OFFLINE": "1",
-            },
-        )
-        stack = Stack(tmp_path / "run", env, cwd=REPO)
-        specs = service_specs(ports, with_web=True)
-        try:
-            for spec in specs:
-                stack.start(spec)
-            stack.wait_ready(specs, timeout_s=300)
-            api, web = f"http://127.0.0.1:{ports.search}", f"http://127.0.0.1:{ports.web}"
+        env = {
+            "CLIPRS_TILE_SOURCES": json.dumps({"bench": f"file://{tmp_path}/tiles/{{z}}/{{x}}/{{y}}.png"}),
+            "CLIP_MODEL": str(model_dir),
+        }
+        with run_platform(
+            tmp_path / "run",
+            database_url=db_url,
+            redis_url=redis_url,
+            data_dir=tmp_path / "data",
+            namespace="bench-web",
+            env=env,
+            with_web=True,
+            ready_timeout_s=300,
+            cwd=REPO,
+        ) as platform:
             print(f"ingesting {n_tiles} tiles through the API...", flush=True)
-            job = ingest(api)
+            job = ingest_area(platform, AREA, timeout_s=900)["job"]
             print(
                 f"area: {n_tiles} Sentinel-2 tiles at zooms {AREA['zooms']}, {job['windows_indexed']:,} windows"
             )
-            r = measure_page(web, api, args)
-        finally:
-            stack.stop_all()
+            r = measure_page(platform["web"], platform["api"], args)
 
     s = r["search"]
     print(f"\npage weight: own files {own_raw / 1024:.0f} KiB ({own_gz / 1024:.0f} KiB gzipped), "

@@ -12,10 +12,8 @@ Every test saves a screenshot under ``test-artifacts/browser/``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,22 +24,14 @@ from playwright.sync_api import sync_playwright
 from shapely.geometry import box, shape
 
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_testing.plugin import REPO_ROOT
+from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
+from cliprs_testing.platform import finish_job
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (requirements-dev.txt)"
 )
 
-CHROMIUM = os.environ.get("CLIPRS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
 
 SOURCE = "browser-test"  # its own: tiles are shared by (source, z, x, y) across the session database
 # Ingested through the API before the tests: farmland and a creek on Virginia's Eastern Shore.
@@ -81,20 +71,6 @@ def stack(start_platform, tiny_model_dir: Path, tile_folder: Path, tmp_path_fact
         yield platform
 
 
-def _follow(stack: dict, job: dict, timeout_s: float = 240) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while job["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, f"ingest did not finish: {job}"
-        time.sleep(0.5)
-        job = httpx.get(f"{stack['api']}/v1/jobs/{job['id']}").json()
-    if job["state"] != "done":
-        logs = "\n".join(
-            stack["stack"].log_tail(n) for n in ("tiler-worker", "embedder-worker-1", "indexer-worker")
-        )
-        pytest.fail(f"ingest failed: {job}\n{logs}")
-    return job
-
-
 @pytest.fixture(scope="module")
 def ingested(stack: dict) -> dict:
     """The first area, created through the API and followed until searchable."""
@@ -104,7 +80,7 @@ def ingested(stack: dict) -> dict:
     )
     assert resp.status_code == 202, resp.text
     body = resp.json()
-    return {"area": body["area"], "job": _follow(stack, body["job"])}
+    return {"area": body["area"], "job": finish_job(stack, body["job"])}
 
 
 @pytest.fixture(scope="module")

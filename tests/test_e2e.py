@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from PIL import Image
 from shapely.geometry import box, shape
 
 from cliprs.tiles import BBox, tiles_for_bbox
+from cliprs_testing.platform import finish_job
+from cliprs_tools.devstack import follow_job
 
 AREA_BBOX = [-75.66, 37.66, -75.62, 37.69]  # farmland and a creek on Virginia's Eastern Shore
 AREA_ZOOMS = [13, 14]
@@ -49,18 +50,7 @@ def ingested(stack: dict) -> dict:
     )
     assert resp.status_code == 202, resp.text
     body = resp.json()
-    job = body["job"]
-    deadline = time.monotonic() + 240
-    while job["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, f"ingest did not finish: {job}"
-        time.sleep(0.5)
-        job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
-    if job["state"] != "done":
-        logs = "\n".join(
-            stack["stack"].log_tail(n) for n in ("tiler-worker", "embedder-worker-1", "indexer-worker")
-        )
-        pytest.fail(f"ingest failed: {job}\n{logs}")
-    return {"area": body["area"], "job": job}
+    return {"area": body["area"], "job": finish_job(stack, body["job"], timeout_s=240)}
 
 
 def test_ingest_fetches_embeds_and_indexes_every_tile(ingested: dict) -> None:
@@ -266,9 +256,5 @@ def test_polygon_area_fetches_only_the_tiles_it_overlaps(stack: dict, ingested: 
     job = resp.json()["job"]
     bbox_tiles = len(list(tiles_for_bbox(BBox(*AREA_BBOX), [14])))
     assert 0 < job["tiles_planned"] < bbox_tiles
-    deadline = time.monotonic() + 240
-    while job["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-        job = httpx.get(f"{stack['api']}/v1/jobs/{job['id']}").json()
+    job = follow_job(stack["api"], job, timeout_s=240)
     assert job["state"] == "done" and job["tiles_embedded"] == job["tiles_planned"], job

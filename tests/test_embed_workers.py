@@ -30,7 +30,8 @@ from cliprs.manifest import load_manifest
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs.vectors import read_chunk
 from cliprs.windows import plan_windows
-from cliprs_tools.devstack import Stack
+from cliprs_testing.platform import wait_until
+from cliprs_tools.devstack import Stack, follow_job
 
 AREA_BBOX = [-75.70, 37.62, -75.60, 37.70]  # 30 tiles at zoom 14 of the Sentinel-2 demo scene
 ZOOMS = [14]
@@ -81,10 +82,13 @@ def killed_run(stack: dict) -> dict:
     """Ingest the area; SIGKILL worker 1 while it holds a task; follow the job to its end."""
     api, s = stack["api"], stack["stack"]
     # Both workers up (model loaded, consuming) before the area starts, so both get tasks.
-    deadline = time.monotonic() + 120
-    while not all(re.search(r"embedder\d@\S+ ready\.", _worker_log(s, n)) for n in WORKERS):
-        assert time.monotonic() < deadline, "\n".join(s.log_tail(n) for n in WORKERS)
-        time.sleep(0.2)
+    wait_until(
+        lambda: all(re.search(r"embedder\d@\S+ ready\.", _worker_log(s, n)) for n in WORKERS),
+        120,
+        "both embedder workers to be ready",
+        poll_s=0.2,
+        details=lambda: "\n".join(s.log_tail(n) for n in WORKERS),
+    )
     resp = httpx.post(
         f"{api}/v1/areas", json={"name": "workers", "bbox": AREA_BBOX, "zooms": ZOOMS, "source": SOURCE}
     )
@@ -108,10 +112,7 @@ def killed_run(stack: dict) -> dict:
     received, succeeded = _tasks(_worker_log(s, "embedder-worker-1"))
     killed_tasks = received - succeeded
     assert killed_tasks, "worker 1 finished its task in the instant before the kill; nothing to redeliver"
-    while job["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, f"ingest did not finish after the kill: {job}"
-        time.sleep(0.5)
-        job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
+    job = follow_job(api, job, timeout_s=max(0.0, deadline - time.monotonic()))
     logs = "\n".join(s.log_tail(n) for n in ("embedder-worker-2", "indexer-worker", "tiler-worker"))
     assert job["state"] == "done", f"{job}\n{logs}"
     # Worker 1 may have stored its tiles and died before acknowledging: then the job can finish

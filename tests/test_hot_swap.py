@@ -6,7 +6,6 @@ versions no searcher holds any more are garbage-collected."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ import pytest
 from cliprs.manifest import list_versions
 from cliprs.settings import CoreSettings
 from cliprs_indexer.build import collect_area_vectors, publish_area
-from cliprs_testing.plugin import free_port
+from cliprs_testing.platform import run_platform, wait_until
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
@@ -29,7 +28,6 @@ from cliprs_testing.synthetic import (
     seed_area,
     write_area_chunks,
 )
-from cliprs_tools.devstack import Ports, ServiceSpec, Stack, service_specs, stack_env
 
 DIM = 64
 K = 10
@@ -48,36 +46,26 @@ def core(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def stack(core: CoreSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The search-api and the indexer worker as real processes."""
-    ports = Ports(search=free_port(), tiler=free_port(), embedder=free_port(), web=free_port())
-    env = stack_env(
-        ports,
-        {
-            **os.environ,
-            "CLIPRS_DATABASE_URL": core.database_url,
-            "CLIPRS_REDIS_URL": core.redis_url,
-            "CLIPRS_DATA_DIR": str(core.data_dir),
-            "CLIPRS_REDIS_NAMESPACE": core.redis_namespace,
-            "SEARCH_GEOCODER": "none",
-            "SEARCH_HEARTBEAT_S": "0.5",
-            "SEARCH_SEARCHER_TTL_S": "3",
-            "INDEXER_GC_MIN_AGE_S": "0",
-            "INDEXER_GC_RETRY_S": "1",
-        },
-    )
-    wanted = {"search-api", "indexer-worker"}
-    specs = [s for s in service_specs(ports, with_web=False) if s.name in wanted]
-    specs = [
-        ServiceSpec(s.name, s.argv, s.ready_url and s.ready_url.replace("/readyz", "/healthz")) for s in specs
-    ]
-    s = Stack(tmp_path_factory.mktemp("run"), env)
-    try:
-        for spec in specs:
-            s.start(spec)
-        s.wait_ready(specs, timeout_s=120)
-        yield f"http://127.0.0.1:{ports.search}"
-    finally:
-        s.stop_all()
+    """The search-api and the indexer worker as real processes (alive: no index yet)."""
+    env = {
+        "SEARCH_GEOCODER": "none",
+        "SEARCH_HEARTBEAT_S": "0.5",
+        "SEARCH_SEARCHER_TTL_S": "3",
+        "INDEXER_GC_MIN_AGE_S": "0",
+        "INDEXER_GC_RETRY_S": "1",
+    }
+    with run_platform(
+        tmp_path_factory.mktemp("run"),
+        database_url=core.database_url,
+        redis_url=core.redis_url,
+        data_dir=core.data_dir,
+        namespace=core.redis_namespace,
+        env=env,
+        services={"search-api", "indexer-worker"},
+        health_only=True,
+        ready_timeout_s=120,
+    ) as platform:
+        yield platform["api"]
 
 
 SEEDED: list[int] = []
@@ -102,13 +90,6 @@ def row_of_tiles(x0: int, n: int, y: int = 20_000) -> list[mercantile.Tile]:
 
 def served_version(api: str) -> int | None:
     return httpx.get(f"{api}/v1/index", timeout=5).json()["version"]
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_hot_swap_under_load_then_delete_and_collect(core: CoreSettings, stack: str) -> None:

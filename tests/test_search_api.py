@@ -16,7 +16,6 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 from shapely.geometry import box, shape
-from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
@@ -26,6 +25,7 @@ from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
+from cliprs_testing.factories import make_job
 from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
 
 CENTRE = (-77.036, 38.889)  # the National Mall
@@ -220,9 +220,7 @@ def test_delete_area_is_refused_while_ingesting_then_queued(world: dict, pg_url:
     other = seed_area(pg_url, [mercantile.Tile(1, 1, 5)], name="to delete", source="doomed")
     world["cleanup"].append(other.area_id)
     with sync_engine(pg_url).begin() as conn:
-        conn.execute(
-            text("INSERT INTO ingest_jobs (area_id, state) VALUES (:a, 'embedding')"), {"a": other.area_id}
-        )
+        make_job(conn, other.area_id, state="embedding")
     assert client.delete("/v1/areas/99999999").status_code == 404
     refused = client.delete(f"/v1/areas/{other.area_id}")
     assert refused.status_code == 400 and "force=true" in refused.json()["error"]["message"]

@@ -7,17 +7,21 @@ progress bar and prints the map URL. `python -m cliprs_tools.devstack down` stop
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
+
+from cliprs_tools.hub import hub_reachable
 
 DEMO_AREA = {
     "name": "Virginia Eastern Shore (Sentinel-2 demo)",
@@ -129,7 +133,8 @@ class Stack:
             start_new_session=True,
         )
         log.close()
-        (self.run_dir / f"{spec.name}.pid").write_text(str(proc.pid))
+        # The start time makes the pid file name one process, not a number the system may reuse.
+        (self.run_dir / f"{spec.name}.pid").write_text(f"{proc.pid} {process_start_time(proc.pid)}")
         self.procs[spec.name] = proc
         return proc
 
@@ -163,16 +168,19 @@ class Stack:
     def stop_all(self, timeout_s: float = 10) -> list[str]:
         """Stop every process whose pid file is in ``run_dir`` (ours or a previous `up`'s).
 
-        A pid is only signalled while it still runs one of our commands, so a stale pid file
-        whose number was reused by the system never stops somebody else's process.
+        A pid is only signalled while the process holding it started when the pid file says:
+        a stale pid file whose number was reused by the system never stops somebody else's
+        process (nor does a pid file without a start time).
         """
         stopped = []
         for pid_file in sorted(self.run_dir.glob("*.pid")):
-            pid_text = pid_file.read_text().strip()
+            recorded = pid_file.read_text().split()
             pid_file.unlink(missing_ok=True)
-            if not pid_text.isdigit() or not _is_ours(int(pid_text)):
+            if len(recorded) != 2 or not all(v.isdigit() for v in recorded):
                 continue
-            pid = int(pid_text)
+            pid, started = int(recorded[0]), int(recorded[1])
+            if process_start_time(pid) != started:
+                continue
             try:
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -198,12 +206,38 @@ class Stack:
             pass
 
 
-def _is_ours(pid: int) -> bool:
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None if gone."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return b"cliprs" in cmdline
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: count after its end.
+    return int(stat.rsplit(")", 1)[1].split()[22 - 3])
+
+
+def follow_job(
+    api: str,
+    job: dict,
+    *,
+    timeout_s: float = 240,
+    poll_s: float = 0.5,
+    on_update: Callable[[dict], None] | None = None,
+) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until the job is done or failed; returns its last state.
+
+    ``on_update`` sees every state read. Raises TimeoutError when the job is still running
+    after ``timeout_s``; a failed job is returned, for the caller to report.
+    """
+    deadline = time.monotonic() + timeout_s
+    while job["state"] not in ("done", "failed"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ingest job {job['id']} not finished after {timeout_s:.0f} s: {job}")
+        time.sleep(poll_s)
+        job = httpx.get(f"{api}/v1/jobs/{job['id']}", timeout=10).json()
+        if on_update is not None:
+            on_update(job)
+    return job
 
 
 def ingest(api: str, area: dict, poll_s: float = 1.0, timeout_s: float = 3600, show: bool = True) -> dict:
@@ -220,20 +254,20 @@ def ingest(api: str, area: dict, poll_s: float = 1.0, timeout_s: float = 3600, s
         if resp.status_code != 202:
             raise RuntimeError(f"creating the area failed: {resp.status_code} {resp.text}")
         job = resp.json()["job"]
-    deadline = time.monotonic() + timeout_s
     bar = tqdm(total=max(job["tiles_planned"], 1), unit="tile", disable=not show, desc="ingest")
-    while job["state"] not in ("done", "failed"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"ingest job {job['id']} not finished after {timeout_s}s: {job}")
-        time.sleep(poll_s)
-        job = httpx.get(f"{api}/v1/jobs/{job['id']}", timeout=10).json()
+
+    def progress(job: dict) -> None:
         bar.total = max(job["tiles_planned"], 1)
         bar.n = job["tiles_embedded"] + job["tiles_failed"]
         bar.set_postfix_str(
             f"{job['state']}: fetched {job['tiles_fetched']}, windows {job['windows_embedded']}"
         )
         bar.refresh()
-    bar.close()
+
+    try:
+        job = follow_job(api, job, timeout_s=timeout_s, poll_s=poll_s, on_update=progress)
+    finally:
+        bar.close()
     if job["state"] == "failed":
         raise RuntimeError(f"ingest job {job['id']} failed: {job['error']}")
     return job
@@ -247,20 +281,12 @@ def _default_env(root: Path) -> dict[str, str]:
         "CLIPRS_TILE_SOURCES", json.dumps({"demo": f"file://{data_dir}/demo-tiles/{{z}}/{{x}}/{{y}}.png"})
     )
     env.setdefault("CLIP_FALLBACK", "1")
-    if "HF_HUB_OFFLINE" not in env and not _hub_reachable():
+    if "HF_HUB_OFFLINE" not in env and not hub_reachable():
         # Without this, every process spends ~30 s in retries before falling back.
         print("==> the Hugging Face Hub is not reachable: models load from the local cache only")
         env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("CLIP_FALLBACK_DIR", str(root / ".cache/models/fallback-clip"))
     return env
-
-
-def _hub_reachable() -> bool:
-    try:
-        httpx.head("https://huggingface.co", timeout=3)
-        return True
-    except httpx.HTTPError:
-        return False
 
 
 def up(root: Path, embed_workers: int) -> None:
@@ -307,17 +333,45 @@ def down(root: Path) -> None:
     print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+class Up(BaseModel):
+    """Migrate, render the demo tiles, start every service, ingest the demo area."""
+
+    root: Path = Field(Path("."), description="repository root")
+    embed_workers: int = Field(1, ge=1, description="embedder worker processes")
+
+    def cli_cmd(self) -> None:
+        up(self.root.resolve(), self.embed_workers)
+
+
+class Down(BaseModel):
+    """Stop what `up` started (and nothing else)."""
+
+    root: Path = Field(Path("."), description="repository root")
+
+    def cli_cmd(self) -> None:
+        down(self.root.resolve())
+
+
+class DevstackCli(BaseSettings):
+    """Run the whole platform as local processes: `up` or `down`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEVSTACK_",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_prog_name="python -m cliprs_tools.devstack",
+    )
+
+    up: CliSubCommand[Up]
+    down: CliSubCommand[Down]
+
+    def cli_cmd(self) -> None:
+        CliApp.run_subcommand(self)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cliprs_tools.devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down"])
-    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
-    parser.add_argument("--embed-workers", type=int, default=1)
-    args = parser.parse_args(argv)
     try:
-        if args.command == "up":
-            up(args.root.resolve(), args.embed_workers)
-        else:
-            down(args.root.resolve())
+        CliApp.run(DevstackCli, cli_args=sys.argv[1:] if argv is None else argv)
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

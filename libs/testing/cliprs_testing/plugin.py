@@ -1,89 +1,37 @@
-"""Pytest fixtures shared by every test suite (loaded from the root conftest.py).
+"""The CLIP-RS pytest plugin (registered through the ``pytest11`` entry point ``cliprs``).
 
-They talk to the real PostgreSQL+PostGIS and Redis on loopback (``CLIPRS_TEST_DATABASE_URL``,
-``CLIPRS_TEST_REDIS_URL``), create what they need and remove it afterwards: a throwaway
-database per test session, a Redis database of its own (flushed before and after), a tiny CLIP checkpoint.
+Fixtures talk to the real PostgreSQL+PostGIS and Redis on loopback (``CLIPRS_TEST_DATABASE_URL``,
+``CLIPRS_TEST_REDIS_URL``), create what they need and remove it afterwards: a throwaway database
+per test session (`cliprs_testing.db`), a Redis database of its own (`cliprs_testing.redis_db`),
+the tiny CLIP (`cliprs_testing.model`) and the platform as processes (`cliprs_testing.platform`).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from cliprs.db.engine import sync_engine, sync_url
-from cliprs.db.migrate import ensure_database, upgrade
 from cliprs.settings import CoreSettings
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-ADMIN_URL = os.environ.get(
-    "CLIPRS_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
-)
-LOCK_KEY = "cliprs-test-session"
-TEST_REDIS_URL = os.environ.get("CLIPRS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+from cliprs_testing.db import throwaway_database
+from cliprs_testing.model import default_cache_dir, tiny_clip
+from cliprs_testing.platform import run_platform
+from cliprs_testing.redis_db import private_redis_db
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def repo_root(pytestconfig: pytest.Config) -> Path:
+    """The repository: pytest's root directory (where pyproject.toml configures it)."""
+    return pytestconfig.rootpath
 
 
-@contextmanager
-def throwaway_database(admin_url: str = ADMIN_URL, prefix: str = "cliprs_test") -> Iterator[str]:
-    """A freshly migrated database of its own, dropped afterwards (tests and benchmarks)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    url = make_url(sync_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-    url = url.replace("postgresql+psycopg2://", "postgresql://")
-    ensure_database(url)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        sync_engine.cache_clear()  # close this process's pools before dropping
-        admin = create_engine(make_url(sync_url(admin_url)), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def private_redis_db(base_url: str = TEST_REDIS_URL, owner: str = "tests") -> Iterator[str]:
-    """A Redis database nobody else uses, emptied before and after.
-
-    Celery queues are per Redis database, so two runs on one machine (a developer's tests, CI's,
-    a benchmark) must not share one: each claims a free database among 8..15 with a lock key,
-    unless ``CLIPRS_TEST_REDIS_URL`` pins one.
-    """
-    import redis
-
-    base = urlsplit(base_url)
-    pinned = os.environ.get("CLIPRS_TEST_REDIS_URL")
-    candidates = [int(base.path.strip("/") or 0)] if pinned else list(range(15, 7, -1))
-    for db in candidates:
-        url = f"redis://{base.netloc}/{db}"
-        client = redis.Redis.from_url(url)
-        if client.set(LOCK_KEY, owner, nx=True, ex=3600):
-            break
-        client.close()
-    else:
-        raise RuntimeError(f"no free Redis database among {candidates}; is another run stuck?")
-    for key in client.scan_iter():
-        if key != LOCK_KEY.encode():
-            client.delete(key)
-    try:
-        yield url
-    finally:
-        client.flushdb()
-        client.close()
+@pytest.fixture(scope="session")
+def cache_dir(repo_root: Path) -> Path:
+    """Generated models and downloaded vocabularies: ``CLIPRS_CACHE_DIR`` or ``<repo>/.cache``."""
+    return default_cache_dir(repo_root)
 
 
 @pytest.fixture(scope="session")
@@ -101,11 +49,9 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir() -> Path:
-    """A tiny generated CLIP with the real vocabulary (built once, kept in .cache/)."""
-    from cliprs_model.tiny import build_tiny_clip
-
-    return build_tiny_clip(REPO_ROOT / ".cache/models/tiny-test", vocab_cache=REPO_ROOT / ".cache/wheels")
+def tiny_model_dir(cache_dir: Path) -> Path:
+    """A tiny generated CLIP with the real vocabulary (built once, kept in the cache dir)."""
+    return tiny_clip(cache_dir)
 
 
 @pytest.fixture
@@ -117,3 +63,32 @@ def core_settings(pg_url: str, redis_url: str, tmp_path: Path) -> CoreSettings:
         data_dir=tmp_path / "data",
         redis_namespace=f"test-{uuid.uuid4().hex[:6]}",
     )
+
+
+@pytest.fixture(scope="session")
+def start_platform(
+    pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., AbstractContextManager[dict]]:
+    """Start the platform's services as real processes on free loopback ports.
+
+    ``with start_platform("name", {ENV: value}, embed_workers=1, with_web=False) as p:`` gives
+    ``p["api"]``, ``p["tiler"]``, ``p["web"]``, ``p["stack"]`` (the `Stack`) and ``p["data_dir"]``;
+    everything is stopped when the block ends. ``name`` prefixes the Redis namespace of that
+    stack; further keyword arguments go to `run_platform` (``services``, ``health_only``, ...).
+    """
+
+    @contextmanager
+    def start(name: str, env: dict[str, str], **options: object) -> Iterator[dict]:
+        run_dir = tmp_path_factory.mktemp(f"run-{name}")
+        with run_platform(
+            run_dir,
+            database_url=pg_url,
+            redis_url=redis_url,
+            data_dir=run_dir / "data",
+            namespace=f"{name}-{uuid.uuid4().hex[:8]}",
+            env=env,
+            **options,
+        ) as platform:
+            yield platform
+
+    return start

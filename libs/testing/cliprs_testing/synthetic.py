@@ -25,6 +25,7 @@ from sqlalchemy import text
 from cliprs.db.engine import sync_engine
 from cliprs.vectors import write_chunk
 from cliprs.windows import plan_windows, window_bbox, window_id
+from cliprs_testing.factories import link_tiles, make_area
 
 
 def clustered_unit_vectors(
@@ -100,15 +101,11 @@ def seed_area(
     east = max(mercantile.bounds(t).east for t in tiles)
     north = max(mercantile.bounds(t).north for t in tiles)
     zooms = sorted({t.z for t in tiles})
-    raw = sync_engine(database_url).raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute(
-            "INSERT INTO areas (name, bbox, zooms, source, status) VALUES "
-            "(%s, ST_MakeEnvelope(%s, %s, %s, %s, 4326), %s, %s, %s) RETURNING id",
-            (name, west, south, east, north, zooms, source, status),
+    with sync_engine(database_url).begin() as conn:
+        area_id = make_area(
+            conn, name=name, bbox=(west, south, east, north), zooms=zooms, source=source, status=status
         )
-        area_id = cur.fetchone()[0]
+        cur = conn.connection.cursor()  # the same transaction, for COPY
         tile_rows = io.StringIO()
         for t in tiles:
             b = mercantile.bounds(t)
@@ -127,10 +124,7 @@ def seed_area(
             "RETURNING id, z, x, y"
         )
         rows = sorted(cur.fetchall())
-        cur.execute(
-            "INSERT INTO area_tiles (area_id, tile_id) SELECT %s, id FROM tiles WHERE id = ANY(%s)",
-            (area_id, [r[0] for r in rows]),
-        )
+        link_tiles(conn, area_id, [r[0] for r in rows])
         ids, boxes, zs, tile_of = [], [], [], []
         window_rows = io.StringIO()
         for tile_id, z, x, y in rows:
@@ -151,9 +145,6 @@ def seed_area(
             "COPY windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center) FROM STDIN",
             window_rows,
         )
-        raw.commit()
-    finally:
-        raw.close()
     return SeededArea(
         area_id=area_id,
         tile_ids=np.array([r[0] for r in rows], dtype=np.int64),

@@ -1,13 +1,9 @@
-import os
 import sys
 
-from cliprs_tools.devstack import _hub_reachable
+from cliprs_tools.hub import prefer_offline_hub
 
-if "HF_HUB_OFFLINE" not in os.environ and not _hub_reachable():
-    # Decided before transformers is imported (it reads this once); without it a model that is
-    # not cached spends ~30 s in retries before failing or falling back.
-    os.environ["HF_HUB_OFFLINE"] = "1"
+prefer_offline_hub()  # before transformers is imported
 
-from cliprs_tools.evaluation.cli import main
+from cliprs_tools.evaluation.cli import main  # noqa: E402 (after the Hub decision)
 
 sys.exit(main())

@@ -6,15 +6,14 @@ lists as JSON: ``EVAL_MODEL='["a", "b"]'``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cliprs.errors import ClipRSError
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
+from cliprs_tools.cli import run_cli
 from cliprs_tools.evaluation.datasets import PROMPT, load_captions, load_classification
 from cliprs_tools.evaluation.report import write_reports
 from cliprs_tools.evaluation.runner import evaluate_model
@@ -112,21 +111,5 @@ def run(settings: EvalSettings) -> dict[str, Path]:
     return written
 
 
-def describe(exc: ValidationError) -> str:
-    """A settings validation error as one line naming the options: ``--batch-size: ...``."""
-    return "; ".join(
-        f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = CliApp.run(EvalSettings, cli_args=sys.argv[1:] if argv is None else argv)
-        run(settings)
-    except ValidationError as exc:
-        print(f"error: {describe(exc)}", file=sys.stderr)
-        return 2
-    except ClipRSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(EvalSettings, run, argv)

@@ -9,13 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from pydantic import ValidationError
-from pydantic_settings import CliApp
-
 from cliprs.errors import ClipRSError
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_tools.evaluation.cli import describe
+from cliprs_tools.cli import run_cli
 from cliprs_tools.evaluation.datasets import load_captions, load_classification
 from cliprs_tools.evaluation.sample import write_sample
 from cliprs_tools.finetune.augment import load_hook
@@ -105,15 +102,7 @@ def history_table(history: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = CliApp.run(FinetuneSettings, cli_args=sys.argv[1:] if argv is None else argv)
-        run(settings)
-    except ValidationError as exc:
-        print(f"error: {describe(exc)}", file=sys.stderr)
-        return 2
-    except ClipRSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return run_cli(FinetuneSettings, run, argv)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-    return 0

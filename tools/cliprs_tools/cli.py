@@ -1,0 +1,36 @@
+"""One way to run a command line of the tools: a pydantic-settings `CliApp` over a settings class,
+bad options and domain errors reported on one line with exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, CliApp
+
+from cliprs.errors import ClipRSError
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe(exc: ValidationError) -> str:
+    """A settings validation error as one line naming the options: ``--batch-size: ...``."""
+    return "; ".join(
+        f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def run_cli(settings_cls: type[S], run: Callable[[S], object], argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments) into ``settings_cls``, call ``run``; 0 or 2."""
+    try:
+        settings = CliApp.run(settings_cls, cli_args=list(sys.argv[1:] if argv is None else argv))
+        run(settings)
+    except ValidationError as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 2
+    except ClipRSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,5 +1,6 @@
 """One way to run a command line of the tools: a pydantic-settings `CliApp` over a settings class,
-bad options and domain errors reported on one line with exit status 2."""
+bad options and domain errors reported on one line with exit status 2, a missing input file
+with exit status 1."""
 
 from __future__ import annotations
 
@@ -8,11 +9,24 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, CliApp
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from cliprs.errors import ClipRSError
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def cli_config(env_prefix: str, module: str, **extra: object) -> SettingsConfigDict:
+    """The settings config of a tool's command line: every option also an ``{env_prefix}*``
+    variable, kebab-case flags, ``--flag/--no-flag`` booleans, ``python -m {module}`` in usage."""
+    return SettingsConfigDict(
+        env_prefix=env_prefix,
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name=f"python -m {module}",
+        **extra,
+    )
 
 
 def describe(exc: ValidationError) -> str:
@@ -33,4 +47,7 @@ def run_cli(settings_cls: type[S], run: Callable[[S], object], argv: Sequence[st
     except ClipRSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

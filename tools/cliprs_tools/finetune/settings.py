@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
+
+from cliprs_tools.cli import cli_config
 
 # Settings that decide which samples each step sees: a checkpoint only resumes under the same.
 RESUME_KEYS = ("batch_size", "grad_accum", "seed", "epochs", "max_steps", "lr", "warmup_ratio", "augment")
@@ -15,13 +17,7 @@ RESUME_KEYS = ("batch_size", "grad_accum", "seed", "epochs", "max_steps", "lr", 
 class FinetuneSettings(BaseSettings):
     """Contrastive fine-tuning of a CLIP checkpoint on a captioned set (RSICD layout)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FINETUNE_",
-        extra="ignore",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_prog_name="python -m cliprs_tools.finetune",
-    )
+    model_config = cli_config("FINETUNE_", "cliprs_tools.finetune")
 
     model: str | None = Field(
         None, description="base CLIP: Hugging Face id or local folder (default: CLIP_MODEL)"

@@ -6,7 +6,10 @@ Services send tasks by name (`send_task`), so none imports another service's cod
 from __future__ import annotations
 
 from celery import Celery
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 
+from cliprs.errors import Unavailable
 from cliprs.settings import CoreSettings
 
 TASK_FETCH_AREA = "tiler.fetch_area"
@@ -24,6 +27,26 @@ QUEUE_OF = {
     TASK_REBUILD: "index",
     TASK_GC: "index",
 }
+
+
+# A publish that cannot reach the broker gives up after about a second: the caller answers 503
+# and may retry, instead of holding a request for Celery's default ~20 s of retries.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 0.5}
+
+
+def enqueue(app: Celery, task: str, args: list, countdown: float | None = None) -> AsyncResult:
+    """Queue ``task`` by name; the broker (Redis) being down raises `Unavailable`.
+
+    Results are ignored: progress is recorded in PostGIS, and waiting on the result store would
+    tie every sender to it (a result-store outage otherwise leaves the sender's Celery app
+    needing a restart).
+    """
+    try:
+        return app.send_task(
+            task, args=args, countdown=countdown, ignore_result=True, retry_policy=PUBLISH_RETRY_POLICY
+        )
+    except (OperationalError, ConnectionError) as exc:
+        raise Unavailable(f"the task queue is unavailable ({type(exc).__name__}); retry shortly") from exc
 
 
 def make_celery(

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from celery.signals import worker_ready
 
-from cliprs.queue import TASK_EMBED_TILES, TASK_INDEX_AREA, make_celery
+from cliprs.queue import TASK_EMBED_TILES, TASK_INDEX_AREA, enqueue, make_celery
 from cliprs.settings import CoreSettings
 from cliprs_embedder.pipeline import advance_job, embed_tiles
 from cliprs_embedder.settings import EmbedderSettings
@@ -39,5 +39,5 @@ def embed_tiles_task(job_id: int, tile_ids: list[int]) -> dict:
     stats = embed_tiles(tile_ids, model, core, settings)
     log.info("job %s: embedded %s", job_id, stats)
     if advance_job(job_id, core):
-        app.send_task(TASK_INDEX_AREA, args=[job_id])
+        enqueue(app, TASK_INDEX_AREA, [job_id])
     return stats

@@ -6,7 +6,7 @@ import logging
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_DELETE_AREA, TASK_GC, TASK_INDEX_AREA, TASK_REBUILD, make_celery
+from cliprs.queue import TASK_DELETE_AREA, TASK_GC, TASK_INDEX_AREA, TASK_REBUILD, enqueue, make_celery
 from cliprs.settings import CoreSettings
 from cliprs_indexer import repository
 from cliprs_indexer.build import collect_area_vectors, publish_area
@@ -32,7 +32,7 @@ def _collect_garbage(retries_left: int = GC_RETRIES) -> dict:
         log.exception("garbage collection failed")
         return {}
     if report.kept_versions and retries_left > 0:
-        app.send_task(TASK_GC, args=[retries_left - 1], countdown=settings.gc_retry_s)
+        enqueue(app, TASK_GC, [retries_left - 1], countdown=settings.gc_retry_s)
     return report.as_dict()
 
 

@@ -199,6 +199,11 @@ async def insert_job(conn: AsyncConnection, area_id: int, tiles_planned: int) ->
     return int(result.scalar_one())
 
 
+async def delete_unstarted_area(conn: AsyncConnection, area_id: int) -> None:
+    """Remove an area whose ingestion never started (its job goes with it: ON DELETE CASCADE)."""
+    await conn.execute(text("DELETE FROM areas WHERE id = :a AND status = 'pending'"), {"a": area_id})
+
+
 async def lock_area(conn: AsyncConnection, area_id: int) -> dict | None:
     """Lock the area's row until the transaction ends; its ``status`` and latest ``job_state``
     (None when it has no job), or None when there is no such area."""

@@ -7,7 +7,7 @@ import logging
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_EMBED_TILES, TASK_FETCH_AREA, TASK_INDEX_AREA, make_celery
+from cliprs.queue import TASK_EMBED_TILES, TASK_FETCH_AREA, TASK_INDEX_AREA, enqueue, make_celery
 from cliprs.settings import CoreSettings
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
@@ -23,7 +23,7 @@ def fetch_area(job_id: int) -> dict:
     """Fetch every tile of the job's area and queue embedding batches as tiles arrive."""
 
     def send_embed(job: int, tile_ids: list[int]) -> None:
-        app.send_task(TASK_EMBED_TILES, args=[job, tile_ids])
+        enqueue(app, TASK_EMBED_TILES, [job, tile_ids])
 
     try:
         counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))
@@ -36,5 +36,5 @@ def fetch_area(job_id: int) -> dict:
     # would move the job on, so try here too; the conditional update picks one sender.
     with sync_engine(core.database_url).begin() as conn:
         if jobs.claim_indexing(conn, job_id):
-            app.send_task(TASK_INDEX_AREA, args=[job_id])
+            enqueue(app, TASK_INDEX_AREA, [job_id])
     return counts

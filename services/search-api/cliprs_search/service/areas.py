@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cliprs.errors import InvalidInput, NotFound
-from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA
+from cliprs.errors import InvalidInput, NotFound, Unavailable
+from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA, enqueue
 from cliprs.tiles import area_wkt, check_plan_size, parse_area, validate_zooms
 from cliprs_search import repository
 from cliprs_search.context import Context
@@ -56,7 +56,13 @@ async def create_area(ctx: Context, request: AreaRequest) -> AreaCreated:
             conn, request.name.strip(), area_wkt(area), zooms, request.source
         )
         job_id = await repository.insert_job(conn, area_id, planned)
-    await asyncio.to_thread(ctx.celery.send_task, TASK_FETCH_AREA, args=[job_id])
+    try:
+        await asyncio.to_thread(enqueue, ctx.celery, TASK_FETCH_AREA, [job_id])
+    except Unavailable:
+        # Nothing will ever work on it: take the area back, so the 503 means "nothing happened".
+        async with ctx.engine.begin() as conn:
+            await repository.delete_unstarted_area(conn, area_id)
+        raise
     return AreaCreated(area=await get_area(ctx, area_id), job=await get_job(ctx, job_id))
 
 
@@ -82,7 +88,7 @@ async def delete_area(ctx: Context, area_id: int, force: bool) -> AreaDeletion:
                 "or failed, or pass force=true"
             )
         await repository.mark_area_deleting(conn, area_id)
-    task = await asyncio.to_thread(ctx.celery.send_task, TASK_DELETE_AREA, args=[area_id])
+    task = await asyncio.to_thread(enqueue, ctx.celery, TASK_DELETE_AREA, [area_id])
     return AreaDeletion(area=await get_area(ctx, area_id), task_id=task.id)
 
 

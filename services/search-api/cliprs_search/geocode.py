@@ -11,7 +11,6 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +20,7 @@ import numpy as np
 from aiolimiter import AsyncLimiter
 from cachetools import LRUCache
 
+from cliprs_search.schemas import Place
 from cliprs_search.settings import SearchSettings
 
 log = logging.getLogger("cliprs.search.geocode")
@@ -28,29 +28,6 @@ log = logging.getLogger("cliprs.search.geocode")
 BUNDLED_GAZETTEER = Path(__file__).parent / "data" / "gazetteer.csv.gz"
 EARTH_RADIUS_KM = 6371.0088
 _COMPASS = ["N", "NE", "E", "SE", "S", "SW", "W", "NW"]
-
-
-@dataclass
-class Place:
-    name: str
-    admin1: str = ""
-    admin2: str = ""
-    country: str = ""
-    lon: float | None = None
-    lat: float | None = None
-    distance_km: float | None = None  # from the hit to the place
-    bearing: str | None = None  # where the hit lies as seen from the place
-    source: str = ""
-
-    @property
-    def label(self) -> str:
-        where = ", ".join(p for p in (self.name, self.admin1, self.country) if p)
-        if self.distance_km is None or self.distance_km < 1.0:
-            return where if self.distance_km is None else f"in {where}"
-        return f"{self.distance_km:.1f} km {self.bearing} of {where}"
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "label": self.label}
 
 
 class Geocoder(Protocol):

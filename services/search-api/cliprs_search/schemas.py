@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, computed_field
 
 from cliprs_http.schemas import Feature, FeatureCollection, Readiness
 
@@ -79,8 +79,8 @@ class AreaRequest(BaseModel):
 # ----------------------------------------------------------------------------- search results
 
 
-class PlaceInfo(BaseModel):
-    """The nearest known place of a hit (reverse geocoding)."""
+class Place(BaseModel):
+    """The nearest known place of a hit (reverse geocoding), as every geocoder answers it."""
 
     name: str
     admin1: str = ""
@@ -91,7 +91,14 @@ class PlaceInfo(BaseModel):
     distance_km: float | None = Field(None, description="From the hit to the place")
     bearing: str | None = Field(None, description="Where the hit lies as seen from the place")
     source: str = ""
-    label: str = Field(..., description="e.g. '2.3 km NE of Onancock, Virginia, US'")
+
+    @computed_field(description="e.g. '2.3 km NE of Onancock, Virginia, US'")
+    @property
+    def label(self) -> str:
+        where = ", ".join(p for p in (self.name, self.admin1, self.country) if p)
+        if self.distance_km is None or self.distance_km < 1.0:
+            return where if self.distance_km is None else f"in {where}"
+        return f"{self.distance_km:.1f} km {self.bearing} of {where}"
 
 
 class TileRef(BaseModel):
@@ -122,7 +129,7 @@ class HitProperties(BaseModel):
     merged: int | None = _optional("How many overlapping windows merged into this hit (when merge=true)")
     merged_ids: list[int] | None = _optional("Their window ids")
     address: str | None = _optional("The nearest place's label (when address=true and one is known)")
-    place: PlaceInfo | None = _optional("The nearest known place")
+    place: Place | None = _optional("The nearest known place")
     pixels: list[int] | None = _optional("Heat maps: [x0, y0, x1, y1] in the tile")
 
 

@@ -11,8 +11,7 @@ import numpy as np
 
 from cliprs.errors import InvalidInput, NotFound, TooLarge
 from cliprs_search.context import Context
-from cliprs_search.geocode import Place
-from cliprs_search.schemas import HitFeature, HitProperties, PlaceInfo, TileRef
+from cliprs_search.schemas import HitFeature, HitProperties, Place, TileRef
 
 _MEANINGFUL = re.compile(r"\w", re.UNICODE)
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -99,8 +98,8 @@ def hit_feature(
     if merged is not None:
         props.merged, props.merged_ids = len(merged), merged
     if place is not None:
-        props.place = PlaceInfo(**place.as_dict())
-        props.address = props.place.label
+        props.place = place
+        props.address = place.label
     if pixels:
         props.pixels = [row["px_x0"], row["px_y0"], row["px_x1"], row["px_y1"]]
     return HitFeature(type="Feature", id=row["id"], geometry=json.loads(row["footprint"]), properties=props)

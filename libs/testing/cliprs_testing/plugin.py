@@ -20,6 +20,7 @@ from cliprs_testing.db import throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_testing.platform import run_platform
 from cliprs_testing.redis_db import private_redis_db
+from cliprs_testing.synthetic import delete_seeded
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +64,16 @@ def core_settings(pg_url: str, redis_url: str, tmp_path: Path) -> CoreSettings:
         data_dir=tmp_path / "data",
         redis_namespace=f"test-{uuid.uuid4().hex[:6]}",
     )
+
+
+@pytest.fixture
+def seeded_areas(pg_url: str) -> Iterator[list[int]]:
+    """Append the ids of the areas a test writes; they are deleted (with their tiles and windows)
+    after the test, because the session's database is shared with the other tests."""
+    area_ids: list[int] = []
+    yield area_ids
+    if area_ids:
+        delete_seeded(pg_url, area_ids)
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,13 @@ from sqlalchemy import text
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
-from cliprs.tiles import tile_polygon_wkt
 from cliprs.vectors import read_chunk
 from cliprs.windows import window_id
 from cliprs_embedder.pipeline import cut_tile, embed_tiles
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
+from cliprs_testing.factories import make_area, make_tile
 from cliprs_tiler.render import render_tile, scene_stretch
 from cliprs_tools.demo import demo_band_paths
 
@@ -47,23 +47,9 @@ def seed_tiles(core: CoreSettings, images: dict, missing: int = 0) -> list[int]:
     keys = list(images) + [(14, 4751 + i, 6339) for i in range(missing)]
     ids = []
     with sync_engine(core.database_url).begin() as conn:
-        area_id = conn.execute(
-            text(
-                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
-                "('t', ST_MakeEnvelope(-75.7, 37.6, -75.6, 37.7, 4326), '{13,14}', :s) RETURNING id"
-            ),
-            {"s": source},
-        ).scalar_one()
+        area_id = make_area(conn, name="t", bbox=(-75.7, 37.6, -75.6, 37.7), zooms=(13, 14), source=source)
         for z, x, y in keys:
-            ids.append(
-                conn.execute(
-                    text(
-                        "INSERT INTO tiles (area_id, source, z, x, y, polygon, status) VALUES "
-                        "(:a, :s, :z, :x, :y, ST_GeomFromText(:p, 4326), 'fetched') RETURNING id"
-                    ),
-                    {"a": area_id, "s": source, "z": z, "x": x, "y": y, "p": tile_polygon_wkt(z, x, y)},
-                ).scalar_one()
-            )
+            ids.append(make_tile(conn, area_id, z, x, y, source=source, status="fetched", link=False))
             if (z, x, y) in images:
                 path = tile_path(core.tile_cache_dir, source, z, x, y, "png")
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from cliprs.manifest import current_version, load_manifest, manifest_path
 from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
 from cliprs_indexer.build import AreaVectors, ModelMismatch, collect_area_vectors, publish_area
-from cliprs_testing.synthetic import delete_seeded
+from cliprs_testing.factories import make_area, make_tile, make_window
 
 DIM = 16
 MODEL = "test/tiny-clip-a"
@@ -46,67 +45,39 @@ class SeededArea:
         return np.concatenate([self.vectors[t] for t in sorted(self.vectors)])
 
 
-SEEDED: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _remove_seeded_areas(pg_url: str) -> Iterator[None]:
-    yield
-    delete_seeded(pg_url, SEEDED)  # the session's database is shared with other tests
-    SEEDED.clear()
-
-
 def seed_area(
     core: CoreSettings,
+    seeded: list[int],
     n_tiles: int,
     windows_per_tile: int = 5,
     model_id: str = MODEL,
     status: str = "embedded",
     seed: int = 0,
 ) -> SeededArea:
-    """An area with ``n_tiles`` tiles at zoom 14, their windows, and a vector chunk per tile."""
+    """An area with ``n_tiles`` tiles at zoom 14, their windows, and a vector chunk per tile.
+
+    The area's id is appended to ``seeded`` (the `seeded_areas` fixture) to be deleted afterwards.
+    """
     source = f"src-{uuid.uuid4().hex[:8]}"
     lon0, lat0, step = 8.5 + seed * 0.01, 47.3, 0.02
     engine = sync_engine(core.database_url)
     with engine.begin() as conn:
-        area_id = conn.execute(
-            text(
-                "INSERT INTO areas (name, bbox, zooms, source, status) VALUES "
-                "(:n, ST_MakeEnvelope(:a, :b, :c, :d, 4326), '{14}', :s, 'ingesting') RETURNING id"
-            ),
-            {
-                "n": f"area {source}",
-                "a": lon0,
-                "b": lat0,
-                "c": lon0 + step * n_tiles,
-                "d": lat0 + step,
-                "s": source,
-            },
-        ).scalar_one()
-        SEEDED.append(area_id)
-        tile_ids = []
-        for i in range(n_tiles):
-            tile_id = conn.execute(
-                text(
-                    "INSERT INTO tiles (area_id, source, z, x, y, polygon, status) VALUES "
-                    "(:a, :s, 14, :x, 5000, ST_MakeEnvelope(:w, :b, :e, :n, 4326), :st) RETURNING id"
-                ),
-                {
-                    "a": area_id,
-                    "s": source,
-                    "x": 8000 + i,
-                    "w": lon0 + step * i,
-                    "b": lat0,
-                    "e": lon0 + step * (i + 1),
-                    "n": lat0 + step,
-                    "st": status,
-                },
-            ).scalar_one()
-            conn.execute(
-                text("INSERT INTO area_tiles (area_id, tile_id) VALUES (:a, :t)"),
-                {"a": area_id, "t": tile_id},
+        bbox = (lon0, lat0, lon0 + step * n_tiles, lat0 + step)
+        area_id = make_area(conn, name=f"area {source}", bbox=bbox, source=source, status="ingesting")
+        seeded.append(area_id)
+        tile_ids = [
+            make_tile(
+                conn,
+                area_id,
+                14,
+                8000 + i,
+                5000,
+                source=source,
+                status=status,
+                bounds=(lon0 + step * i, lat0, lon0 + step * (i + 1), lat0 + step),
             )
-            tile_ids.append(tile_id)
+            for i in range(n_tiles)
+        ]
     ids: dict[int, np.ndarray] = {}
     vectors: dict[int, np.ndarray] = {}
     with engine.begin() as conn:
@@ -114,21 +85,7 @@ def seed_area(
             wids = np.arange(windows_per_tile, dtype=np.int64) + tile_id * 1000
             for k, wid in enumerate(wids.tolist()):
                 w = lon0 + step * i + step * k / windows_per_tile
-                conn.execute(
-                    text(
-                        "INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center) "
-                        "VALUES (:id, :t, 14, 0, 0, 224, 224, 1.0, ST_MakeEnvelope(:w, :b, :e, :n, 4326), "
-                        "ST_SetSRID(ST_MakePoint(:w, :b), 4326))"
-                    ),
-                    {
-                        "id": wid,
-                        "t": tile_id,
-                        "w": w,
-                        "b": lat0,
-                        "e": w + step / windows_per_tile,
-                        "n": lat0 + step,
-                    },
-                )
+                make_window(conn, wid, tile_id, bounds=(w, lat0, w + step / windows_per_tile, lat0 + step))
             vecs = unit_vectors(windows_per_tile, seed * 1000 + i)
             write_chunk(core.vectors_dir, tile_id, wids, vecs, model_id)
             ids[tile_id], vectors[tile_id] = wids, vecs
@@ -168,9 +125,9 @@ def assert_self_queries(path: Path, ids: np.ndarray, vectors: np.ndarray) -> Non
 
 
 def test_collect_area_vectors_reads_the_chunks_of_embedded_tiles(
-    core_settings: CoreSettings, caplog: pytest.LogCaptureFixture
+    core_settings: CoreSettings, seeded_areas: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:
-    area = seed_area(core_settings, n_tiles=4, windows_per_tile=3)
+    area = seed_area(core_settings, seeded_areas, n_tiles=4, windows_per_tile=3)
     got = collect_area_vectors(core_settings, area.id)
     assert got is not None
     assert got.model_id == MODEL
@@ -192,13 +149,17 @@ def test_collect_area_vectors_reads_the_chunks_of_embedded_tiles(
     assert any(str(missing) in r.getMessage() for r in caplog.records)
 
 
-def test_collect_area_vectors_is_none_without_embedded_tiles(core_settings: CoreSettings) -> None:
-    area = seed_area(core_settings, n_tiles=2, status="fetched")
+def test_collect_area_vectors_is_none_without_embedded_tiles(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    area = seed_area(core_settings, seeded_areas, n_tiles=2, status="fetched")
     assert collect_area_vectors(core_settings, area.id) is None
 
 
-def test_collect_area_vectors_refuses_mixed_models(core_settings: CoreSettings) -> None:
-    area = seed_area(core_settings, n_tiles=3)
+def test_collect_area_vectors_refuses_mixed_models(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    area = seed_area(core_settings, seeded_areas, n_tiles=3)
     odd = area.tile_ids[1]
     write_chunk(core_settings.vectors_dir, odd, area.ids[odd], area.vectors[odd], "test/other-model")
     with pytest.raises(ModelMismatch, match="several models"):
@@ -208,10 +169,12 @@ def test_collect_area_vectors_refuses_mixed_models(core_settings: CoreSettings) 
 # --------------------------------------------------------------------------- publish_area
 
 
-def test_publish_area_versions_shards_and_removal(core_settings: CoreSettings) -> None:
+def test_publish_area_versions_shards_and_removal(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
     core = core_settings
-    a = seed_area(core, n_tiles=3, windows_per_tile=4, seed=1)
-    b = seed_area(core, n_tiles=2, windows_per_tile=6, seed=2)
+    a = seed_area(core, seeded_areas, n_tiles=3, windows_per_tile=4, seed=1)
+    b = seed_area(core, seeded_areas, n_tiles=2, windows_per_tile=6, seed=2)
     base = last_db_version(core)
 
     # First version: one shard.
@@ -281,9 +244,9 @@ def test_publish_area_versions_shards_and_removal(core_settings: CoreSettings) -
     assert versions == [base + 1, base + 2, base + 3, base + 4]
 
 
-def test_publish_announces_the_version_on_redis(core_settings: CoreSettings) -> None:
+def test_publish_announces_the_version_on_redis(core_settings: CoreSettings, seeded_areas: list[int]) -> None:
     core = core_settings
-    area = seed_area(core, n_tiles=1, seed=3)
+    area = seed_area(core, seeded_areas, n_tiles=1, seed=3)
     client = redis.Redis.from_url(core.redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(core.index_channel)
@@ -306,10 +269,10 @@ def test_publish_announces_the_version_on_redis(core_settings: CoreSettings) -> 
     assert json.loads(messages[0]["data"]) == {"version": manifest.version}
 
 
-def test_publish_refuses_a_second_model(core_settings: CoreSettings) -> None:
+def test_publish_refuses_a_second_model(core_settings: CoreSettings, seeded_areas: list[int]) -> None:
     core = core_settings
-    a = seed_area(core, n_tiles=2, seed=4)
-    b = seed_area(core, n_tiles=2, model_id="test/tiny-clip-b", seed=5)
+    a = seed_area(core, seeded_areas, n_tiles=2, seed=4)
+    b = seed_area(core, seeded_areas, n_tiles=2, model_id="test/tiny-clip-b", seed=5)
     m1 = publish_area(core, a.id, collect_area_vectors(core, a.id))
     vectors_b = collect_area_vectors(core, b.id)
     assert vectors_b is not None and vectors_b.model_id == "test/tiny-clip-b"
@@ -327,9 +290,11 @@ def test_publish_refuses_a_second_model(core_settings: CoreSettings) -> None:
     assert [s.area_id for s in m3.shards] == [b.id]
 
 
-def test_publish_accepts_vectors_built_in_memory(core_settings: CoreSettings) -> None:
+def test_publish_accepts_vectors_built_in_memory(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
     """``publish_area`` takes whatever ``AreaVectors`` it is given (ids need not be contiguous)."""
-    area = seed_area(core_settings, n_tiles=1, seed=6)  # the area must exist (not be deleted)
+    area = seed_area(core_settings, seeded_areas, n_tiles=1, seed=6)  # the area must exist (not be deleted)
     ids = np.array([7, 3_000_000_000, 42], dtype=np.int64)
     vecs = unit_vectors(3, 77)
     m = publish_area(core_settings, area.id, AreaVectors(ids, vecs, MODEL))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -31,10 +30,10 @@ from cliprs_indexer.__main__ import main as cli
 from cliprs_indexer.build import collect_area_vectors, make_shard, publish_area, publish_changes
 from cliprs_indexer.maintenance import delete_area, garbage_collect, rebuild
 from cliprs_indexer.settings import IndexerSettings
+from cliprs_testing.factories import link_tiles, make_job
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
-    delete_seeded,
     seed_area,
     write_area_chunks,
 )
@@ -43,21 +42,14 @@ MODEL = "test/model"
 NOW = IndexerSettings(gc_min_age_s=0)
 
 
-SEEDED: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _remove_seeded_areas(pg_url: str) -> Iterator[None]:
-    yield
-    delete_seeded(pg_url, SEEDED)  # the session's database is shared with other tests
-    SEEDED.clear()
-
-
-def area_with_chunks(core: CoreSettings, x0: int, n: int, seed: int, name: str = "a") -> SeededArea:
-    """``n`` zoom-16 tiles in a row near Zurich, with a vector chunk each (26 windows per tile)."""
+def area_with_chunks(
+    core: CoreSettings, seeded: list[int], x0: int, n: int, seed: int, name: str = "a"
+) -> SeededArea:
+    """``n`` zoom-16 tiles in a row near Zurich, with a vector chunk each (26 windows per tile);
+    the area's id goes to ``seeded`` (the `seeded_areas` fixture) to be deleted afterwards."""
     tiles = [mercantile.Tile(34_300 + x0 + i, 22_900, 16) for i in range(n)]
     area = seed_area(core.database_url, tiles, name=name, source=f"maint-{seed}")
-    SEEDED.append(area.area_id)
+    seeded.append(area.area_id)
     write_area_chunks(core.vectors_dir, area, clustered_unit_vectors(len(area.ids), 32, seed=seed), MODEL)
     return area
 
@@ -84,10 +76,12 @@ def rclient(core_settings: CoreSettings):
     client.close()
 
 
-def test_gc_removes_versions_no_searcher_holds(core_settings: CoreSettings, rclient) -> None:
+def test_gc_removes_versions_no_searcher_holds(
+    core_settings: CoreSettings, seeded_areas: list[int], rclient
+) -> None:
     core = core_settings
-    a = area_with_chunks(core, 0, 2, seed=1)
-    b = area_with_chunks(core, 10, 2, seed=2)
+    a = area_with_chunks(core, seeded_areas, 0, 2, seed=1)
+    b = area_with_chunks(core, seeded_areas, 10, 2, seed=2)
     v1 = index_area(core, a)
     v2 = index_area(core, b)
     v3 = index_area(core, a)  # area a rebuilt: a new file, b's file shared by v2 and v3
@@ -112,9 +106,11 @@ def test_gc_removes_versions_no_searcher_holds(core_settings: CoreSettings, rcli
         assert (core.index_dir / shard.file).exists()
 
 
-def test_gc_spares_a_registration_until_its_ttl_runs_out(core_settings: CoreSettings, rclient) -> None:
+def test_gc_spares_a_registration_until_its_ttl_runs_out(
+    core_settings: CoreSettings, seeded_areas: list[int], rclient
+) -> None:
     core = core_settings
-    a = area_with_chunks(core, 0, 1, seed=3)
+    a = area_with_chunks(core, seeded_areas, 0, 1, seed=3)
     v1, v2 = index_area(core, a), index_area(core, a)
     register_searcher(rclient, core.redis_namespace, "crashed", {v1.version}, ttl_s=0.3)
     assert garbage_collect(core, NOW).kept_versions == [v1.version]
@@ -123,9 +119,9 @@ def test_gc_spares_a_registration_until_its_ttl_runs_out(core_settings: CoreSett
     assert current_version(core.index_dir) == v2.version
 
 
-def test_gc_removes_old_orphan_files_only(core_settings: CoreSettings) -> None:
+def test_gc_removes_old_orphan_files_only(core_settings: CoreSettings, seeded_areas: list[int]) -> None:
     core = core_settings
-    a = area_with_chunks(core, 0, 1, seed=4)
+    a = area_with_chunks(core, seeded_areas, 0, 1, seed=4)
     index_area(core, a)
     old, young = (
         core.index_dir / "shards/crashed-build.faiss",
@@ -142,18 +138,15 @@ def test_gc_removes_old_orphan_files_only(core_settings: CoreSettings) -> None:
 
 def test_delete_area_removes_its_vectors_rows_and_chunks_but_not_shared_tiles(
     core_settings: CoreSettings,
+    seeded_areas: list[int],
 ) -> None:
     core = core_settings
-    a = area_with_chunks(core, 0, 4, seed=5, name="a")
-    b = area_with_chunks(core, 20, 1, seed=6, name="b")
+    a = area_with_chunks(core, seeded_areas, 0, 4, seed=5, name="a")
+    b = area_with_chunks(core, seeded_areas, 20, 1, seed=6, name="b")
     shared = a.tile_ids[2:].tolist()
     with sync_engine(core.database_url).begin() as conn:
-        for tile_id in shared:  # area b also covers a's last two tiles
-            conn.execute(
-                text("INSERT INTO area_tiles (area_id, tile_id) VALUES (:a, :t)"),
-                {"a": b.area_id, "t": tile_id},
-            )
-        conn.execute(text("INSERT INTO ingest_jobs (area_id, state) VALUES (:a, 'done')"), {"a": a.area_id})
+        link_tiles(conn, b.area_id, shared)  # area b also covers a's last two tiles
+        make_job(conn, a.area_id, state="done")
     index_area(core, a)
     before = index_area(core, b)
     assert shard_of(before, b.area_id).count == 3 * 26
@@ -191,9 +184,11 @@ def test_delete_area_removes_its_vectors_rows_and_chunks_but_not_shared_tiles(
         delete_area(core, a.area_id)
 
 
-def test_a_late_shard_does_not_bring_a_deleted_area_back(core_settings: CoreSettings) -> None:
+def test_a_late_shard_does_not_bring_a_deleted_area_back(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
     core = core_settings
-    a = area_with_chunks(core, 0, 1, seed=7)
+    a = area_with_chunks(core, seeded_areas, 0, 1, seed=7)
     shard = make_shard(core, a.area_id, collect_area_vectors(core, a.area_id))  # an index job, mid-way
     delete_area(core, a.area_id)
     version = current_version(core.index_dir)
@@ -203,11 +198,14 @@ def test_a_late_shard_does_not_bring_a_deleted_area_back(core_settings: CoreSett
 
 
 def test_rebuild_recovers_the_index_from_the_vector_chunks(
-    core_settings: CoreSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    core_settings: CoreSettings,
+    seeded_areas: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     core = core_settings
-    small = area_with_chunks(core, 0, 2, seed=8, name="small")
-    large = area_with_chunks(core, 30, 40, seed=9, name="large")  # 1,040 windows
+    small = area_with_chunks(core, seeded_areas, 0, 2, seed=8, name="small")
+    large = area_with_chunks(core, seeded_areas, 30, 40, seed=9, name="large")  # 1,040 windows
     index_area(core, small)
     index_area(core, large)
     for path in (core.index_dir / "shards").iterdir():  # the shard files are lost

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -17,6 +17,7 @@ import redis
 from cliprs.fsutil import atomic_write_bytes
 from cliprs.manifest import Manifest, Shard, manifest_path, publish
 from cliprs_search.index import IndexHolder, LoadedIndex
+from cliprs_testing.platform import wait_until
 
 DIM = 8
 MODEL = "test/tiny-clip"
@@ -51,16 +52,6 @@ def make_version(
 
 def set_current(index_dir: Path, version: int) -> None:
     atomic_write_bytes(index_dir / "CURRENT", str(version).encode())
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``condition`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 @pytest.fixture
@@ -217,16 +208,19 @@ def test_follow_loads_an_announced_version(
     # A long poll interval: only the announcement can bring a new version in quickly.
     thread = holder.follow(redis_url, channel, poll_s=30.0)
     try:
-        wait_for(lambda: holder.current is not None and holder.current.version == 1, 5)  # catch-up
-        wait_for(lambda: subscribed(rclient, channel), 5)
+        catch_up = "version 1, published before following started"
+        wait_until(lambda: holder.current is not None and holder.current.version == 1, 5, catch_up)
+        wait_until(lambda: subscribed(rclient, channel), 5, "the subscription")
         make_version(index_dir, 2, V2)
         rclient.publish(channel, json.dumps({"version": 2}))
-        took = wait_for(lambda: holder.current.version == 2, 2.0)
+        start = time.monotonic()
+        wait_until(lambda: holder.current.version == 2, 2.0, "the announced version 2")
+        took = time.monotonic() - start
         assert took < 2.0
         # An announced version is loaded even when CURRENT has not moved to it (yet).
         make_version(index_dir, 3, V3, current=False)
         rclient.publish(channel, json.dumps({"version": 3}))
-        wait_for(lambda: holder.current.version == 3, 2.0)
+        wait_until(lambda: holder.current.version == 3, 2.0, "the announced version 3")
         # A stale announcement changes nothing.
         rclient.publish(channel, json.dumps({"version": 1}))
         time.sleep(0.3)
@@ -242,12 +236,14 @@ def test_follow_polls_when_no_announcement_comes(
     holder = IndexHolder(index_dir)
     thread = holder.follow(redis_url, channel, poll_s=0.2)
     try:
-        wait_for(lambda: subscribed(rclient, channel), 5)
+        wait_until(lambda: subscribed(rclient, channel), 5, "the subscription")
         time.sleep(0.3)
         assert holder.current is None  # nothing published yet
         make_version(index_dir, 1, V1)
-        wait_for(lambda: holder.current is not None and holder.current.version == 1, 2.0)
+        wait_until(
+            lambda: holder.current is not None and holder.current.version == 1, 2.0, "polled version 1"
+        )
         make_version(index_dir, 2, V2)
-        wait_for(lambda: holder.current.version == 2, 2.0)
+        wait_until(lambda: holder.current.version == 2, 2.0, "polled version 2")
     finally:
         stop_follower(holder, thread, rclient, channel)

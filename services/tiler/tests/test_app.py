@@ -23,9 +23,11 @@ from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.tiles import parse_polygon, tiles_for_area, zorder
+from cliprs_testing.factories import make_area, make_job, make_window
 from cliprs_testing.faultserver import Fault, TileServer
 from cliprs_tiler.app import create_app
 from cliprs_tiler.fetch import fetch_job
+from cliprs_tiler.repository import job_with_area
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import RasterSource
 from cliprs_tools.demo import demo_band_paths
@@ -67,27 +69,16 @@ def make_core(core_settings: CoreSettings, server: TileServer) -> CoreSettings:
 
 def new_job(core: CoreSettings, source: str, polygon: dict = POLYGON, zooms: list[int] = ZOOMS) -> int:
     with sync_engine(core.database_url).begin() as conn:
-        area_id = conn.execute(
-            text(
-                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
-                "('triangle', ST_SetSRID(ST_GeomFromGeoJSON(:g), 4326), CAST(:z AS smallint[]), :s) RETURNING id"
-            ),
-            {"g": json.dumps(polygon), "z": zooms, "s": source},
-        ).scalar_one()
-        return conn.execute(
-            text("INSERT INTO ingest_jobs (area_id) VALUES (:a) RETURNING id"), {"a": area_id}
-        ).scalar_one()
+        area_id = make_area(conn, name="triangle", polygon=polygon, zooms=zooms, source=source)
+        return make_job(conn, area_id)
 
 
 def add_job(core: CoreSettings, job_id: int) -> int:
     """Another ingest job of the same area (a re-run)."""
     with sync_engine(core.database_url).begin() as conn:
-        return conn.execute(
-            text(
-                "INSERT INTO ingest_jobs (area_id) SELECT area_id FROM ingest_jobs WHERE id = :j RETURNING id"
-            ),
-            {"j": job_id},
-        ).scalar_one()
+        job = job_with_area(conn, job_id)
+        assert job is not None
+        return make_job(conn, job["area_id"])
 
 
 def path(z: int, x: int, y: int) -> str:
@@ -223,15 +214,8 @@ def test_polygon_job_over_a_faulty_server_then_progress_windows_and_tiles(
             2: (-100, 50, 28, 178),  # two tiles, negative x
         }
         with engine.begin() as conn:
-            for index, (x0, y0, x1, y1) in windows.items():
-                conn.execute(
-                    text(
-                        "INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center) "
-                        "SELECT :id, t.id, t.z, :x0, :y0, :x1, :y1, 0.5, t.polygon, ST_Centroid(t.polygon) "
-                        "FROM tiles t WHERE t.id = :tile"
-                    ),
-                    {"id": inner.id * 4096 + index, "tile": inner.id, "x0": x0, "y0": y0, "x1": x1, "y1": y1},
-                )
+            for index, px in windows.items():
+                make_window(conn, inner.id * 4096 + index, inner.id, px=px, scale=0.5)
         mosaic = np.vstack(
             [
                 np.hstack([_pixels(server.tile(13, inner.x + dx, inner.y + dy)) for dx in (-1, 0, 1)])

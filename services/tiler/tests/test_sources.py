@@ -27,6 +27,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox, tiles_for_bbox
+from cliprs_testing.factories import make_area, make_job
 from cliprs_testing.faultserver import TILE_SIZE, Fault, TileServer, make_tile
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
@@ -429,16 +430,8 @@ async def test_fetch_job_records_fetched_and_failed_tiles(
 
     engine = sync_engine(core.database_url)
     with engine.begin() as conn:
-        area_id = conn.execute(
-            text(
-                "INSERT INTO areas (name, bbox, zooms, source) VALUES "
-                "('bern', ST_MakeEnvelope(:a, :b, :c, :d, 4326), CAST(:z AS smallint[]), 't') RETURNING id"
-            ),
-            {"a": bbox.min_lon, "b": bbox.min_lat, "c": bbox.max_lon, "d": bbox.max_lat, "z": zooms},
-        ).scalar_one()
-        job_id = conn.execute(
-            text("INSERT INTO ingest_jobs (area_id) VALUES (:a) RETURNING id"), {"a": area_id}
-        ).scalar_one()
+        area_id = make_area(conn, name="bern", bbox=tuple(bbox.as_list()), zooms=zooms, source="t")
+        job_id = make_job(conn, area_id)
 
     sent: list[tuple[int, list[int]]] = []
     counts = await fetch_job(job_id, core, settings, lambda j, ids: sent.append((j, list(ids))))

@@ -21,20 +21,24 @@ measures a GPU host.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Annotated, Literal
 
 import mercantile
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
@@ -51,9 +55,11 @@ from cliprs_testing.db import throwaway_database
 from cliprs_testing.factories import make_area, make_tile
 from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_tiler.render import render_tile, scene_stretch
+from cliprs_tools.cli import cli_config, run_cli
 from cliprs_tools.demo import demo_band_paths
 
 ROOT = Path(__file__).resolve().parents[1]
+HELP = __doc__  # the whole module docstring is the --help text
 STUDY_3090 = 200  # windows/s, the source study on one RTX 3090
 GPU_TARGET = 3000  # windows/s end to end, one modern datacentre GPU
 
@@ -168,33 +174,41 @@ def preprocessing_rates(tiles: list, settings: EmbedderSettings, workers: int) -
     return fast, slow, threads
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--tiles", type=int, default=0, help="tiles end to end (default 8 on CPU, 400 on GPU)"
-    )
-    parser.add_argument(
-        "--tile-size", type=int, default=512, choices=[256, 512], help="512 = the study's @2x"
-    )
-    parser.add_argument("--tiles-per-task", type=int, default=0, help="default 8 on CPU, 64 on GPU")
-    parser.add_argument("--windows", type=int, default=0, help="encoder-alone windows (default 128 / 16384)")
-    parser.add_argument("--models", default="tiny,vit-b-32")
-    parser.add_argument("--precisions", default="", help="e.g. fp32,bf16 (default: the device's auto)")
-    args = parser.parse_args()
+def _digits_to_int(value: object) -> object:
+    """``"512"`` (from the command line or the environment) as 512, for the tile-size choice."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
+
+class EmbedBenchSettings(BaseSettings):
+    """Embedder throughput: windows per second end to end and for the encoder alone."""
+
+    model_config = cli_config(
+        "BENCH_EMBED_", "python benchmarks/bench_embed.py", json_schema_extra={"description": HELP}
+    )
+
+    tiles: int = Field(0, ge=0, description="tiles end to end (default 8 on CPU, 400 on GPU)")
+    tile_size: Annotated[Literal[256, 512], BeforeValidator(_digits_to_int)] = Field(
+        512, description="512 = the study's @2x"
+    )
+    tiles_per_task: int = Field(0, ge=0, description="default 8 on CPU, 64 on GPU")
+    windows: int = Field(0, ge=0, description="encoder-alone windows (default 128 / 16384)")
+    models: str = "tiny,vit-b-32"
+    precisions: str = Field("", description="e.g. fp32,bf16 (default: the device's auto)")
+
+
+def run(options: EmbedBenchSettings) -> None:
+    """Measure preprocessing, then each model's encoder and end-to-end rates, and print them."""
     model_settings = ModelSettings()
     device = resolve_device(model_settings.device)
     gpu = device.type == "cuda"
-    n_tiles = args.tiles or (400 if gpu else 8)
-    per_task = args.tiles_per_task or (64 if gpu else 8)
-    n_windows = args.windows or (16384 if gpu else 128)
+    n_tiles = options.tiles or (400 if gpu else 8)
+    per_task = options.tiles_per_task or (64 if gpu else 8)
+    n_windows = options.windows or (16384 if gpu else 128)
     tiny_dir = tiny_clip(default_cache_dir(ROOT))
     settings = EmbedderSettings()
     print(f"machine: {machine(device)}")
-    print(f"rendering {n_tiles} Sentinel-2 demo tiles of {args.tile_size} px ...", flush=True)
-    tiles = demo_tiles(n_tiles, args.tile_size)
+    print(f"rendering {n_tiles} Sentinel-2 demo tiles of {options.tile_size} px ...", flush=True)
+    tiles = demo_tiles(n_tiles, options.tile_size)
     per_tile = len(cut_tile(tiles[0][1], settings.window_scales, settings.stride_ratio)[0])
     print(
         f"windows: scales {settings.window_scales}, stride {settings.stride_ratio} -> {per_tile} per tile; "
@@ -218,12 +232,12 @@ def main() -> None:
         except Exception as exc:  # no PostgreSQL on this host: still measure the encoder
             print(f"(end to end skipped: no database at {admin_url.split('@')[-1]}: {type(exc).__name__})")
             db_url = None
-        for name in args.models.split(","):
+        for name in options.models.split(","):
             if name == "tiny":
                 encoder = load_encoder(ModelSettings(model=str(tiny_dir)))
             else:
                 encoder = vit_b32_random(device, tiny_dir)
-            for precision in args.precisions.split(",") if args.precisions else ["auto"]:
+            for precision in options.precisions.split(",") if options.precisions else ["auto"]:
                 encoder.configure(
                     batch_size=model_settings.batch_size,
                     precision=precision,
@@ -250,5 +264,10 @@ def main() -> None:
         )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bad options are reported as one ``error: ...`` line (exit 2)."""
+    return run_cli(EmbedBenchSettings, run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,20 +17,24 @@ an extra forward pass buys the memory of a batch of 8). On a GPU fp32 is compare
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_testing.model import default_cache_dir, tiny_clip
+from cliprs_tools.cli import cli_config, run_cli
 from cliprs_tools.evaluation.datasets import load_captions, load_classification
 from cliprs_tools.evaluation.runner import evaluate_model
 from cliprs_tools.evaluation.sample import write_sample
@@ -77,27 +81,30 @@ def train_rate(
     return steps * batch / (stamps[-1] - stamps[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes", default=None, help="comma list of tiny, vit-b-32 (default: both on a GPU, tiny on a CPU)"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=12, help="timed optimizer steps per figure (one epoch at most)"
-    )
-    parser.add_argument("--batch", type=int, default=32, help="images per optimizer step")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+class FinetuneBenchSettings(BaseSettings):
+    """Fine-tuning and evaluation throughput, and what a short fine-tuning run does to retrieval."""
 
+    model_config = cli_config("BENCH_FINETUNE_", "python benchmarks/bench_finetune.py")
+
+    sizes: str | None = Field(
+        None, description="comma list of tiny, vit-b-32 (default: both on a GPU, tiny on a CPU)"
+    )
+    steps: int = Field(12, gt=0, description="timed optimizer steps per figure (one epoch at most)")
+    batch: int = Field(32, gt=0, description="images per optimizer step")
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(options: FinetuneBenchSettings) -> None:
+    """Time training and evaluation for each size, then a short fine-tuning run; print the figures."""
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     cache = default_cache_dir(ROOT)
     tiny = tiny_clip(cache)
     # 12 categories x 64 images: 480 train (15 steps of 32: timing stays inside one epoch and
     # outlasts the loader's prefetched batches), 96 val, 192 test.
     data = write_sample(work / "sample", per_category=64)
-    device = args.device
+    device = options.device
     # ViT-B/32 trains at about 1 image/s on two CPU cores: opt in there with --sizes.
-    sizes = (args.sizes or ("tiny,vit-b-32" if device.startswith("cuda") else "tiny")).split(",")
+    sizes = (options.sizes or ("tiny,vit-b-32" if device.startswith("cuda") else "tiny")).split(",")
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} CPU threads'})"
     )
@@ -106,14 +113,14 @@ def main() -> None:
         model_dir = tiny if size == "tiny" else vit_b_32(tiny, cache / "models/vit-b-32-random")
         row = {}
         row["train_img_s"] = train_rate(
-            model_dir, data, device, work / "run", args.steps, args.batch, 1, "off"
+            model_dir, data, device, work / "run", options.steps, options.batch, 1, "off"
         )
         row["train_accum4_img_s"] = train_rate(
-            model_dir, data, device, work / "run", args.steps, args.batch, 4, "off"
+            model_dir, data, device, work / "run", options.steps, options.batch, 4, "off"
         )
         if device.startswith("cuda"):
             row["train_amp_img_s"] = train_rate(
-                model_dir, data, device, work / "run", args.steps, args.batch, 1, "bf16"
+                model_dir, data, device, work / "run", options.steps, options.batch, 1, "bf16"
             )
         encoder = load_encoder(ModelSettings(model=str(model_dir), device=device))
         test = load_captions(data, split="test")
@@ -125,7 +132,7 @@ def main() -> None:
         row["eval_img_s"] = 2 * len(test.items) / (time.perf_counter() - started)
         figures[size] = row
         line = (
-            f"{size:9s} train {row['train_img_s']:7.1f} img/s | accum 4 x {args.batch // 4}: "
+            f"{size:9s} train {row['train_img_s']:7.1f} img/s | accum 4 x {options.batch // 4}: "
             f"{row['train_accum4_img_s']:7.1f} img/s ({row['train_accum4_img_s'] / row['train_img_s']:.2f}x)"
         )
         if "train_amp_img_s" in row:
@@ -150,5 +157,10 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bad options are reported as one ``error: ...`` line (exit 2)."""
+    return run_cli(FinetuneBenchSettings, run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

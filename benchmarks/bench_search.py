@@ -20,7 +20,6 @@ At 100k the IVF-PQ index is also built (forced) so both index kinds are compared
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -28,11 +27,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
 import httpx
 import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
@@ -47,8 +49,10 @@ from cliprs_testing.db import ADMIN_URL, throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_testing.platform import run_platform
 from cliprs_testing.synthetic import clustered_unit_vectors, seed_area
+from cliprs_tools.cli import cli_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
+HELP = __doc__  # the whole module docstring is the --help text
 STUDY_AREA = BBox(-77.274, 38.812, -76.986, 38.912)  # Northern Virginia, Arlington, the National Mall
 DIM = 512
 PHRASES = [
@@ -59,6 +63,23 @@ PHRASES = [
     "a forest", "a beach", "a construction site", "white roofs", "a cemetery", "tennis courts",
     "a swimming pool", "a large warehouse", "a traffic circle", "a helicopter pad",
 ]  # fmt: skip
+
+
+class SearchBenchSettings(BaseSettings):
+    """Search latency, throughput and recall at 100k and 1M windows."""
+
+    model_config = cli_config(
+        "BENCH_SEARCH_", "python benchmarks/bench_search.py", json_schema_extra={"description": HELP}
+    )
+
+    sizes: str = Field("100000,1000000", description="comma-separated window counts")
+    queries: int = Field(300, gt=0, description="sequential end-to-end queries per size")
+    held_out: int = Field(1000, gt=0, description="held-out queries for index latency and recall")
+    concurrency: int = Field(8, gt=0)
+    duration: float = Field(20.0, gt=0, description="seconds of concurrent load")
+    admin_url: str = ADMIN_URL
+    redis_url: str = os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    tmp: str | None = Field(None, description="where shards are written (default: the system temp dir)")
 
 
 def study_tiles(n_windows: int, per_tile: int = 26) -> list:
@@ -120,7 +141,9 @@ def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float
     return len(latencies) / (time.monotonic() - started), latencies, failures[0]
 
 
-def end_to_end(core: CoreSettings, model_dir: Path, args: argparse.Namespace, area_bbox: list[float]) -> dict:
+def end_to_end(
+    core: CoreSettings, model_dir: Path, options: SearchBenchSettings, area_bbox: list[float]
+) -> dict:
     with (
         tempfile.TemporaryDirectory() as run_dir,
         run_platform(
@@ -141,7 +164,7 @@ def end_to_end(core: CoreSettings, model_dir: Path, args: argparse.Namespace, ar
             for i in range(20):  # warm-up: connections, caches
                 client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10}).raise_for_status()
             seq, server, stages = [], [], []
-            for i in range(args.queries):
+            for i in range(options.queries):
                 t = time.perf_counter()
                 resp = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10})
                 seq.append((time.perf_counter() - t) * 1000)
@@ -164,25 +187,28 @@ def end_to_end(core: CoreSettings, model_dir: Path, args: argparse.Namespace, ar
                 ("bbox", lambda q: client.get(url, params={"q": q, "k": 10, "bbox": broad})),
             ):
                 times, strategy = [], None
-                for i in range(max(20, args.queries // 5)):
+                for i in range(max(20, options.queries // 5)):
                     t = time.perf_counter()
                     resp = call(PHRASES[i % len(PHRASES)])
                     times.append((time.perf_counter() - t) * 1000)
                     resp.raise_for_status()
                     strategy = resp.json()["filter"]["strategy"]
                 out[name] = {"p50": pct(times, 50), "p99": pct(times, 99), "strategy": strategy}
-        qps, lat, failures = hammer(url, args.concurrency, args.duration)
+        qps, lat, failures = hammer(url, options.concurrency, options.duration)
         out["load"] = {"qps": qps, "p50": pct(lat, 50), "p99": pct(lat, 99), "failures": failures}
         return out
 
 
-def run_size(n: int, args: argparse.Namespace, model_dir: Path) -> dict:
+def run_size(n: int, options: SearchBenchSettings, model_dir: Path) -> dict:
     print(f"\n=== {n:,} windows ===", flush=True)
     result: dict = {"n": n}
-    with throwaway_database(args.admin_url) as db_url, tempfile.TemporaryDirectory(dir=args.tmp) as data:
+    with (
+        throwaway_database(options.admin_url) as db_url,
+        tempfile.TemporaryDirectory(dir=options.tmp) as data,
+    ):
         core = CoreSettings(
             database_url=db_url,
-            redis_url=args.redis_url,
+            redis_url=options.redis_url,
             data_dir=Path(data),
             redis_namespace=f"bench-{uuid.uuid4().hex[:6]}",
         )
@@ -205,11 +231,11 @@ def run_size(n: int, args: argparse.Namespace, model_dir: Path) -> dict:
         del area
 
         t = time.perf_counter()
-        vectors = clustered_unit_vectors(n_real + args.held_out, DIM, seed=7)
+        vectors = clustered_unit_vectors(n_real + options.held_out, DIM, seed=7)
         # Held-out queries: random rows swapped to the end, so the index never holds them.
         rng = np.random.default_rng(8)
-        held = rng.choice(n_real + args.held_out, args.held_out, replace=False)
-        tail = np.arange(n_real, n_real + args.held_out)
+        held = rng.choice(n_real + options.held_out, options.held_out, replace=False)
+        tail = np.arange(n_real, n_real + options.held_out)
         swap, free = np.setdiff1d(held, tail), np.setdiff1d(tail, held)
         vectors[swap], vectors[free] = vectors[free], vectors[swap].copy()
         data, queries = vectors[:n_real], vectors[n_real:].copy()
@@ -246,14 +272,14 @@ def run_size(n: int, args: argparse.Namespace, model_dir: Path) -> dict:
                 result["served"] = built.kind
             del built
         del vectors, data
-        result["e2e"] = end_to_end(core, model_dir, args, bbox)
+        result["e2e"] = end_to_end(core, model_dir, options, bbox)
         e = result["e2e"]
         print(
             f"end to end (sequential): p50 {e['seq']['p50']:.1f} ms, p99 {e['seq']['p99']:.1f} ms "
             f"(server-side p50 {e['seq']['server_p50']:.1f} ms; stage p50s "
             + ", ".join(f"{k} {v:.1f}" for k, v in e["seq"]["stages_p50"].items())
             + " ms)\n"
-            f"end to end ({args.concurrency} clients): {e['load']['qps']:.1f} QPS, p50 {e['load']['p50']:.1f} ms, "
+            f"end to end ({options.concurrency} clients): {e['load']['qps']:.1f} QPS, p50 {e['load']['p50']:.1f} ms, "
             f"p99 {e['load']['p99']:.1f} ms, {e['load']['failures']} failed\n"
             f"polygon filter ({e['polygon']['strategy']}): p50 {e['polygon']['p50']:.1f} ms; "
             f"broad bbox filter ({e['bbox']['strategy']}): p50 {e['bbox']['p50']:.1f} ms",
@@ -262,9 +288,9 @@ def run_size(n: int, args: argparse.Namespace, model_dir: Path) -> dict:
     return result
 
 
-def summary(results: list[dict], args: argparse.Namespace) -> None:
+def summary(results: list[dict], options: SearchBenchSettings) -> None:
     print(f"\n=== summary (this machine: {os.cpu_count() or 0} CPUs) ===")
-    head = f"{'windows':>10} {'index':>6} {'recall@10':>9} {'idx p50':>8} {'idx p99':>8} {'e2e p50':>8} {'e2e p99':>8} {'QPS x' + str(args.concurrency):>8} {'load p50':>9}"
+    head = f"{'windows':>10} {'index':>6} {'recall@10':>9} {'idx p50':>8} {'idx p99':>8} {'e2e p50':>8} {'e2e p99':>8} {'QPS x' + str(options.concurrency):>8} {'load p50':>9}"
     print(head)
     for r in results:
         idx = r[f"index_{r['served']}"]
@@ -288,29 +314,20 @@ def summary(results: list[dict], args: argparse.Namespace) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated window counts")
-    parser.add_argument("--queries", type=int, default=300, help="sequential end-to-end queries per size")
-    parser.add_argument(
-        "--held-out", type=int, default=1000, help="held-out queries for index latency and recall"
-    )
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of concurrent load")
-    parser.add_argument("--admin-url", default=ADMIN_URL)
-    parser.add_argument("--redis-url", default=os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--tmp", default=None, help="where shards are written (default: the system temp dir)")
-    args = parser.parse_args()
+def run(options: SearchBenchSettings) -> None:
+    """Measure every size, then print the summary and the process's peak memory."""
     model_dir = tiny_clip(default_cache_dir(REPO))
-    results = [run_size(int(n), args, model_dir) for n in args.sizes.split(",")]
-    summary(results, args)
+    results = [run_size(int(n), options, model_dir) for n in options.sizes.split(",")]
+    summary(results, options)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
         f"peak memory of the benchmark process (vectors, exact ground truth, index build): {peak_gb:.1f} GB"
     )
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bad options are reported as one ``error: ...`` line (exit 2)."""
+    return run_cli(SearchBenchSettings, run, argv)
 
 
 if __name__ == "__main__":

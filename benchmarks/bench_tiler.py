@@ -13,19 +13,22 @@ politeness setting, 20/s by default, and would be the whole figure otherwise).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import mercantile
+from pydantic import Field
+from pydantic_settings import BaseSettings
 
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
@@ -37,6 +40,7 @@ from cliprs_testing.faultserver import TileServer
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import RasterSource, XyzSource, check_image
+from cliprs_tools.cli import cli_config, run_cli
 from cliprs_tools.demo import demo_band_paths
 
 
@@ -132,7 +136,10 @@ def job_rates(
         start = time.perf_counter()
         counts = asyncio.run(fetch_job(job, core, settings, lambda _j, _ids: None))
         rates.append(planned / (time.perf_counter() - start))
-        assert counts["tiles_fetched"] == planned, counts
+        if counts["tiles_fetched"] != planned:  # a rate over tiles never fetched would be meaningless
+            raise RuntimeError(
+                f"fetch_job fetched {counts['tiles_fetched']} of {planned} planned tiles: {counts}"
+            )
     return rates[0], rates[1], planned
 
 
@@ -152,19 +159,29 @@ def render_rate(n: int) -> float:
     return asyncio.run(run())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiles", type=int, default=400, help="tiles per measurement (default 400)")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated provider latency")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    tiles = plan(args.tiles)
-    settings = TilerSettings(concurrency=args.concurrency, rate_limit=1e6)
+# `--json` is the flag's name: the field shadows BaseModel's deprecated `.json()`, harmlessly.
+warnings.filterwarnings("ignore", message='Field name "json" in "TilerBenchSettings"', category=UserWarning)
+
+
+class TilerBenchSettings(BaseSettings):
+    """Tiler throughput: tiles/s from a local tile server and from the cache, against a naive fetch."""
+
+    model_config = cli_config("BENCH_TILER_", "python benchmarks/bench_tiler.py")
+
+    tiles: int = Field(400, gt=0, description="tiles per measurement")
+    concurrency: int = Field(16, gt=0)
+    latency_ms: float = Field(20.0, ge=0, description="simulated provider latency")
+    json: Path | None = Field(None, description="also write the figures here")
+
+
+def run(options: TilerBenchSettings) -> None:
+    """Measure every figure and print them (and write them to ``--json`` when given)."""
+    tiles = plan(options.tiles)
+    settings = TilerSettings(concurrency=options.concurrency, rate_limit=1e6)
     figures: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix="bench-tiler-"))
     try:
-        for latency in (0.0, args.latency_ms / 1000):
+        for latency in (0.0, options.latency_ms / 1000):
             with tile_server(tiles, latency) as base:
                 tag = f"{latency * 1000:.0f}ms"
                 figures[f"naive_{tag}"] = naive(base, tiles, work / f"naive-{tag}")
@@ -172,15 +189,17 @@ def main() -> int:
                 if latency == 0:
                     figures["cache_read"] = cache_reads(tiles, work / f"c-{tag}")
                     with throwaway_database(CoreSettings().database_url, prefix="cliprs_bench") as db_url:
-                        cold, warm, planned = job_rates(base, args.tiles, work / "job", db_url, settings)
+                        cold, warm, planned = job_rates(base, options.tiles, work / "job", db_url, settings)
                     figures["job_cold"], figures["job_cached"] = cold, warm
-        figures["geotiff_render"] = render_rate(min(args.tiles, 48))
+        figures["geotiff_render"] = render_rate(min(options.tiles, 48))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     size = len(tiles)
-    lat = f"{args.latency_ms:.0f}ms"
-    print(f"tiler benchmark: {size} tiles of 256 px PNG, concurrency {args.concurrency}, rate limit lifted")
+    lat = f"{options.latency_ms:.0f}ms"
+    print(
+        f"tiler benchmark: {size} tiles of 256 px PNG, concurrency {options.concurrency}, rate limit lifted"
+    )
     print(
         f"  local server, no latency : tiler {figures['tiler_0ms']:8.1f} tiles/s   naive sequential "
         f"{figures['naive_0ms']:8.1f} tiles/s   ratio {figures['tiler_0ms'] / figures['naive_0ms']:5.2f}x"
@@ -195,10 +214,14 @@ def main() -> int:
     )
     print(f"  cache reads (find, read, decode check): {figures['cache_read']:8.1f} tiles/s")
     print(f"  geotiff:// Sentinel-2 tiles cut on the fly: {figures['geotiff_render']:8.1f} tiles/s")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0
+    if options.json:
+        options.json.write_text(json.dumps(figures, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bad options are reported as one ``error: ...`` line (exit 2)."""
+    return run_cli(TilerBenchSettings, run, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

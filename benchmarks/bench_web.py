@@ -18,7 +18,6 @@ so map drawing is slower than on a desktop with a GPU). Figures:
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -27,10 +26,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import sync_playwright
+from pydantic import Field
+from pydantic_settings import BaseSettings
 
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
@@ -39,14 +41,31 @@ from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_testing.platform import ingest_area, run_platform
 from cliprs_testing.redis_db import private_redis_db
 from cliprs_testing.tiles import render_demo_tiles
+from cliprs_tools.cli import cli_config, run_cli
 from cliprs_web.app import STATIC_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+HELP = __doc__  # the whole module docstring is the --help text
 AREA = {"name": "bench", "bbox": [-75.68, 37.64, -75.60, 37.70], "zooms": [13, 14, 15], "source": "bench"}
 PHRASES = [
     "boats near a pier", "farmland", "a creek through a marsh", "a beach", "houses along a road",
     "a forest", "a parking lot", "a small town", "a field with crops", "a river bend",
 ]  # fmt: skip
+
+
+class WebBenchSettings(BaseSettings):
+    """Web map: page load, search as the browser sees it, and live filtering, in headless Chromium."""
+
+    model_config = cli_config(
+        "BENCH_WEB_", "python benchmarks/bench_web.py", json_schema_extra={"description": HELP}
+    )
+
+    queries: int = Field(30, gt=0, description="timed text searches")
+    loads: int = Field(5, gt=0, description="cold page loads")
+    k: int = Field(200, gt=0, description="results for the rendering and slider figures")
+    chromium: str = CHROMIUM
+    admin_url: str = ADMIN_URL
+    redis_url: str = os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -73,12 +92,12 @@ def bundle_sizes() -> tuple[int, int, int, int]:
     return (*sizes(own), *sizes(vendor))
 
 
-def measure_page(web: str, api: str, args: argparse.Namespace) -> dict:
+def measure_page(web: str, api: str, options: WebBenchSettings) -> dict:
     out: dict = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=options.chromium, args=CHROMIUM_ARGS)
         ready, map_ready = [], []
-        for _ in range(args.loads):
+        for _ in range(options.loads):
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             page = context.new_page()
             start = time.perf_counter()
@@ -127,7 +146,7 @@ def measure_page(web: str, api: str, args: argparse.Namespace) -> dict:
                 resp.raise_for_status()
                 direct_server.append(resp.json()["took_ms"])
 
-            for i in range(args.queries):
+            for i in range(options.queries):
                 q = PHRASES[i % len(PHRASES)]
                 if i % 2:  # alternate who asks first, so neither profits from the other's caches
                     from_python(q)
@@ -154,7 +173,7 @@ def measure_page(web: str, api: str, args: argparse.Namespace) -> dict:
                 ("settled", settled),
             )
         }
-        t_big, _, _, n_big, _ = page.evaluate(search, ["farmland", args.k])
+        t_big, _, _, n_big, _ = page.evaluate(search, ["farmland", options.k])
         out["big"] = {"ms": t_big, "n": n_big}
         per_move = page.evaluate(
             """() => {
@@ -173,17 +192,8 @@ def measure_page(web: str, api: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--queries", type=int, default=30, help="timed text searches")
-    parser.add_argument("--loads", type=int, default=5, help="cold page loads")
-    parser.add_argument("--k", type=int, default=200, help="results for the rendering and slider figures")
-    parser.add_argument("--chromium", default=CHROMIUM)
-    parser.add_argument("--admin-url", default=ADMIN_URL)
-    parser.add_argument("--redis-url", default=os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    args = parser.parse_args()
+def run(options: WebBenchSettings) -> None:
+    """Start the platform, ingest the area, measure the page in Chromium and print the figures."""
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the services, database and Redis are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -191,8 +201,8 @@ def main() -> int:
     model_dir = tiny_clip(default_cache_dir(REPO))
     with (
         tempfile.TemporaryDirectory() as tmp,
-        throwaway_database(args.admin_url) as db_url,
-        private_redis_db(args.redis_url) as redis_url,
+        throwaway_database(options.admin_url) as db_url,
+        private_redis_db(options.redis_url) as redis_url,
     ):
         tmp_path = Path(tmp)
         print("rendering the Sentinel-2 tiles of the area...", flush=True)
@@ -217,15 +227,15 @@ def main() -> int:
             print(
                 f"area: {n_tiles} Sentinel-2 tiles at zooms {AREA['zooms']}, {job['windows_indexed']:,} windows"
             )
-            r = measure_page(platform["web"], platform["api"], args)
+            r = measure_page(platform["web"], platform["api"], options)
 
     s = r["search"]
     print(f"\npage weight: own files {own_raw / 1024:.0f} KiB ({own_gz / 1024:.0f} KiB gzipped), "
           f"MapLibre {vendor_raw / 1024:.0f} KiB ({vendor_gz / 1024:.0f} KiB gzipped)")  # fmt: skip
     print(
-        f"cold load (median of {args.loads}): areas listed {r['load']['ready']:.0f} ms, map loaded {r['load']['map']:.0f} ms"
+        f"cold load (median of {options.loads}): areas listed {r['load']['ready']:.0f} ms, map loaded {r['load']['map']:.0f} ms"
     )
-    print(f"\ntext search, k=20, {args.queries} queries      p50 ms   p90 ms")
+    print(f"\ntext search, k=20, {options.queries} queries      p50 ms   p90 ms")
     for name, label in (
         ("server", "API work (took_ms)"),
         ("direct", "API from a Python client"),
@@ -240,9 +250,16 @@ def main() -> int:
         f"(list and pins {s['total']['p50'] - s['fetch']['p50']:.1f} ms); "
         f"transfer beyond took_ms: page {cost['fetch']:.1f} ms, Python {cost['direct']:.1f} ms"
     )
-    print(f"\n{r['big']['n']} results (k={args.k}): search and render {r['big']['ms']:.0f} ms")
+    print(f"\n{r['big']['n']} results (k={options.k}): search and render {r['big']['ms']:.0f} ms")
     print(f"slider move over {r['slider']['n']} results (list and pins redrawn): {r['slider']['ms']:.1f} ms")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; bad options are reported as one ``error: ...`` line (exit 2)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # pydantic-settings spells a one-letter option "-k"; the flag has always been "--k".
+    args = ["-k" if a == "--k" else "-k" + a[4:] if a.startswith("--k=") else a for a in args]
+    return run_cli(WebBenchSettings, run, args)
 
 
 if __name__ == "__main__":

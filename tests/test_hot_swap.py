@@ -24,7 +24,6 @@ from cliprs_testing.platform import run_platform, wait_until
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
-    delete_seeded,
     seed_area,
     write_area_chunks,
 )
@@ -68,18 +67,11 @@ def stack(core: CoreSettings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield platform["api"]
 
 
-SEEDED: list[int] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remove_seeded_areas(pg_url: str) -> Iterator[None]:
-    yield
-    delete_seeded(pg_url, SEEDED)  # the session's database is shared with other tests
-
-
-def seeded(core: CoreSettings, tiles: list[mercantile.Tile], name: str, vectors: np.ndarray) -> SeededArea:
+def seeded(
+    core: CoreSettings, area_ids: list[int], tiles: list[mercantile.Tile], name: str, vectors: np.ndarray
+) -> SeededArea:
     area = seed_area(core.database_url, tiles, name=name, source=f"swap-{name}")
-    SEEDED.append(area.area_id)
+    area_ids.append(area.area_id)
     write_area_chunks(core.vectors_dir, area, vectors[: len(area.ids)], MODEL)
     return area
 
@@ -92,10 +84,12 @@ def served_version(api: str) -> int | None:
     return httpx.get(f"{api}/v1/index", timeout=5).json()["version"]
 
 
-def test_hot_swap_under_load_then_delete_and_collect(core: CoreSettings, stack: str) -> None:
+def test_hot_swap_under_load_then_delete_and_collect(
+    core: CoreSettings, stack: str, seeded_areas: list[int]
+) -> None:
     api = stack
     base_vectors = clustered_unit_vectors(300 * 26, DIM, seed=41)
-    base = seeded(core, row_of_tiles(30_000, 300), "base", base_vectors)  # 7,800 windows
+    base = seeded(core, seeded_areas, row_of_tiles(30_000, 300), "base", base_vectors)  # 7,800 windows
     query_row = 1234
     wid = int(base.ids[query_row])
     q = base_vectors[query_row]
@@ -105,8 +99,8 @@ def test_hot_swap_under_load_then_delete_and_collect(core: CoreSettings, stack: 
         v = q + rng.normal(scale=0.02, size=(n, DIM)).astype(np.float32)
         return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
-    extra_b = seeded(core, row_of_tiles(31_000, 1), "b", near_query(26))
-    extra_c = seeded(core, row_of_tiles(32_000, 1), "c", near_query(26))
+    extra_b = seeded(core, seeded_areas, row_of_tiles(31_000, 1), "b", near_query(26))
+    extra_c = seeded(core, seeded_areas, row_of_tiles(32_000, 1), "c", near_query(26))
     vectors = {
         a.area_id: (a.ids, collect_area_vectors(core, a.area_id).vectors) for a in (base, extra_b, extra_c)
     }

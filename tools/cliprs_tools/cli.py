@@ -16,17 +16,18 @@ from cliprs.errors import ClipRSError
 S = TypeVar("S", bound=BaseSettings)
 
 
-def cli_config(env_prefix: str, module: str, **extra: object) -> SettingsConfigDict:
-    """The settings config of a tool's command line: every option also an ``{env_prefix}*``
-    variable, kebab-case flags, ``--flag/--no-flag`` booleans, ``python -m {module}`` in usage."""
-    return SettingsConfigDict(
+def cli_config(env_prefix: str, prog: str, **extra: object) -> SettingsConfigDict:
+    """The settings config of a command line: every option also an ``{env_prefix}*`` variable,
+    kebab-case flags, ``--flag/--no-flag`` booleans, ``prog`` in the usage line; ``extra``
+    adds to or overrides any of it."""
+    config = SettingsConfigDict(
         env_prefix=env_prefix,
         extra="ignore",
         cli_kebab_case=True,
         cli_implicit_flags=True,
-        cli_prog_name=f"python -m {module}",
-        **extra,
+        cli_prog_name=prog,
     )
+    return SettingsConfigDict(**{**config, **extra})
 
 
 def describe(exc: ValidationError) -> str:

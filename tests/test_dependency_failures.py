@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs_search.app import create_app as create_search_app
 from cliprs_search.settings import SearchSettings
+from cliprs_testing.factories import make_area
 from cliprs_testing.platform import free_port
 from cliprs_tiler.app import create_app as create_tiler_app
 
@@ -69,3 +71,14 @@ def test_search_api_without_the_broker(core_with, pg_url: str) -> None:
         _assert_unavailable(client.post("/v1/areas", json=area), "task queue")
         # Nothing half-made is left behind: the area was taken back.
         assert area["name"] not in {a["name"] for a in client.get("/v1/areas").json()}
+
+
+def test_search_api_delete_without_the_broker(core_with, pg_url: str, seeded_areas: list[int]) -> None:
+    with sync_engine(pg_url).begin() as conn:
+        area_id = make_area(conn, name=f"deps {uuid.uuid4().hex[:6]}", status="ready")
+    seeded_areas.append(area_id)
+    core = core_with(database_url=pg_url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_search_app(core, SearchSettings()), raise_server_exceptions=False) as client:
+        _assert_unavailable(client.delete(f"/v1/areas/{area_id}"), "task queue")
+        # Nothing will delete it, so it is not left marked as deleting.
+        assert client.get(f"/v1/areas/{area_id}").json()["status"] == "ready"

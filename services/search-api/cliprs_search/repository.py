@@ -219,5 +219,5 @@ async def lock_area(conn: AsyncConnection, area_id: int) -> dict | None:
     return dict(row._mapping) if row is not None else None
 
 
-async def mark_area_deleting(conn: AsyncConnection, area_id: int) -> None:
-    await conn.execute(text("UPDATE areas SET status = 'deleting' WHERE id = :a"), {"a": area_id})
+async def set_area_status(conn: AsyncConnection, area_id: int, status: str) -> None:
+    await conn.execute(text("UPDATE areas SET status = :s WHERE id = :a"), {"s": status, "a": area_id})

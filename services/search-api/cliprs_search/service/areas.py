@@ -87,9 +87,17 @@ async def delete_area(ctx: Context, area_id: int, force: bool) -> AreaDeletion:
                 f"area {area_id} is still being ingested (job {state}); wait until its job is done "
                 "or failed, or pass force=true"
             )
-        await repository.mark_area_deleting(conn, area_id)
-    task = await asyncio.to_thread(enqueue, ctx.celery, TASK_DELETE_AREA, [area_id])
-    return AreaDeletion(area=await get_area(ctx, area_id), task_id=task.id)
+        await repository.set_area_status(conn, area_id, "deleting")
+        # Read it before queuing: a quick indexer may remove the row before a later read.
+        area = Area(**await repository.area(conn, area_id))
+    try:
+        task = await asyncio.to_thread(enqueue, ctx.celery, TASK_DELETE_AREA, [area_id])
+    except Unavailable:
+        # Nothing will delete it: give the area its status back, so the 503 means "nothing happened".
+        async with ctx.engine.begin() as conn:
+            await repository.set_area_status(conn, area_id, row["status"])
+        raise
+    return AreaDeletion(area=area, task_id=task.id)
 
 
 def index_info(ctx: Context) -> IndexInfo:

@@ -6,7 +6,6 @@ Each service adds its own settings class with its own prefix (``TILER_``, ``EMBE
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -62,8 +61,3 @@ class CoreSettings(BaseSettings):
     def index_channel(self) -> str:
         """Redis pub/sub channel on which new index versions are announced."""
         return f"{self.redis_namespace}:index-updates"
-
-
-@lru_cache
-def core_settings() -> CoreSettings:
-    return CoreSettings()

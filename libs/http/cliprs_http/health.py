@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from cliprs_http.errors import RETRY_AFTER_S
 from cliprs_http.schemas import Health, Readiness
 
 # A readiness check: returns extra detail (a dict) or raises. Sync or async.
@@ -42,7 +43,7 @@ async def run_checks(checks: dict[str, Check]) -> tuple[bool, dict]:
 
 def readiness_response(ok: bool, report: dict, **extra: object) -> JSONResponse:
     body = {"status": "ready" if ok else "unavailable", "checks": report, **extra}
-    headers = None if ok else {"Retry-After": "5"}
+    headers = None if ok else {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
 

@@ -6,7 +6,6 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import sessionmaker
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,10 +24,6 @@ def sync_url(url: str) -> str:
 def sync_engine(url: str) -> Engine:
     """A pooled engine per URL (cached so each process has one pool)."""
     return create_engine(sync_url(url), pool_pre_ping=True, future=True)
-
-
-def session_factory(url: str) -> sessionmaker:
-    return sessionmaker(sync_engine(url), expire_on_commit=False)
 
 
 def async_engine(url: str) -> AsyncEngine:

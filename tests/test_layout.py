@@ -30,6 +30,7 @@ LIGHT_SERVICES = ["cliprs-tiler", "cliprs-indexer", "cliprs-search", "cliprs-web
 SHIPPED = {
     "cliprs": {"torch", "transformers", "matplotlib", "fastapi", "starlette"},
     "cliprs_http": {"torch", "transformers", "matplotlib"},
+    "cliprs_index": {"torch", "transformers", "matplotlib", "fastapi", "starlette"},
     "cliprs_model": {"matplotlib", "fastapi"},
     "cliprs_tiler": {"torch", "transformers", "matplotlib"},
     "cliprs_embedder": {"matplotlib"},

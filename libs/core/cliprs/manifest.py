@@ -10,8 +10,8 @@ under ``{namespace}:searchers:{id}`` with a TTL they keep refreshing, so a crash
 holding anything once its key expires. The indexer removes every version that is older than the
 newest and held by no live searcher, then every shard file no remaining version refers to.
 
-Searching a shard (`search_shard`) lives here too, so the indexer tunes ``nprobe`` through exactly
-the code path the searchers use. It needs faiss, which only the indexer and search-api install.
+Reading and searching the shard files is `cliprs_index` (it needs faiss, which only the indexer and
+the search-api install).
 """
 
 from __future__ import annotations
@@ -22,14 +22,9 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from cliprs.fsutil import atomic_write_bytes
-
-if TYPE_CHECKING:
-    import faiss
 
 log = logging.getLogger("cliprs.manifest")
 
@@ -38,15 +33,49 @@ _VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
 
 @dataclass
 class Shard:
-    area_id: int
-    file: str  # relative to the index dir
+    """One shard: windows of a compact region (tiles in Morton order), at most the shard size.
+
+    Its files are ``{stem}.faiss`` (the FAISS index: exact flat or IVF-PQ codes), ``{stem}.f16``
+    (float16 vectors, one row per window, re-ranking and vectors by id read them memory-mapped)
+    and ``{stem}.ids.npy`` (the window ids of the rows, ascending), all relative to the index dir.
+    """
+
+    stem: str
     count: int
-    kind: str  # "flat" (exact inner product) or "ivfpq" (IVF-PQ with a refining re-rank)
-    # ivfpq: nlist, pq, nprobe and k_factor (tuned at build time), recall_at_10 as measured.
+    kind: str  # "flat" (exact inner product) or "ivfpq" (the index's shared IVF-PQ codec)
+    envelope: list[float] = field(default_factory=list)  # [west, south, east, north] of its tiles
+    zooms: list[int] = field(default_factory=list)
+    area_ids: list[int] = field(default_factory=list)  # areas whose tiles it holds
+    tiles: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict) -> Shard:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def files(self) -> list[str]:
+        """Its files; flat shards have no FAISS file (their exact index is built when loaded)."""
+        files = [f"{self.stem}.ids.npy", f"{self.stem}.f16"]
+        return [*files, f"{self.stem}.faiss"] if self.kind == "ivfpq" else files
+
+
+@dataclass
+class Codec:
+    """The trained IVF-PQ codec every compressed shard shares (one coarse quantiser, one product
+    quantiser), with the search parameters tuned for it."""
+
+    file: str  # the trained, empty index, relative to the index dir
+    nlist: int
+    pq: int
+    nprobe: int
+    k_factor: int
+    trained_on: int  # vectors in the index when it was trained
+    recall_at_10: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Codec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -57,6 +86,7 @@ class Manifest:
     model_id: str
     dim: int
     shards: list[Shard] = field(default_factory=list)
+    codec: Codec | None = None
     created_at: float = 0.0  # unix time
 
     @property
@@ -64,7 +94,10 @@ class Manifest:
         return sum(s.count for s in self.shards)
 
     def files(self) -> set[str]:
-        return {s.file for s in self.shards}
+        out = {f for s in self.shards for f in s.files()}
+        if self.codec is not None:
+            out.add(self.codec.file)
+        return out
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -75,6 +108,7 @@ class Manifest:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["shards"] = [Shard.from_dict(s) for s in data.get("shards", [])]
+        data["codec"] = Codec.from_dict(data["codec"]) if data.get("codec") else None
         return cls(**data)
 
 
@@ -213,51 +247,3 @@ def _remove(path: Path, report: GarbageReport, rel: str) -> None:
         report.removed_files.append(rel)
     except FileNotFoundError:
         pass
-
-
-# ---------------------------------------------------------------- searching a shard
-
-
-def search_shard(
-    index: faiss.Index,
-    shard: Shard,
-    queries: np.ndarray,
-    k: int,
-    selector: faiss.IDSelector | None = None,
-    id_map: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, window ids) of the best ``k`` per query, -1 ids past the end.
-
-    ``selector`` restricts the search to a set of window ids (`faiss.IDSelectorBatch`). On an
-    IVF-PQ shard the ids a filter keeps are scattered over lists the tuned ``nprobe`` would not
-    visit, so a selector search skips the IVF and scans the 8-bit re-rank copies, computing
-    distances only for the selected vectors (the rest cost one hash probe each). ``id_map`` (the
-    shard's window ids by position, `faiss.vector_to_array(index.id_map)`) saves copying it
-    out of the index on every such search.
-    """
-    import faiss
-
-    queries = np.ascontiguousarray(queries.reshape(-1, index.d), dtype=np.float32)
-    k = max(1, min(k, index.ntotal))
-    if shard.kind != "ivfpq":
-        params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        return index.search(queries, k, params=params)
-    if selector is not None:
-        refine = faiss.downcast_index(faiss.downcast_index(index.index).refine_index)
-        # The copies are stored by position: translate the window-id selector to positions.
-        by_position = faiss.IDSelectorTranslated(index.id_map, selector)
-        scores, positions = refine.search(queries, k, params=faiss.SearchParameters(sel=by_position))
-        del by_position
-        id_map = faiss.vector_to_array(index.id_map) if id_map is None else id_map
-        return scores, np.where(positions >= 0, id_map[np.maximum(positions, 0)], -1)
-    p = shard.params
-    # Re-rank k_factor x 10 candidates at least (what the tuning measured recall@10 with, so
-    # k < 10 is no worse), and k_factor x k for larger k up to `max_refine`: 2,000 hits need
-    # no 64,000 exact distances.
-    kf = float(p["k_factor"])
-    candidates = max(kf * 10, min(kf * k, float(p.get("max_refine", 4096))))
-    params = faiss.IndexRefineSearchParameters(
-        k_factor=max(candidates / k, 1.0),
-        base_index_params=faiss.SearchParametersIVF(nprobe=int(p["nprobe"])),
-    )
-    return index.search(queries, k, params=params)

@@ -1,31 +1,40 @@
-"""Build areas' FAISS shards from their vector chunks and publish new index versions.
+"""Index versions: adding an area's vectors, taking windows out, rebuilding; publishing each.
 
-One shard per area, so adding an area never rebuilds another. A version is the set of shards
-named by its manifest; publishing takes a PostgreSQL advisory lock, so indexer processes number
-their versions one after the other and never lose each other's changes.
+A version is a manifest naming shards (see `cliprs_index.store`). Every change makes a new
+version that shares every untouched shard file with the previous one:
+
+- **adding** an area encodes only the windows of its tiles that no shard holds yet (tiles shared
+  with an indexed area are there already) into new shards, cut along the space-filling curve;
+- **removing** windows (an area deleted) rewrites only the shards that hold them;
+- small shards are then merged with their neighbours along the curve, so many small areas do not
+  become many tiny shards;
+- the first change that takes the index past ``flat_max_vectors`` trains the shared codec and
+  re-encodes everything (once); later changes only encode.
+
+The whole change runs under the PostgreSQL publish lock, so concurrent indexers apply their
+changes one after the other, each on top of the version the previous one published.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
-import faiss
 import numpy as np
 import redis
+from cliprs_index.shardset import ShardSet, load_shardset
+from cliprs_index.store import KIND_IVFPQ, ShardData, open_shard, tile_of, write_codec, write_shard
+from sqlalchemy.engine import Connection
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import ClipRSError
-from cliprs.fsutil import atomic_path
-from cliprs.manifest import Manifest, Shard, load_manifest, publish
+from cliprs.manifest import Codec, Manifest, Shard, load_manifest, publish
 from cliprs.settings import CoreSettings
 from cliprs.vectors import read_chunk
-from cliprs_indexer import repository
+from cliprs_indexer import layout, repository, shards
 from cliprs_indexer.settings import IndexerSettings
-from cliprs_indexer.shards import BuiltShard, build_index
 
 log = logging.getLogger("cliprs.indexer")
 
@@ -36,15 +45,15 @@ class ModelMismatch(ClipRSError):
 
 @dataclass
 class AreaVectors:
+    """Window ids and their vectors (float16), e.g. every embedded tile of an area."""
+
     ids: np.ndarray
     vectors: np.ndarray
     model_id: str
 
 
-def collect_area_vectors(core: CoreSettings, area_id: int) -> AreaVectors | None:
-    """Every vector of the area's embedded tiles (None when there are none)."""
-    with sync_engine(core.database_url).connect() as conn:
-        tile_ids = repository.embedded_tile_ids(conn, area_id)
+def read_tile_vectors(core: CoreSettings, tile_ids: Iterable[int]) -> AreaVectors | None:
+    """The vectors of these tiles from their chunks (None when none has any)."""
     ids, vecs, models = [], [], set()
     for tile_id in tile_ids:
         chunk = read_chunk(core.vectors_dir, tile_id)
@@ -57,68 +66,242 @@ def collect_area_vectors(core: CoreSettings, area_id: int) -> AreaVectors | None
     if not ids:
         return None
     if len(models) > 1:
-        raise ModelMismatch(f"area {area_id} has vectors from several models: {sorted(models)}; re-embed it")
-    return AreaVectors(np.concatenate(ids), np.concatenate(vecs), models.pop())
+        raise ModelMismatch(f"the tiles hold vectors of several models: {sorted(models)}; re-embed them")
+    return AreaVectors(np.concatenate(ids), np.concatenate(vecs).astype(np.float16, copy=False), models.pop())
 
 
-def build_shard(vectors: AreaVectors, path: Path, settings: IndexerSettings | None = None) -> BuiltShard:
-    """Build the shard that fits the area's size (FAISS ids = window ids) and write it atomically."""
-    built = build_index(vectors.ids, vectors.vectors, settings or IndexerSettings())
-    with atomic_path(path) as tmp:
-        faiss.write_index(built.index, str(tmp))
-    return built
+def collect_area_vectors(core: CoreSettings, area_id: int) -> AreaVectors | None:
+    """Every vector of the area's embedded tiles (None when there are none)."""
+    with sync_engine(core.database_url).connect() as conn:
+        tile_ids = repository.embedded_tile_ids(conn, area_id)
+    return read_tile_vectors(core, tile_ids)
 
 
-def make_shard(
-    core: CoreSettings, area_id: int, vectors: AreaVectors, settings: IndexerSettings | None = None
-) -> Shard:
-    """Build and write an area's shard under a fresh file name (files are never overwritten)."""
-    rel = f"shards/area-{area_id}-{uuid.uuid4().hex[:12]}.faiss"
-    built = build_shard(vectors, core.index_dir / rel, settings)
-    return Shard(area_id=area_id, file=rel, count=len(vectors.ids), kind=built.kind, params=built.params)
+# ------------------------------------------------------------------------------- the change
 
 
-def publish_changes(
-    core: CoreSettings, changes: dict[int, Shard | None], model_id: str | None = None, dim: int | None = None
+class _Change:
+    """A new version being built on top of ``current`` (inside the publish lock)."""
+
+    def __init__(
+        self, core: CoreSettings, settings: IndexerSettings, conn: Connection, current: Manifest | None
+    ):
+        self.core, self.settings, self.conn = core, settings, conn
+        self.index_dir = core.index_dir
+        self.current = current
+        self.model_id = current.model_id if current else ""
+        self.dim = current.dim if current else 0
+        self.codec = current.codec if current else None
+        self.codec_index = None
+        self.retune = False
+        self.loaded = load_shardset(self.index_dir, current) if current and current.shards else None
+        self.shards: list[ShardData] = list(self.loaded.shards) if self.loaded else []
+        if self.loaded is not None:
+            self.codec_index = self.loaded.codec
+
+    def indexed_tiles(self) -> np.ndarray:
+        return (
+            np.unique(np.concatenate([s.tiles for s in self.shards]))
+            if self.shards
+            else np.empty(0, np.int64)
+        )
+
+    # ---- removing windows
+
+    def remove_tiles(self, tiles: np.ndarray) -> int:
+        """Take every window of ``tiles`` out; returns how many went."""
+        removed = 0
+        kept: list[ShardData] = []
+        for shard in self.shards:
+            gone = np.isin(tile_of(shard.ids), tiles)
+            if not gone.any():
+                kept.append(shard)
+                continue
+            removed += int(gone.sum())
+            if not gone.all():
+                ids = np.asarray(shard.ids[~gone])
+                kept += self._write(
+                    ids, np.asarray(shard.rows[~gone]), self._tile_info(np.unique(tile_of(ids)))
+                )
+        self.shards = kept
+        return removed
+
+    # ---- adding windows
+
+    def add(self, vectors: AreaVectors) -> int:
+        """Add the windows of tiles no shard holds yet; returns how many were added."""
+        if self.model_id and self.shards and vectors.model_id != self.model_id:
+            raise ModelMismatch(
+                f"the index holds vectors of {self.model_id!r} but the new ones are of "
+                f"{vectors.model_id!r}; rebuild the whole index with one model"
+            )
+        self.model_id, self.dim = vectors.model_id, vectors.vectors.shape[1]
+        fresh = ~np.isin(tile_of(vectors.ids), self.indexed_tiles())
+        ids, rows = vectors.ids[fresh], vectors.vectors[fresh]
+        if len(ids) == 0:
+            return 0
+        if self.codec is None and self._total() + len(ids) > self.settings.flat_max_vectors:
+            self._train_and_reencode(ids, rows)
+        else:
+            self._add_runs(ids, rows)
+        return len(ids)
+
+    def _add_runs(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """New shards of these windows, cut along the curve by size."""
+        tiles = tile_of(ids)
+        info = layout.spatial_order(self._tile_info(np.unique(tiles)))
+        counts = dict(zip(*np.unique(tiles, return_counts=True), strict=True))
+        for run in layout.cut(
+            info, {int(k): int(v) for k, v in counts.items()}, self.settings.shard_max_vectors
+        ):
+            sel = np.isin(tiles, [t.id for t in run])
+            self.shards += self._write(ids[sel], rows[sel], run)
+
+    def _train_and_reencode(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Train the shared codec on a sample of everything, then encode every shard with it."""
+        old = self.shards
+        all_ids = np.concatenate([np.asarray(s.ids) for s in old] + [ids])
+        all_rows = np.concatenate([np.asarray(s.rows) for s in old] + [rows])
+        n = len(all_ids)
+        rng = np.random.default_rng(1234)
+        sample = all_rows[
+            np.sort(rng.choice(n, shards.train_size(n, self.dim, self.settings), replace=False))
+        ]
+        codec_index, p = shards.train(sample, n, self.settings)
+        self.codec_index = write_codec(self.index_dir, codec_index)
+        self.codec = Codec(
+            file=self.codec_index.file,
+            nlist=p.nlist,
+            pq=p.pq,
+            nprobe=p.nlist,
+            k_factor=self.settings.k_factor,
+            trained_on=n,
+            params={
+                "train_size": len(sample),
+                "device": "gpu" if shards.gpu_available(self.settings) else "cpu",
+            },
+        )
+        self.shards = []
+        self._add_runs(all_ids, all_rows)
+        self.retune = True
+
+    # ---- merging small shards
+
+    def compact(self) -> None:
+        small = [
+            (i, s.count, layout.envelope_key(s.meta.envelope))
+            for i, s in enumerate(self.shards)
+            if s.count < self.settings.shard_min_vectors and s.meta.envelope
+        ]
+        groups = layout.merge_groups(small, self.settings.shard_max_vectors)
+        if not groups:
+            return
+        merged_away = {i for g in groups for i in g}
+        out = [s for i, s in enumerate(self.shards) if i not in merged_away]
+        for group in groups:
+            parts = [self.shards[i] for i in group]
+            ids = np.concatenate([np.asarray(s.ids) for s in parts])
+            rows = np.concatenate([np.asarray(s.rows) for s in parts])
+            out += self._write(ids, rows, self._tile_info(np.unique(tile_of(ids))))
+        log.info("merged %d small shards into %d", len(merged_away), len(groups))
+        self.shards = out
+
+    # ---- helpers
+
+    def _total(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    def _tile_info(self, tile_ids: np.ndarray) -> list[layout.TileInfo]:
+        return [layout.TileInfo(*r) for r in repository.tile_positions(self.conn, tile_ids.tolist())]
+
+    def _write(self, ids: np.ndarray, rows: np.ndarray, tiles: list[layout.TileInfo]) -> list[ShardData]:
+        stem, kind = write_shard(self.index_dir, ids, rows, self.codec_index if self.codec else None)
+        meta = Shard(
+            stem=stem,
+            count=len(ids),
+            kind=kind,
+            envelope=layout.envelope(tiles) if tiles else [],
+            zooms=sorted({t.z for t in tiles}),
+            tiles=len(tiles),
+        )
+        return [open_shard(self.index_dir, meta, self.dim, self.codec_index if kind == KIND_IVFPQ else None)]
+
+    def finish(self) -> Manifest:
+        """The new version's manifest (numbered, area ids refreshed, codec tuned if due)."""
+        area_of = repository.live_areas_of_tiles(self.conn)
+        metas = []
+        for s in self.shards:
+            areas = sorted({a for t in s.tiles.tolist() for a in area_of.get(t, ())})
+            metas.append(replace(s.meta, area_ids=areas, tiles=len(s.tiles)))
+        last = repository.last_index_version(self.conn)
+        version = max(last, self.current.version if self.current else 0) + 1
+        manifest = Manifest(
+            version=version, model_id=self.model_id, dim=self.dim, shards=metas, codec=self.codec
+        )
+        if manifest.codec is not None and manifest.shards and self._due_for_tuning(manifest):
+            shardset = ShardSet(
+                manifest,
+                [replace(s, meta=m) for s, m in zip(self.shards, metas, strict=True)],
+                self.codec_index,
+            )
+            manifest.codec = shards.tune(shardset, self.settings)
+        return manifest
+
+    def _due_for_tuning(self, manifest: Manifest) -> bool:
+        if self.retune or manifest.codec.recall_at_10 is None:
+            return True
+        tuned_on = manifest.codec.params.get("tuned_on") or manifest.codec.trained_on
+        return manifest.vector_count >= self.settings.retune_growth * tuned_on
+
+
+def apply(
+    core: CoreSettings,
+    settings: IndexerSettings,
+    add: AreaVectors | None = None,
+    remove_tiles: Iterable[int] = (),
+    only_if_alive: int | None = None,
+    fresh: bool = False,
 ) -> Manifest | None:
-    """Publish a version where each area in ``changes`` has its new shard (None: no shard).
+    """Publish a new version: the current one minus the windows of ``remove_tiles`` plus ``add``.
 
-    Shards of areas deleted meanwhile are dropped (a delete wins over a late index job).
-    Returns the new manifest, or None when nothing was left to change.
+    ``fresh``: start from an empty index instead (a full rebuild: the codec is trained again).
+    ``only_if_alive``: an area id; nothing is published when that area is gone or being deleted
+    by then (a delete wins over a late index job). Returns the new manifest, or None.
     """
-    index_dir = core.index_dir
     with sync_engine(core.database_url).begin() as conn:
         repository.lock_publishing(conn)
-        alive = repository.live_area_ids(conn, list(changes))
-        for area_id, shard in list(changes.items()):
-            if shard is not None and area_id not in alive:
-                log.info("area %s was deleted meanwhile; its new shard is not published", area_id)
-                changes.pop(area_id)
-        current = load_manifest(index_dir)
-        if not changes:
+        if only_if_alive is not None and not repository.live_area_ids(conn, [only_if_alive]):
+            log.info("area %s was deleted meanwhile; its vectors are not published", only_if_alive)
             return None
-        adding = any(s is not None for s in changes.values())
-        if current and current.shards and adding and model_id and current.model_id != model_id:
-            kept = [s for s in current.shards if s.area_id not in changes]
-            if kept:
-                raise ModelMismatch(
-                    f"the index holds vectors of {current.model_id!r} but the new shards hold "
-                    f"{model_id!r}; rebuild the whole index with one model"
-                )
-        last = repository.last_index_version(conn)
-        version = max(last, current.version if current else 0) + 1
-        shards = [s for s in (current.shards if current else []) if s.area_id not in changes]
-        shards += [s for s in changes.values() if s is not None]
-        shards.sort(key=lambda s: s.area_id)
-        model_id = model_id if adding and model_id else (current.model_id if current else "")
-        dim = dim if adding and dim else (current.dim if current else 0)
-        manifest = Manifest(version=version, model_id=model_id, dim=dim, shards=shards)
-        path = publish(index_dir, manifest)
+        current = load_manifest(core.index_dir)
+        change = _Change(core, settings, conn, None if fresh else current)
+        change.current = current
+        removed = change.remove_tiles(np.asarray(sorted(set(remove_tiles)), dtype=np.int64))
+        added = change.add(add) if add is not None else 0
+        change.compact()
+        manifest = change.finish()
+        path = publish(core.index_dir, manifest)
         repository.record_index_version(
-            conn, version, str(path), [s.file for s in shards], manifest.vector_count, model_id
+            conn,
+            manifest.version,
+            str(path),
+            sorted(manifest.files()),
+            manifest.vector_count,
+            manifest.model_id,
         )
-    announce(core, version)
-    log.info("published index version %s: %d shards, %d vectors", version, len(shards), manifest.vector_count)
+    announce(core, manifest.version)
+    log.info(
+        "published index version %s: +%d -%d windows, %d shards (%d reused), %d vectors",
+        manifest.version,
+        added,
+        removed,
+        len(manifest.shards),
+        len(
+            set(s.stem for s in manifest.shards)
+            & {s.stem for s in (change.current.shards if change.current else [])}
+        ),
+        manifest.vector_count,
+    )
     return manifest
 
 
@@ -128,11 +311,10 @@ def publish_area(
     vectors: AreaVectors | None,
     settings: IndexerSettings | None = None,
 ) -> Manifest | None:
-    """Replace the area's shard (or remove it when ``vectors`` is None) in a new index version."""
+    """Publish a version that holds the area's windows (its tiles not indexed yet are added)."""
     if vectors is None:
-        return publish_changes(core, {area_id: None})
-    shard = make_shard(core, area_id, vectors, settings)
-    return publish_changes(core, {area_id: shard}, vectors.model_id, vectors.vectors.shape[1])
+        return None
+    return apply(core, settings or IndexerSettings(), add=vectors, only_if_alive=area_id)
 
 
 def announce(core: CoreSettings, version: int) -> None:

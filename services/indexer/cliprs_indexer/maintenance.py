@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import redis
+from cliprs_index.store import tile_of
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import NotFound
-from cliprs.manifest import GarbageReport, Manifest, Shard, collect_garbage, held_versions
+from cliprs.manifest import GarbageReport, collect_garbage, held_versions
 from cliprs.settings import CoreSettings
 from cliprs.vectors import chunk_path
 from cliprs_indexer import repository
-from cliprs_indexer.build import ModelMismatch, collect_area_vectors, make_shard, publish_changes
+from cliprs_indexer.build import apply, read_tile_vectors
 from cliprs_indexer.settings import IndexerSettings
 
 log = logging.getLogger("cliprs.indexer")
@@ -58,18 +60,21 @@ class DeleteReport:
     chunks_deleted: int
 
 
-def delete_area(core: CoreSettings, area_id: int) -> DeleteReport:
-    """Take the area's vectors out of the index (a new version), then delete its rows.
+def delete_area(core: CoreSettings, area_id: int, settings: IndexerSettings | None = None) -> DeleteReport:
+    """Take the area's windows out of the index (a new version), then delete its rows.
 
-    Tiles shared with another area stay (with their windows, which that area's shard still
-    holds); only tiles no other area uses are deleted, with their windows and vector chunks.
+    Tiles shared with another area stay (with their windows, which the index keeps for that
+    area); only tiles no other area uses are deleted, with their windows and vector chunks. Only
+    the shards holding those windows are rewritten.
     """
     engine = sync_engine(core.database_url)
     with engine.begin() as conn:
         found = repository.mark_area_deleting(conn, area_id)
     if not found:
         raise NotFound(f"no area {area_id}")
-    manifest = publish_changes(core, {area_id: None})
+    with engine.connect() as conn:
+        tile_ids = repository.unshared_tile_ids(conn, area_id)
+    manifest = apply(core, settings or IndexerSettings(), remove_tiles=tile_ids)
     with engine.begin() as conn:
         tile_ids = repository.unshared_tile_ids(conn, area_id)
         windows_deleted = repository.count_windows(conn, tile_ids)
@@ -95,16 +100,17 @@ def delete_area(core: CoreSettings, area_id: int) -> DeleteReport:
 @dataclass
 class RebuildReport:
     version: int | None
-    areas: dict[int, int] = field(default_factory=dict)  # area id -> vectors
-    removed: list[int] = field(default_factory=list)  # areas whose shard went (no vectors left)
-    kinds: dict[int, str] = field(default_factory=dict)
+    areas: dict[int, int] = field(default_factory=dict)  # area id -> vectors of its tiles
+    removed: list[int] = field(default_factory=list)  # areas without any vectors left
+    vectors: int = 0
+    shards: int = 0
 
 
 def rebuild(
     core: CoreSettings, settings: IndexerSettings, area_ids: list[int] | None = None
 ) -> RebuildReport:
-    """Rebuild the shards of ``area_ids`` (default: every area) from the stored vector chunks and
-    publish them together as one new version."""
+    """Re-read the windows of ``area_ids`` (default: every area: a fresh index, its codec
+    retrained) from the stored vector chunks and publish them as one new version."""
     engine = sync_engine(core.database_url)
     with engine.connect() as conn:
         if area_ids is None:
@@ -114,25 +120,17 @@ def rebuild(
             missing = sorted(set(area_ids) - known)
             if missing:
                 raise NotFound(f"no area {', '.join(map(str, missing))}")
-    changes: dict[int, Shard | None] = {}
-    models: set[str] = set()
-    dim = None
+        tiles = {a: repository.embedded_tile_ids(conn, a) for a in area_ids}
     report = RebuildReport(version=None)
-    for area_id in area_ids:
-        vectors = collect_area_vectors(core, area_id)
-        if vectors is None:
-            changes[area_id] = None
+    everything = [t for ts in tiles.values() for t in ts]
+    vectors = read_tile_vectors(core, sorted(set(everything)))
+    for area_id, ts in tiles.items():
+        if vectors is None or not ts:
             report.removed.append(area_id)
             continue
-        models.add(vectors.model_id)
-        dim = vectors.vectors.shape[1]
-        shard = make_shard(core, area_id, vectors, settings)
-        changes[area_id] = shard
-        report.areas[area_id] = shard.count
-        report.kinds[area_id] = shard.kind
-        log.info("rebuilt area %s: %d vectors (%s)", area_id, shard.count, shard.kind)
-    if len(models) > 1:
-        raise ModelMismatch(f"the areas hold vectors of several models: {sorted(models)}; re-embed them")
-    manifest: Manifest | None = publish_changes(core, changes, models.pop() if models else None, dim)
+        report.areas[area_id] = int(np.isin(tile_of(vectors.ids), ts).sum())
+    manifest = apply(core, settings, add=vectors, remove_tiles=everything, fresh=area_ids is None)
     report.version = manifest.version if manifest else None
+    report.vectors = manifest.vector_count if manifest else 0
+    report.shards = len(manifest.shards) if manifest else 0
     return report

@@ -65,6 +65,50 @@ def embedded_tile_ids(conn: Connection, area_id: int) -> list[int]:
     )
 
 
+def tile_positions(conn: Connection, tile_ids: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """(id, z, x, y) of each of these tiles."""
+    rows = conn.execute(text("SELECT id, z, x, y FROM tiles WHERE id = ANY(:t)"), {"t": list(tile_ids)})
+    return [tuple(r) for r in rows]
+
+
+def live_areas_of_tiles(conn: Connection) -> dict[int, list[int]]:
+    """Tile id -> the areas (not being deleted) that use it."""
+    rows = conn.execute(
+        text(
+            "SELECT at.tile_id, at.area_id FROM area_tiles at JOIN areas a ON a.id = at.area_id "
+            "WHERE a.status <> 'deleting'"
+        )
+    )
+    out: dict[int, list[int]] = {}
+    for tile_id, area_id in rows:
+        out.setdefault(tile_id, []).append(area_id)
+    return out
+
+
+def count_windows_of_areas(conn: Connection, area_ids: Sequence[int]) -> int:
+    """Windows of the embedded tiles of these areas (each tile once)."""
+    return conn.execute(
+        text(
+            "SELECT count(*) FROM windows w WHERE w.tile_id IN (SELECT at.tile_id FROM area_tiles at "
+            "JOIN tiles t ON t.id = at.tile_id WHERE at.area_id = ANY(:a) AND t.status = 'embedded')"
+        ),
+        {"a": list(area_ids)},
+    ).scalar_one()
+
+
+def embedded_tiles_of_areas(conn: Connection, area_ids: Sequence[int]) -> list[int]:
+    """The embedded tiles of these areas, each once, in id order."""
+    return list(
+        conn.execute(
+            text(
+                "SELECT DISTINCT t.id FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
+                "WHERE at.area_id = ANY(:a) AND t.status = 'embedded' ORDER BY t.id"
+            ),
+            {"a": list(area_ids)},
+        ).scalars()
+    )
+
+
 def live_area_ids(conn: Connection, area_ids: Sequence[int]) -> set[int]:
     """Those of ``area_ids`` that exist and are not being deleted."""
     return set(

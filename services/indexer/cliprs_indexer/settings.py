@@ -10,8 +10,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class IndexerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INDEXER_", extra="ignore")
 
-    # Shards up to this many vectors use exact inner product (IndexFlatIP); larger ones IVF-PQ.
-    flat_max_vectors: int = 200_000
+    # While the whole index holds at most this many vectors every shard is exact (flat, about
+    # 2 KB of memory per vector in each searcher); past it one IVF-PQ codec is trained and shared.
+    flat_max_vectors: int = 100_000
+    # Shards: windows in space-filling-curve order, cut at shard_max_vectors; shards smaller than
+    # shard_min_vectors are merged with their neighbours along the curve after each change.
+    shard_max_vectors: int = 500_000
+    shard_min_vectors: int = 50_000
+    # The codec's list count is planned for an index of this size (or the real one, if larger):
+    # nlist ~ lists_per_sqrt * sqrt(size). Growing far past it calls for `rebuild` (retrains).
+    planned_vectors: int = 3_000_000
+    # Re-tune nprobe when the index has grown this many times since the last tuning.
+    retune_growth: float = 4.0
     # IVF-PQ: nprobe (and, if need be, the re-rank depth) are tuned on held-out queries until
     # recall@10 against exact search reaches this target.
     recall_target: float = 0.95
@@ -19,11 +29,12 @@ class IndexerSettings(BaseSettings):
     recall_margin: float = 0.02
     tune_queries: int = 512
     # nlist ~ lists_per_sqrt * sqrt(n), rounded to a power of two; k-means trains on at most
-    # train_per_list vectors per list (faiss wants >= 39) for kmeans_iterations rounds.
+    # train_per_list vectors per list for kmeans_iterations rounds.
     lists_per_sqrt: float = 2.0
     train_per_list: int = 48
     kmeans_iterations: int = 12
-    # Candidates re-ranked with 8-bit scalar-quantised vectors, per result (a starting point).
+    # Candidates re-ranked exactly (float16 rows): 10 * k_factor at least (a starting point; the
+    # tuning doubles it when every list probed is not enough).
     k_factor: int = 32
     # "auto": train on GPU when faiss sees one (faiss-gpu), "cpu" never.
     device: Literal["auto", "cpu"] = "auto"

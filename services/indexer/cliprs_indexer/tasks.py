@@ -69,7 +69,7 @@ def index_area(job_id: int) -> dict:
 @app.task(name=TASK_DELETE_AREA)
 def delete_area(area_id: int) -> dict:
     """Remove an area's vectors from the index (new version), then its rows and vector chunks."""
-    report = delete_area_rows(core, area_id)
+    report = delete_area_rows(core, area_id, settings)
     analyze_windows(core)
     _collect_garbage()
     return report.__dict__
@@ -80,7 +80,12 @@ def rebuild(area_ids: list[int] | None = None) -> dict:
     """Rebuild the shards of ``area_ids`` (default: all) from the stored vector chunks."""
     report = rebuild_index(core, settings, area_ids)
     _collect_garbage()
-    return {"version": report.version, "areas": report.areas, "removed": report.removed}
+    return {
+        "version": report.version,
+        "areas": report.areas,
+        "removed": report.removed,
+        "shards": report.shards,
+    }
 
 
 @app.task(name=TASK_GC)

@@ -57,7 +57,7 @@ def build_context(
     return Context(
         core=core,
         settings=settings,
-        holder=IndexHolder(core.index_dir, registration, settings.sample_size),
+        holder=IndexHolder(core.index_dir, registration),
         engine=async_engine(core.database_url),
         embedder=EmbedderClient(settings.embedder_url, transport=embedder_transport),
         celery=make_celery("cliprs-search", core),

@@ -1,0 +1,281 @@
+"""One index version as a searchable whole: the fan-out over its shards, the exact re-rank,
+vectors by id and unbiased samples.
+
+- **Search**: flat shards are searched exactly. Compressed shards share one codec, so the coarse
+  quantiser runs once per query and each picked shard scans only its probed lists
+  (`search_preassigned`, native code, no per-shard quantiser work); the shards' approximate
+  candidates are merged, and the best ``max(k, 10 * k_factor)`` are re-ranked exactly against
+  their float16 rows. When the probed lists hold fewer candidates than asked (a large ``k``
+  over few vectors), ``nprobe`` doubles until they do or every list is probed: a short answer
+  always means the shards hold no more.
+- **Vectors by id**: a dense tile -> shard table (4 bytes per tile) and a binary search in the
+  shard's ascending ids: independent of the number of shards or areas.
+- **Samples**: uniform over the picked shards' rows, drawn on demand (a few microseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from cliprs.manifest import Manifest
+from cliprs_index.store import KIND_IVFPQ, LoadedCodec, ShardData, open_shard, read_codec, tile_of
+
+# Rows scored per step of an exact scan (bounded transient float32 memory: 16k x 512 x 4 = 32 MB).
+_SCAN_ROWS = 16_384
+CONFIDENCE_SAMPLE = 2048
+
+
+class ShardSet:
+    """The shards of one manifest, loaded (``shards`` in the manifest's order)."""
+
+    def __init__(self, manifest: Manifest, shards: list[ShardData], codec: LoadedCodec | None = None):
+        if len(shards) != len(manifest.shards):
+            raise ValueError("one loaded shard per manifest entry")
+        self.manifest = manifest
+        self.shards = shards
+        self.codec = codec
+        self.quantizer = faiss.extract_index_ivf(codec.index).quantizer if codec is not None else None
+        self._ivf = {
+            i: faiss.extract_index_ivf(s.index) for i, s in enumerate(shards) if s.meta.kind == KIND_IVFPQ
+        }
+        if self._ivf and self.quantizer is None:
+            raise ValueError("compressed shards need the manifest's codec")
+        top = max((int(s.tiles[-1]) for s in shards if len(s.tiles)), default=-1)
+        self._tile_shard = np.full(top + 1, -1, dtype=np.int32)
+        for i, s in enumerate(shards):
+            self._tile_shard[s.tiles] = i
+        self._counts = np.array([s.count for s in shards], dtype=np.int64)
+        self._sample_vectors: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- what it holds
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    def total(self, picked: Sequence[int] | None = None) -> int:
+        """Vectors in the shards at ``picked`` (default: all)."""
+        return int(self._counts.sum() if picked is None else self._counts[list(picked)].sum())
+
+    def pick(
+        self,
+        area_id: int | None = None,
+        zooms: Sequence[int] | None = None,
+        bounds: tuple[float, float, float, float] | None = None,
+    ) -> list[int]:
+        """Positions of the shards that can hold a window of ``area_id``, at one of ``zooms``,
+        touching ``bounds`` (west, south, east, north); the others cannot match the filter."""
+        wanted = set(zooms or ())
+        out = []
+        for i, s in enumerate(self.shards):
+            m = s.meta
+            if area_id is not None and area_id not in m.area_ids:
+                continue
+            if wanted and m.zooms and not wanted.intersection(m.zooms):
+                continue
+            if bounds is not None and m.envelope and not _touch(bounds, m.envelope):
+                continue
+            out.append(i)
+        return out
+
+    def exclusive(self, picked: Sequence[int], area_id: int) -> bool:
+        """True when every picked shard holds windows of ``area_id`` only."""
+        return all(self.shards[i].meta.area_ids == [area_id] for i in picked)
+
+    # ---------------------------------------------------------------- search
+
+    def search(
+        self, query: np.ndarray, k: int, picked: Sequence[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """Best ``k`` (window id, cosine) over the picked shards, best first, ids unique."""
+        q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        picked = range(len(self.shards)) if picked is None else picked
+        picked = [i for i in picked if self.shards[i].count]
+        if k <= 0 or not picked:
+            return []
+        flat = [i for i in picked if i not in self._ivf]
+        ivf = [i for i in picked if i in self._ivf]
+        ids_parts, score_parts = [], []
+        for i in flat:
+            shard = self.shards[i]
+            scores, pos = shard.index.search(q, min(k, shard.count))
+            keep = pos[0] >= 0
+            ids_parts.append(np.asarray(shard.ids[pos[0][keep]]))
+            score_parts.append(scores[0][keep])
+        if ivf:
+            candidates = self._ivf_candidates(q, k, ivf)
+            ids_parts.append(candidates)
+            score_parts.append(self._exact_scores(q[0], candidates))
+        ids = np.concatenate(ids_parts)
+        scores = np.concatenate(score_parts)
+        return _top(ids, scores, k)
+
+    def _ivf_candidates(self, q: np.ndarray, k: int, picked: list[int]) -> np.ndarray:
+        """Window ids of the best approximate candidates for an exact re-rank of ``k``."""
+        codec = self.manifest.codec
+        nlist = codec.nlist
+        want = min(max(k, 10 * codec.k_factor), self.total(picked))
+        nprobe = min(codec.nprobe, nlist)
+        while True:
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            coarse_d, coarse_i = self.quantizer.search(q, nprobe)
+            ids_parts, dist_parts = [], []
+            for i in picked:
+                n = min(want, self.shards[i].count)
+                dist = np.empty((1, n), dtype=np.float32)
+                labels = np.empty((1, n), dtype=np.int64)
+                self._ivf[i].search_preassigned_c(
+                    1,
+                    faiss.swig_ptr(q),
+                    n,
+                    faiss.swig_ptr(coarse_i),
+                    faiss.swig_ptr(coarse_d),
+                    faiss.swig_ptr(dist),
+                    faiss.swig_ptr(labels),
+                    False,
+                    params,
+                    None,
+                )
+                keep = labels[0] >= 0
+                ids_parts.append(labels[0][keep])
+                dist_parts.append(dist[0][keep])
+            ids = np.concatenate(ids_parts)
+            if len(ids) >= want or nprobe >= nlist:
+                dist = np.concatenate(dist_parts)
+                if len(ids) > want:
+                    ids = ids[np.argpartition(-dist, want - 1)[:want]]
+                return ids
+            nprobe = min(nlist, nprobe * 2)
+
+    def search_ids(self, query: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Exact: the best ``k`` among ``ids`` (those not indexed are ignored)."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        best_ids = np.empty(0, dtype=np.int64)
+        best_scores = np.empty(0, dtype=np.float32)
+        for shard, _, pos in self._locate(ids):
+            for start in range(0, len(pos), _SCAN_ROWS):
+                part = pos[start : start + _SCAN_ROWS]
+                scores = np.asarray(shard.rows[part], dtype=np.float32) @ q
+                best_ids = np.concatenate([best_ids, np.asarray(shard.ids[part])])
+                best_scores = np.concatenate([best_scores, scores])
+                if len(best_ids) > k:
+                    keep = np.argpartition(-best_scores, k - 1)[:k]
+                    best_ids, best_scores = best_ids[keep], best_scores[keep]
+        return _top(best_ids, best_scores, k)
+
+    def _exact_scores(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        found, vectors = self.vectors_of(ids)
+        if len(found) != len(ids):  # cannot happen for ids the shards returned
+            raise RuntimeError("an IVF list names a window the shard's rows do not hold")
+        order = {int(w): j for j, w in enumerate(found.tolist())}
+        return (vectors @ q)[[order[int(w)] for w in ids.tolist()]]
+
+    # ---------------------------------------------------------------- vectors by id
+
+    def _locate(self, ids: np.ndarray):
+        """(shard, the ids it holds, their rows ascending) for each shard holding some of ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        tiles = tile_of(ids)
+        inside = (tiles >= 0) & (tiles < len(self._tile_shard))
+        where = np.full(len(ids), -1, dtype=np.int32)
+        where[inside] = self._tile_shard[tiles[inside]]
+        for s in np.unique(where[where >= 0]).tolist():
+            shard = self.shards[s]
+            mine = ids[where == s]
+            pos = shard.positions(mine)
+            keep = pos >= 0
+            mine, pos = mine[keep], pos[keep]
+            order = np.argsort(pos)  # ascending rows: sequential reads of the mapped file
+            yield shard, mine[order], pos[order]
+
+    def vectors_of(self, window_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found, their float32 vectors) for the ids that are indexed."""
+        found, vectors = [], []
+        for shard, ids, pos in self._locate(np.asarray(window_ids, dtype=np.int64)):
+            found.append(ids)
+            vectors.append(np.asarray(shard.rows[pos], dtype=np.float32))
+        if not found:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
+        return np.concatenate(found), np.concatenate(vectors)
+
+    def vector_of(self, window_id: int) -> np.ndarray | None:
+        found, vectors = self.vectors_of([int(window_id)])
+        return vectors[0] if len(found) else None
+
+    # ---------------------------------------------------------------- samples
+
+    def sample_ids(self, n: int, picked: Sequence[int] | None = None, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` uniformly random indexed window ids of the picked shards (all of them
+        when they hold fewer), ascending."""
+        picked = list(range(len(self.shards)) if picked is None else picked)
+        counts = self._counts[picked] if picked else np.zeros(0, dtype=np.int64)
+        total = int(counts.sum())
+        if total == 0 or n <= 0:
+            return np.empty(0, dtype=np.int64)
+        if total <= n:
+            return np.sort(np.concatenate([np.asarray(self.shards[i].ids) for i in picked]))
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(total, n, replace=False))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        which = np.searchsorted(offsets, rows, side="right") - 1
+        out = np.empty(n, dtype=np.int64)
+        for j in np.unique(which).tolist():
+            sel = which == j
+            out[sel] = self.shards[picked[j]].ids[rows[sel] - offsets[j]]
+        return np.sort(out)
+
+    def sample_vectors(self) -> np.ndarray:
+        """A fixed random sample of indexed vectors (what query confidence is measured against)."""
+        if self._sample_vectors is None:
+            self._sample_vectors = self.vectors_of(self.sample_ids(CONFIDENCE_SAMPLE, seed=0))[1]
+        return self._sample_vectors
+
+
+def _touch(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    if len(ids) > k:
+        keep = np.argpartition(-scores, k - 1)[:k]
+        ids, scores = ids[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    return list(zip(ids[order].tolist(), scores[order].tolist(), strict=True))
+
+
+def load_shardset(
+    index_dir: Path,
+    manifest: Manifest,
+    reuse: Mapping[str, ShardData] | None = None,
+    cls: type[ShardSet] = ShardSet,
+) -> ShardSet:
+    """Open a version's shards; shards (and the codec) of ``reuse`` (keyed by stem; e.g. the live
+    version's) that this version names too are shared, not read again: a swap loads only what
+    changed."""
+    reuse = reuse or {}
+    codec = None
+    if manifest.codec is not None:
+        held = next((s.codec for s in reuse.values() if s.codec is not None), None)
+        same = held is not None and held.file == manifest.codec.file
+        codec = held if same else read_codec(index_dir, manifest.codec.file)
+    shards = []
+    for meta in manifest.shards:
+        old = reuse.get(meta.stem)
+        if old is not None and old.codec is codec:
+            shards.append(ShardData(meta, old.ids, old.rows, old.index, old.tiles, codec))
+        else:
+            shards.append(open_shard(index_dir, meta, manifest.dim, codec))
+    return cls(manifest, shards, codec)

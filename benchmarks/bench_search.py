@@ -1,25 +1,58 @@
-"""Search latency, throughput and recall at 100k and 1M windows.
+"""Search at scale: one index grown area by area to 1M, 3M and 10M windows, measured at each size.
 
-    make bench-search           (or: .venv/bin/python benchmarks/bench_search.py --sizes 100000,1000000)
+    make bench-search    (or: .venv/bin/python benchmarks/bench_search.py --sizes 1000000,3000000,10000000)
+    quick check:         .venv/bin/python benchmarks/bench_search.py --sizes 60000,120000 --queries 40 \\
+                             --duration 3 --held-out 100 --swap-tiles 40 --out /tmp/search-smoke.json
 
-For each size: a throwaway PostGIS database gets that many window rows (tiles of the original
-study area in Northern Virginia at zooms 16-19, cut exactly as the embedder cuts them), the
-windows get synthetic CLIP-like 512-d vectors (clustered unit vectors: `cliprs_testing.synthetic`),
-and the indexer builds the shard it would build for that size (exact while at most
-INDEXER_FLAT_MAX_VECTORS, IVF-PQ tuned to recall@10 >= 0.95 above). Then:
+What the product builds, built the product's way. Tiles of the original study area (Northern
+Virginia: Arlington, the National Mall) zoom by zoom from 16, Morton order within a zoom, are cut
+into areas of at most the tile budget (``CLIPRS_MAX_TILES_PER_AREA``, 5,000 tiles) of consecutive
+tiles; the last area before a size is cut short so the size is met to a tile. Each area is
+seeded into one throwaway PostGIS database (areas, tiles, window rows, cut as the embedder cuts
+them: 26 windows per tile, 195 from zoom 17 on) and its vector chunks are written (float16), then
+it is indexed by the indexer's own code (``collect_area_vectors`` + ``publish_area``), one area
+after the other into one growing index. Nothing holds every vector: each area's vectors are drawn,
+written, scored against the held-out queries and dropped.
 
-- index alone: one query at a time through `search_shard` (what each search-api request runs),
-  one FAISS thread, held-out queries; recall@10 against exact search on the same queries;
-- end to end: the embedder (tiny CLIP on CPU) and the search-api as real processes, `GET
-  /v1/search?q=...&k=10` over HTTP: embedding, FAISS, PostGIS join, merging, reverse geocoding;
-  sequentially (p50/p99), then with 8 concurrent clients (QPS, p50/p99), plus one selective
-  polygon filter (ID selector) and one broad box filter (over-fetch).
+Vectors (512-d, `cliprs_testing.synthetic.ClusteredStream`): one shared mean direction, Zipf-sized
+clusters ("scene types"), new places per area, 16 windows around each place. Queries, never indexed:
 
-At 100k the IVF-PQ index is also built (forced) so both index kinds are compared at one size.
+- image-like: one new window around each of ``--held-out`` random places of the first area;
+- text-like, modelling CLIP's modality gap (text and image embeddings live in two cones; a caption
+  and its image meet at a cosine of about 0.3): with ``x`` an image-like query, ``g`` one fixed
+  random unit direction orthogonal to the images' mean (the gap) and ``e`` an isotropic random unit vector per query,
+  ``q = normalize(0.3 * x + 0.8 * g + 0.52 * e)``, so that ``cos(q, x)`` is about 0.3 and two text
+  queries meet at about 0.68 (the measured mean ``cos(q, x)`` is reported).
+
+Exact top 10 of every query is kept as a running top 10 while areas are added, scored against the
+vectors as stored (rounded to float16), so it costs one pass over the data in all.
+
+At each size:
+
+- index alone: the published version loaded in this process through the search-api's own
+  `IndexHolder`, ``ShardSet.search`` one query at a time on one FAISS thread (as a request runs);
+  p50/p99 and recall@10 against the exact top 10, for image-like and text-like queries;
+- end to end: the embedder (tiny CLIP on CPU) and the search-api as real processes (started on the
+  built index), ``GET /v1/search?q=...&k=10`` over HTTP: embedding, index, PostGIS join, merging,
+  reverse geocoding; sequentially (p50/p99), one selective polygon and one broad bbox filter (p50,
+  with the strategy the API chose), then ``--concurrency`` clients for ``--duration`` seconds (QPS);
+- memory: the search-api process's RssAnon (its own memory) per window, and RssFile (mapped index
+  pages it touched) per window, from /proc/PID/status after the load;
+- hot swap: while a client keeps searching over HTTP, one more area (``--swap-tiles`` tiles, seeded
+  beforehand as the embedder would) is collected and published; the time from starting that to
+  the first answer carrying the new ``index_version``, and the failed requests (must be 0). That
+  area stays: it is part of the next size.
+
+Results go to ``--out`` (a JSON list, one object per size, rewritten after each size) and a summary
+with the goals: end to end p50 <= 25 ms up to 3M windows and <= 50 ms up to 10M, recall@10 of
+image-like queries >= 0.95, <= 150 resident bytes per window (from 1M windows on: below, the
+process's fixed memory dominates), a hot swap <= 5 s with no failed request.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import resource
 import sys
@@ -27,34 +60,46 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import httpx
+import mercantile
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.fsutil import atomic_path
-from cliprs.manifest import Shard, search_shard
+from cliprs.manifest import load_manifest
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
-from cliprs_indexer.build import publish_changes
+from cliprs.windows import plan_windows
+from cliprs_embedder.settings import EmbedderSettings
+from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.maintenance import garbage_collect
 from cliprs_indexer.settings import IndexerSettings
-from cliprs_indexer.shards import build_index, recall_at_k
+from cliprs_search.index import IndexHolder
 from cliprs_testing.db import ADMIN_URL, throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_testing.platform import run_platform
-from cliprs_testing.synthetic import clustered_unit_vectors, seed_area
+from cliprs_testing.synthetic import ClusteredStream, SeededArea, seed_area, write_area_chunks
 from cliprs_tools.cli import cli_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 HELP = __doc__  # the whole module docstring is the --help text
 STUDY_AREA = BBox(-77.274, 38.812, -76.986, 38.912)  # Northern Virginia, Arlington, the National Mall
 DIM = 512
+K = 10
+# Text-like queries: q = normalize(A * image + B * gap + C * noise), see the module docstring.
+TEXT_A, TEXT_B, TEXT_C = 0.3, 0.8, 0.52
+# Goals (issue 11).
+GOAL_P50_3M_MS, GOAL_P50_10M_MS = 25.0, 50.0
+GOAL_RECALL = 0.95
+GOAL_BYTES_PER_WINDOW = 150.0
+GOAL_SWAP_S = 5.0
 PHRASES = [
     "boats near a pier", "a red car in a parking lot", "the Washington Monument", "a baseball field",
     "a river with a bridge", "dense residential area", "an airport runway", "a golf course", "a church",
@@ -66,49 +111,279 @@ PHRASES = [
 
 
 class SearchBenchSettings(BaseSettings):
-    """Search latency, throughput and recall at 100k and 1M windows."""
+    """Search at 1M, 3M and 10M windows: one index grown area by area, measured at each size."""
 
     model_config = cli_config(
         "BENCH_SEARCH_", "python benchmarks/bench_search.py", json_schema_extra={"description": HELP}
     )
 
-    sizes: str = Field("100000,1000000", description="comma-separated window counts")
+    sizes: str = Field("1000000,3000000,10000000", description="comma-separated window counts")
     queries: int = Field(300, gt=0, description="sequential end-to-end queries per size")
-    held_out: int = Field(1000, gt=0, description="held-out queries for index latency and recall")
+    held_out: int = Field(500, gt=0, description="held-out queries of each kind (image-like, text-like)")
     concurrency: int = Field(8, gt=0)
     duration: float = Field(20.0, gt=0, description="seconds of concurrent load")
+    swap_tiles: int = Field(1000, gt=0, description="tiles of the area added during the hot-swap test")
+    max_tiles: int | None = Field(
+        None, gt=0, description="tiles per area (default: CLIPRS_MAX_TILES_PER_AREA)"
+    )
+    seed: int = 7
+    out: Path = Field(REPO / "benchmarks/results/search.json", description="where the JSON results go")
     admin_url: str = ADMIN_URL
     redis_url: str = os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0")
-    tmp: str | None = Field(None, description="where shards are written (default: the system temp dir)")
+    tmp: str | None = Field(
+        None, description="where chunks and shards are written (default: the system temp dir)"
+    )
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, value: str) -> str:
+        try:
+            sizes = [int(n) for n in value.split(",")]
+        except ValueError:
+            raise ValueError("must be comma-separated integers") from None
+        if min(sizes) <= 0:
+            raise ValueError("must be positive")
+        return ",".join(str(n) for n in sorted(set(sizes)))
 
 
-def study_tiles(n_windows: int, per_tile: int = 26) -> list:
-    """Tiles of the study area, zoom by zoom from 16, until they hold ``n_windows`` windows."""
-    need = -(-n_windows // per_tile)
-    out: list = []
-    for z in range(16, 23):
-        out += zorder(tiles_for_bbox(STUDY_AREA, [z]))[: need - len(out)]
-        if len(out) >= need:
-            return out
-    raise ValueError("the study area is too small for that many windows")
+# ----------------------------------------------------------------------------- data
 
 
-def pct(values: list[float], p: float) -> float:
-    return float(np.percentile(values, p)) if values else float("nan")
+class StudyTiles:
+    """Tiles of the study area zoom by zoom from 16, Morton order within a zoom, handed out in
+    consecutive runs (one per area) with the windows the embedder cuts from each."""
+
+    def __init__(self, embedder: EmbedderSettings):
+        self.embedder = embedder
+        self._iter = self._tiles()
+        self._next: mercantile.Tile | None = next(self._iter, None)
+        self._per_zoom: dict[int, int] = {}
+
+    @staticmethod
+    def _tiles() -> Iterator[mercantile.Tile]:
+        for z in range(16, 23):
+            yield from zorder(tiles_for_bbox(STUDY_AREA, [z]))
+
+    def windows_of(self, z: int) -> int:
+        if z not in self._per_zoom:
+            scales = self.embedder.scales_for_zoom(z)
+            self._per_zoom[z] = len(plan_windows(256, scales, self.embedder.stride_ratio))
+        return self._per_zoom[z]
+
+    def take(self, max_tiles: int, max_windows: int) -> list[mercantile.Tile]:
+        """The next run of at most ``max_tiles`` tiles, stopping once it holds ``max_windows``."""
+        out: list[mercantile.Tile] = []
+        windows = 0
+        while len(out) < max_tiles and windows < max_windows:
+            if self._next is None:
+                raise ValueError("the study area is too small for that many windows")
+            out.append(self._next)
+            windows += self.windows_of(self._next.z)
+            self._next = next(self._iter, None)
+        return out
 
 
-def index_alone(index: faiss.Index, shard: Shard, queries: np.ndarray, truth: np.ndarray) -> dict:
-    faiss.omp_set_num_threads(1)  # as in the search-api: one thread per request
-    for q in queries[:20]:
-        search_shard(index, shard, q, 10)
-    times, found = [], []
-    for q in queries:
+class RunningTopK:
+    """Exact top ``k`` of each query over every vector added so far (blocks of rows at a time)."""
+
+    def __init__(self, queries: np.ndarray, k: int = K, block: int = 32_768):
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k, self.block = k, block
+        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
+        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        for start in range(0, len(ids), self.block):
+            rows = np.asarray(vectors[start : start + self.block], dtype=np.float32)
+            block_ids = np.asarray(ids[start : start + self.block], dtype=np.int64)
+            scores = self.queries @ rows.T
+            if len(block_ids) > self.k:  # the block's own top k first: merging stays small
+                top = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
+                scores, cand = np.take_along_axis(scores, top, axis=1), block_ids[top]
+            else:
+                cand = np.broadcast_to(block_ids, scores.shape)
+            both_s = np.concatenate([self.scores, scores], axis=1)
+            both_i = np.concatenate([self.ids, cand], axis=1)
+            top = np.argpartition(-both_s, self.k - 1, axis=1)[:, : self.k]
+            self.scores = np.take_along_axis(both_s, top, axis=1)
+            self.ids = np.take_along_axis(both_i, top, axis=1)
+
+
+def text_like(images: np.ndarray, seed: int) -> np.ndarray:
+    """Text-like queries from image-like ones (the modality gap; formula in the module docstring)."""
+    rng = np.random.default_rng(seed)
+    gap = rng.standard_normal(images.shape[1]).astype(np.float32)
+    # Orthogonal to the images' mean direction: the two cones sit side by side, and the cosine
+    # of a query to its image stays at TEXT_A whatever the draw.
+    centre = images.mean(axis=0) / np.linalg.norm(images.mean(axis=0))
+    gap -= (gap @ centre) * centre
+    gap /= np.linalg.norm(gap)
+    noise = rng.standard_normal(images.shape).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    q = TEXT_A * images + TEXT_B * gap + TEXT_C * noise
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class Growth:
+    """The growing database and index, and where the build time went."""
+
+    core: CoreSettings
+    model_id: str
+    tiles: StudyTiles
+    stream: ClusteredStream
+    options: SearchBenchSettings
+    rng: np.random.Generator
+    truth: RunningTopK | None = None
+    image_queries: np.ndarray | None = None
+    text_queries: np.ndarray | None = None
+    windows: int = 0
+    n_tiles: int = 0
+    areas: list[int] = field(default_factory=list)
+    bounds: list[float] = field(default_factory=lambda: [180.0, 90.0, -180.0, -90.0])
+    times: dict[str, float] = field(default_factory=dict)
+
+    def _tick(self, what: str, since: float) -> float:
+        now = time.perf_counter()
+        self.times[what] = self.times.get(what, 0.0) + now - since
+        return now
+
+    def seed(self, tiles: list[mercantile.Tile]) -> SeededArea:
+        """Rows, chunks and ground truth of a new area (the tiler's and the embedder's part)."""
         t = time.perf_counter()
-        _, ids = search_shard(index, shard, q, 10)
-        times.append((time.perf_counter() - t) * 1000)
-        found.append(ids[0])
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    return {"p50": pct(times, 50), "p99": pct(times, 99), "recall": recall_at_k(np.array(found), truth)}
+        emb = self.tiles.embedder
+        area = seed_area(
+            self.core.database_url,
+            tiles,
+            name=f"bench-{len(self.areas) + 1}",
+            source="bench",
+            scales_for_zoom=emb.scales_for_zoom,
+            stride_ratio=emb.stride_ratio,
+        )
+        with (
+            sync_engine(self.core.database_url)
+            .connect()
+            .execution_options(isolation_level="AUTOCOMMIT") as conn
+        ):
+            conn.execute(text("ANALYZE windows"))
+        t = self._tick("seed_s", t)
+        vectors, places = self.stream.batch(len(area.ids))
+        if self.truth is None:  # the held-out queries: new windows of places of the first area
+            pick = self.rng.choice(
+                len(places), self.options.held_out, replace=len(places) < self.options.held_out
+            )
+            self.image_queries = self.stream.around(places[pick], 1)
+            self.text_queries = text_like(self.image_queries, self.options.seed + 1)
+            self.truth = RunningTopK(np.concatenate([self.image_queries, self.text_queries]))
+        stored = vectors.astype(np.float16)  # what the chunks (and the shards) hold
+        del vectors, places
+        t = self._tick("vectors_s", t)
+        write_area_chunks(self.core.vectors_dir, area, stored, self.model_id)
+        t = self._tick("chunks_s", t)
+        self.truth.add(area.ids, stored)
+        self._tick("truth_s", t)
+        self.areas.append(area.area_id)
+        self.windows += len(area.ids)
+        self.n_tiles += len(area.tile_ids)
+        b = self.bounds
+        self.bounds = [
+            min(b[0], float(area.boxes[:, 0].min())),
+            min(b[1], float(area.boxes[:, 1].min())),
+            max(b[2], float(area.boxes[:, 2].max())),
+            max(b[3], float(area.boxes[:, 3].max())),
+        ]
+        return area
+
+    def index(self, area_id: int) -> tuple[float, float, int]:
+        """(collect s, publish s, version): the indexer's part for one area."""
+        t = time.perf_counter()
+        vectors = collect_area_vectors(self.core, area_id)
+        t1 = self._tick("collect_s", t)
+        manifest = publish_area(self.core, area_id, vectors, IndexerSettings())
+        t2 = self._tick("publish_s", t1)
+        if manifest is None:
+            raise RuntimeError(f"publishing area {area_id} published nothing")
+        return t1 - t, t2 - t1, manifest.version
+
+    def grow_to(self, target: int) -> None:
+        """Add areas (at most the tile budget each) until the database holds ``target`` windows."""
+        budget = self.options.max_tiles or self.core.max_tiles_per_area
+        while self.windows < target:
+            tiles = self.tiles.take(budget, target - self.windows)
+            area = self.seed(tiles)
+            collect_s, publish_s, version = self.index(area.area_id)
+            print(
+                f"  area {len(self.areas)}: {len(area.ids):,} windows in {len(tiles):,} tiles "
+                f"(zooms {sorted({t.z for t in tiles})}), total {self.windows:,}; collect {collect_s:.1f} s, "
+                f"publish {publish_s:.1f} s -> version {version}",
+                flush=True,
+            )
+            garbage_collect(self.core, IndexerSettings(gc_min_age_s=0))  # old versions' files: disk
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    return float(np.percentile(values, p)) if len(values) else float("nan")
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
+
+
+def index_alone(core: CoreSettings, growth: Growth) -> dict:
+    """ShardSet.search through the search-api's IndexHolder, one query at a time, one thread."""
+    t = time.perf_counter()
+    holder = IndexHolder(core.index_dir)
+    index = holder.load()
+    if index is None:
+        raise RuntimeError("no index version is published")
+    load_s = time.perf_counter() - t
+    assert growth.truth is not None and growth.image_queries is not None and growth.text_queries is not None
+    n = len(growth.image_queries)
+    out: dict = {"load_s": load_s, "version": index.version}
+    faiss.omp_set_num_threads(1)  # as in the search-api: one thread per request
+    try:
+        for q in growth.image_queries[:20]:  # warm-up: mapped pages, caches
+            index.search(q, K)
+        for kind, queries, truth in (
+            ("image", growth.image_queries, growth.truth.ids[:n]),
+            ("text", growth.text_queries, growth.truth.ids[n:]),
+        ):
+            times, found = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits = index.search(q, K)
+                times.append((time.perf_counter() - t) * 1000)
+                found.append([wid for wid, _ in hits])
+            out[kind] = {
+                "p50_ms": pct(times, 50),
+                "p99_ms": pct(times, 99),
+                "recall_at_10": recall(found, truth),
+            }
+    finally:
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+    shards = index.manifest.shards
+    out["shards"] = len(shards)
+    out["shard_kinds"] = {
+        kind: sum(s.kind == kind for s in shards) for kind in sorted({s.kind for s in shards})
+    }
+    codec = getattr(index.manifest, "codec", None)
+    out["codec"] = None if codec is None else {k: v for k, v in vars(codec).items() if k != "file"}
+    del index, holder
+    gc.collect()
+    return out
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Memory lines of /proc/PID/status, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
 
 
 def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float], int]:
@@ -123,10 +398,13 @@ def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float
         with httpx.Client(timeout=60) as client:
             while time.monotonic() < stop:
                 t = time.perf_counter()
-                resp = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10})
+                try:
+                    ok = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": K}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
                 dt = (time.perf_counter() - t) * 1000
                 with lock:
-                    if resp.status_code == 200:
+                    if ok:
                         latencies.append(dt)
                     else:
                         failures[0] += 1
@@ -141,12 +419,105 @@ def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float
     return len(latencies) / (time.monotonic() - started), latencies, failures[0]
 
 
-def end_to_end(
-    core: CoreSettings, model_dir: Path, options: SearchBenchSettings, area_bbox: list[float]
-) -> dict:
-    with (
-        tempfile.TemporaryDirectory() as run_dir,
-        run_platform(
+def sequential(client: httpx.Client, url: str, n: int) -> dict:
+    seq, server, stages = [], [], []
+    for i in range(n):
+        t = time.perf_counter()
+        resp = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": K})
+        seq.append((time.perf_counter() - t) * 1000)
+        resp.raise_for_status()
+        body = resp.json()
+        server.append(body["took_ms"])
+        stages.append(body.get("timings_ms") or {})
+    keys = sorted({k for s in stages for k in s})
+    return {
+        "p50_ms": pct(seq, 50),
+        "p99_ms": pct(seq, 99),
+        "server_p50_ms": pct(server, 50),
+        "stages_p50_ms": {k: pct([s.get(k, 0.0) for s in stages], 50) for k in keys},
+    }
+
+
+def filters(client: httpx.Client, url: str, bounds: list[float], n: int) -> dict:
+    """p50/p99 and the strategy of a selective polygon and a broad bbox filter."""
+    w, s, e, north = bounds
+    cx, cy = (w + e) / 2, (s + north) / 2
+    d = (e - w) / 200  # a small triangle at the centre: a few hundred windows (selective)
+    poly = {"type": "Polygon", "coordinates": [[[cx, cy], [cx + d, cy], [cx, cy + d], [cx, cy]]]}
+    broad = f"{w},{s},{cx},{north}"  # the west half (broad)
+    out = {}
+    for name, call in (
+        ("polygon", lambda q: client.post(url, json={"q": q, "k": K, "polygon": poly})),
+        ("bbox", lambda q: client.get(url, params={"q": q, "k": K, "bbox": broad})),
+    ):
+        times, strategies, counts = [], set(), []
+        for i in range(n):
+            t = time.perf_counter()
+            resp = call(PHRASES[i % len(PHRASES)])
+            times.append((time.perf_counter() - t) * 1000)
+            resp.raise_for_status()
+            body = resp.json()
+            strategies.add((body.get("filter") or {}).get("strategy"))
+            counts.append(body.get("count", 0))
+        out[name] = {
+            "p50_ms": pct(times, 50),
+            "p99_ms": pct(times, 99),
+            "strategy": ",".join(sorted(str(s) for s in strategies)),
+            "hits_p50": pct(counts, 50),
+        }
+    return out
+
+
+def hot_swap(url: str, growth: Growth, area: SeededArea) -> dict:
+    """Index ``area`` (collect + publish) while a client searches; seconds until it is served."""
+    responses: list[tuple[float, int, int | None]] = []  # (monotonic time answered, status, version)
+    stop = threading.Event()
+
+    def client() -> None:
+        i = 0
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    resp = http.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": K})
+                    version = resp.json().get("index_version") if resp.status_code == 200 else None
+                    responses.append((time.monotonic(), resp.status_code, version))
+                except (httpx.HTTPError, ValueError):  # a dropped connection is a failed request too
+                    responses.append((time.monotonic(), -1, None))
+                i += 1
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        collect_s, publish_s, version = growth.index(area.area_id)
+        deadline = time.monotonic() + 600
+        served_at = None
+        while served_at is None and time.monotonic() < deadline:
+            served_at = next((t for t, _, v in list(responses) if v is not None and v >= version), None)
+            time.sleep(0.01)
+        time.sleep(1.0)  # keep searching on the new version for a moment
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    return {
+        "swap_after_add_s": (served_at - t0) if served_at is not None else float("nan"),
+        "swap_collect_s": collect_s,
+        "swap_publish_s": publish_s,
+        "swap_version": version,
+        "swap_area_windows": len(area.ids),
+        "swap_requests": len(responses),
+        "swap_failed": sum(status != 200 for _, status, _ in responses),
+    }
+
+
+def end_to_end(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_tiles: list) -> dict:
+    """The embedder and the search-api as processes on the built index: latency, filters, load,
+    memory, then the hot swap of one more area (``swap_tiles``; none: skipped)."""
+    core = growth.core
+    with tempfile.TemporaryDirectory() as run_dir:
+        t = time.perf_counter()
+        with run_platform(
             Path(run_dir),
             database_url=core.database_url,
             redis_url=core.redis_url,
@@ -154,57 +525,187 @@ def end_to_end(
             namespace=core.redis_namespace,
             env={"CLIP_MODEL": str(model_dir)},
             services={"embedder", "search-api"},
-            ready_timeout_s=600,
+            ready_timeout_s=900,
             cwd=REPO,
-        ) as platform,
-    ):
-        url = f"{platform['api']}/v1/search"
-        out: dict = {}
-        with httpx.Client(timeout=60) as client:
-            for i in range(20):  # warm-up: connections, caches
-                client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10}).raise_for_status()
-            seq, server, stages = [], [], []
-            for i in range(options.queries):
-                t = time.perf_counter()
-                resp = client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": 10})
-                seq.append((time.perf_counter() - t) * 1000)
-                resp.raise_for_status()
-                server.append(resp.json()["took_ms"])
-                stages.append(resp.json()["timings_ms"])
-            out["seq"] = {
-                "p50": pct(seq, 50),
-                "p99": pct(seq, 99),
-                "server_p50": pct(server, 50),
-                "stages_p50": {k: pct([s.get(k, 0.0) for s in stages], 50) for k in stages[0]},
-            }
-            w, s, e, n = area_bbox
-            cx, cy = (w + e) / 2, (s + n) / 2
-            d = (e - w) / 200  # a small triangle: a few hundred windows (selective)
-            poly = {"type": "Polygon", "coordinates": [[[cx, cy], [cx + d, cy], [cx, cy + d], [cx, cy]]]}
-            broad = f"{w},{s},{(w + e) / 2},{n}"  # half the area (broad)
-            for name, call in (
-                ("polygon", lambda q: client.post(url, json={"q": q, "k": 10, "polygon": poly})),
-                ("bbox", lambda q: client.get(url, params={"q": q, "k": 10, "bbox": broad})),
-            ):
-                times, strategy = [], None
-                for i in range(max(20, options.queries // 5)):
-                    t = time.perf_counter()
-                    resp = call(PHRASES[i % len(PHRASES)])
-                    times.append((time.perf_counter() - t) * 1000)
-                    resp.raise_for_status()
-                    strategy = resp.json()["filter"]["strategy"]
-                out[name] = {"p50": pct(times, 50), "p99": pct(times, 99), "strategy": strategy}
-        qps, lat, failures = hammer(url, options.concurrency, options.duration)
-        out["load"] = {"qps": qps, "p50": pct(lat, 50), "p99": pct(lat, 99), "failures": failures}
-        return out
+        ) as platform:
+            out: dict = {"ready_s": time.perf_counter() - t}
+            pid = platform["stack"].procs["search-api"].pid
+            url = f"{platform['api']}/v1/search"
+            with httpx.Client(timeout=60) as client:
+                for i in range(20):  # warm-up: connections, caches
+                    client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": K}).raise_for_status()
+                out["seq"] = sequential(client, url, options.queries)
+                out["filters"] = filters(client, url, growth.bounds, max(20, options.queries // 5))
+            qps, lat, failures = hammer(url, options.concurrency, options.duration)
+            out["load"] = {"qps": qps, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "failures": failures}
+            out["memory"] = proc_status(pid)
+            if swap_tiles:
+                area = growth.seed(swap_tiles)  # the embedder's part, before the clock starts
+                out["swap"] = hot_swap(url, growth, area)
+                out["memory_after_swap"] = proc_status(pid)
+    garbage_collect(core, IndexerSettings(gc_min_age_s=0))
+    return out
 
 
-def run_size(n: int, options: SearchBenchSettings, model_dir: Path) -> dict:
-    print(f"\n=== {n:,} windows ===", flush=True)
-    result: dict = {"n": n}
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def machine() -> dict:
+    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
+    return {
+        "cpus": os.cpu_count() or 0,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "mem_total_bytes": int(mem[1]) * 1024,
+        "faiss": faiss.__version__,
+    }
+
+
+def measure(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_tiles: list) -> dict:
+    core = growth.core
+    at_start = machine()
+    alone = index_alone(core, growth)
+    print(
+        f"index alone ({alone['shards']} shards {alone['shard_kinds']}, loaded in {alone['load_s']:.1f} s): "
+        f"image p50 {alone['image']['p50_ms']:.2f} ms, p99 {alone['image']['p99_ms']:.2f} ms, "
+        f"recall@10 {alone['image']['recall_at_10']:.3f}; text p50 {alone['text']['p50_ms']:.2f} ms, "
+        f"recall@10 {alone['text']['recall_at_10']:.3f}",
+        flush=True,
+    )
+    windows = growth.windows  # before the swap area joins
+    areas, tiles = len(growth.areas), growth.n_tiles
+    manifest = load_manifest(core.index_dir)
+    index_bytes = sum((core.index_dir / f).stat().st_size for f in manifest.files()) if manifest else 0
+    e = end_to_end(growth, model_dir, options, swap_tiles)
+    mem = e["memory"]
+    c = options.concurrency
+    result = {
+        "windows": windows,
+        "areas": areas,
+        "tiles": tiles,
+        "shards": alone["shards"],
+        "shard_kinds": alone["shard_kinds"],
+        "index_version": alone["version"],
+        "codec": alone["codec"],
+        "e2e_p50_ms": e["seq"]["p50_ms"],
+        "e2e_p99_ms": e["seq"]["p99_ms"],
+        "e2e_server_p50_ms": e["seq"]["server_p50_ms"],
+        "e2e_stages_p50_ms": e["seq"]["stages_p50_ms"],
+        "index_p50_ms": alone["image"]["p50_ms"],
+        "index_p99_ms": alone["image"]["p99_ms"],
+        "index_p50_ms_text": alone["text"]["p50_ms"],
+        "index_p99_ms_text": alone["text"]["p99_ms"],
+        "index_load_s": alone["load_s"],
+        f"qps_{c}_clients": e["load"]["qps"],
+        "load_p50_ms": e["load"]["p50_ms"],
+        "load_p99_ms": e["load"]["p99_ms"],
+        "load_failures": e["load"]["failures"],
+        "recall_at_10_image": alone["image"]["recall_at_10"],
+        "recall_at_10_text": alone["text"]["recall_at_10"],
+        "rss_anon_bytes": mem.get("RssAnon"),
+        "rss_file_bytes": mem.get("RssFile"),
+        "rss_bytes_per_window": mem["RssAnon"] / windows if "RssAnon" in mem else None,
+        "rss_file_bytes_per_window": mem["RssFile"] / windows if "RssFile" in mem else None,
+        "api_memory": mem,
+        "api_memory_after_swap": e.get("memory_after_swap"),
+        "api_ready_s": e["ready_s"],
+        **e.get("swap", {}),
+        "filters": e["filters"],
+        "index_bytes": index_bytes,
+        "chunk_bytes": du(core.vectors_dir),
+        "held_out": options.held_out,
+        "machine": {**at_start, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
+    }
+    print(
+        f"end to end (sequential): p50 {result['e2e_p50_ms']:.1f} ms, p99 {result['e2e_p99_ms']:.1f} ms "
+        f"(server p50 {result['e2e_server_p50_ms']:.1f} ms; "
+        + ", ".join(f"{k} {v:.1f}" for k, v in result["e2e_stages_p50_ms"].items())
+        + f")\nend to end ({c} clients): {result[f'qps_{c}_clients']:.1f} QPS, p50 {result['load_p50_ms']:.1f} ms, "
+        f"p99 {result['load_p99_ms']:.1f} ms, {result['load_failures']} failed\n"
+        f"polygon filter ({e['filters']['polygon']['strategy']}): p50 {e['filters']['polygon']['p50_ms']:.1f} ms; "
+        f"broad bbox filter ({e['filters']['bbox']['strategy']}): p50 {e['filters']['bbox']['p50_ms']:.1f} ms\n"
+        f"search-api memory: RssAnon {mem.get('RssAnon', 0) / 2**20:.0f} MiB "
+        f"({result['rss_bytes_per_window'] or 0:.0f} B/window), RssFile {mem.get('RssFile', 0) / 2**20:.0f} MiB "
+        f"({result['rss_file_bytes_per_window'] or 0:.0f} B/window); "
+        f"index files {index_bytes / 2**30:.2f} GiB, chunks {result['chunk_bytes'] / 2**30:.2f} GiB",
+        flush=True,
+    )
+    if "swap_after_add_s" in result:
+        print(
+            f"hot swap of a {result['swap_area_windows']:,}-window area: served after "
+            f"{result['swap_after_add_s']:.2f} s (collect {result['swap_collect_s']:.2f} s, publish "
+            f"{result['swap_publish_s']:.2f} s), {result['swap_failed']} of {result['swap_requests']} requests failed",
+            flush=True,
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def goals(r: dict) -> dict[str, tuple[bool | None, str]]:
+    """Each goal at this size: (met; None when it does not apply, what was measured)."""
+    limit = GOAL_P50_3M_MS if r["windows"] <= 3_000_000 * 1.05 else GOAL_P50_10M_MS
+    bpw = r["rss_bytes_per_window"]
+    swap = r.get("swap_after_add_s")
+    return {
+        f"e2e p50 <= {limit:.0f} ms": (r["e2e_p50_ms"] <= limit, f"{r['e2e_p50_ms']:.1f} ms"),
+        f"recall@10 image >= {GOAL_RECALL}": (
+            r["recall_at_10_image"] >= GOAL_RECALL,
+            f"{r['recall_at_10_image']:.3f} (text {r['recall_at_10_text']:.3f})",
+        ),
+        f"<= {GOAL_BYTES_PER_WINDOW:.0f} resident B/window": (
+            (bpw <= GOAL_BYTES_PER_WINDOW) if bpw is not None and r["windows"] >= 1_000_000 else None,
+            f"{bpw:.0f} B" if bpw is not None else "n/a",
+        ),
+        f"swap <= {GOAL_SWAP_S:.0f} s, 0 failed": (
+            (swap <= GOAL_SWAP_S and r["swap_failed"] == 0) if swap is not None else None,
+            f"{swap:.2f} s, {r['swap_failed']} failed" if swap is not None else "n/a",
+        ),
+    }
+
+
+def summary(results: list[dict], options: SearchBenchSettings) -> None:
+    c = options.concurrency
+    print(f"\n=== summary (this machine: {os.cpu_count() or 0} CPUs, load {os.getloadavg()[0]:.1f}) ===")
+    print(
+        f"{'windows':>11} {'areas':>5} {'shards':>6} {'e2e p50':>8} {'e2e p99':>8} {'idx p50':>8} "
+        f"{f'QPS x{c}':>8} {'R@10 img':>8} {'R@10 txt':>8} {'anon B/w':>8} {'file B/w':>8} {'swap s':>7} "
+        f"{'build s':>8}"
+    )
+    for r in results:
+        swap = r.get("swap_after_add_s")
+        print(
+            f"{r['windows']:>11,} {r['areas']:>5} {r['shards']:>6} {r['e2e_p50_ms']:>6.1f}ms "
+            f"{r['e2e_p99_ms']:>6.1f}ms {r['index_p50_ms']:>6.2f}ms {r[f'qps_{c}_clients']:>8.1f} "
+            f"{r['recall_at_10_image']:>8.3f} {r['recall_at_10_text']:>8.3f} {r['rss_bytes_per_window'] or 0:>8.0f} "
+            f"{r['rss_file_bytes_per_window'] or 0:>8.0f} {swap if swap is not None else float('nan'):>7.2f} "
+            f"{r['build']['total_s']:>8.0f}"
+        )
+    print("goals:")
+    for r in results:
+        marks = []
+        for name, (met, got) in goals(r).items():
+            verdict = "n/a" if met is None else ("met" if met else "NOT met")
+            marks.append(f"{name}: {verdict} ({got})")
+        print(f"  {r['windows']:>11,}: " + "; ".join(marks))
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=float))
+    tmp.replace(path)
+
+
+def run(options: SearchBenchSettings) -> None:
+    """Grow the index to each size, measure it, then print the summary."""
+    sizes = [int(n) for n in options.sizes.split(",")]  # ascending (validated)
+    model_dir = tiny_clip(default_cache_dir(REPO))
+    results: list[dict] = []
     with (
-        throwaway_database(options.admin_url) as db_url,
-        tempfile.TemporaryDirectory(dir=options.tmp) as data,
+        throwaway_database(options.admin_url, prefix="bench_search") as db_url,
+        tempfile.TemporaryDirectory(dir=options.tmp, prefix="bench-search-") as data,
     ):
         core = CoreSettings(
             database_url=db_url,
@@ -212,117 +713,44 @@ def run_size(n: int, options: SearchBenchSettings, model_dir: Path) -> dict:
             data_dir=Path(data),
             redis_namespace=f"bench-{uuid.uuid4().hex[:6]}",
         )
-        t = time.perf_counter()
-        area = seed_area(db_url, study_tiles(n), name="bench", source="bench")
-        with sync_engine(db_url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("ANALYZE windows"))
-        n_real, area_id, ids = len(area.ids), area.area_id, area.ids
-        print(
-            f"PostGIS rows: {n_real:,} windows in {len(area.tile_ids):,} tiles, {time.perf_counter() - t:.0f} s",
-            flush=True,
+        growth = Growth(
+            core=core,
+            model_id=str(model_dir),  # what the embedder reports: the search-api checks it
+            tiles=StudyTiles(EmbedderSettings()),
+            stream=ClusteredStream(DIM, seed=options.seed, planned=sizes[-1]),
+            options=options,
+            rng=np.random.default_rng(options.seed + 2),
         )
-        result["n"] = n_real
-        bbox = [
-            area.boxes[:, 0].min(),
-            area.boxes[:, 1].min(),
-            area.boxes[:, 2].max(),
-            area.boxes[:, 3].max(),
-        ]
-        del area
-
-        t = time.perf_counter()
-        vectors = clustered_unit_vectors(n_real + options.held_out, DIM, seed=7)
-        # Held-out queries: random rows swapped to the end, so the index never holds them.
-        rng = np.random.default_rng(8)
-        held = rng.choice(n_real + options.held_out, options.held_out, replace=False)
-        tail = np.arange(n_real, n_real + options.held_out)
-        swap, free = np.setdiff1d(held, tail), np.setdiff1d(tail, held)
-        vectors[swap], vectors[free] = vectors[free], vectors[swap].copy()
-        data, queries = vectors[:n_real], vectors[n_real:].copy()
-        print(f"vectors: {time.perf_counter() - t:.0f} s", flush=True)
-
-        exact = faiss.IndexFlatIP(DIM)
-        exact.add(data)
-        truth = ids[exact.search(queries, 10)[1]]
-        del exact
-
-        served = IndexerSettings()
-        variants = [served] + (
-            [IndexerSettings(flat_max_vectors=0)] if n_real <= served.flat_max_vectors else []
-        )
-        for settings in variants:
+        budget = options.max_tiles or core.max_tiles_per_area
+        started = time.perf_counter()
+        for i, size in enumerate(sizes):
+            print(f"\n=== {size:,} windows ===", flush=True)
             t = time.perf_counter()
-            built = build_index(ids, data, settings)
+            before = dict(growth.times)
+            growth.grow_to(size)
             build_s = time.perf_counter() - t
-            alone = index_alone(
-                built.index, Shard(area_id, "", n_real, built.kind, built.params), queries, truth
-            )
-            result[f"index_{built.kind}"] = {**alone, "build_s": build_s, "params": built.params}
+            # The hot-swap area: part of the next size (cut so that it does not overshoot it).
+            room = sizes[i + 1] - growth.windows if i + 1 < len(sizes) else 1 << 62
+            swap_tiles = growth.tiles.take(min(options.swap_tiles, budget), room) if room > 0 else []
+            build = {k: v - before.get(k, 0.0) for k, v in growth.times.items()}
             print(
-                f"index alone ({built.kind}): p50 {alone['p50']:.2f} ms, p99 {alone['p99']:.2f} ms, "
-                f"recall@10 {alone['recall']:.3f}, build+tune {build_s:.0f} s {built.params or ''}",
+                f"built {growth.windows:,} windows in {len(growth.areas)} areas: {build_s:.0f} s ("
+                + ", ".join(f"{k} {v:.0f}" for k, v in build.items())
+                + ")",
                 flush=True,
             )
-            if settings is served:  # what the indexer would publish: the search-api serves it
-                rel = f"shards/area-{area_id}-bench.faiss"
-                with atomic_path(core.index_dir / rel) as tmp:
-                    faiss.write_index(built.index, str(tmp))
-                shard = Shard(area_id, rel, n_real, built.kind, built.params)
-                publish_changes(core, {area_id: shard}, str(model_dir), DIM)
-                result["served"] = built.kind
-            del built
-        del vectors, data
-        result["e2e"] = end_to_end(core, model_dir, options, bbox)
-        e = result["e2e"]
-        print(
-            f"end to end (sequential): p50 {e['seq']['p50']:.1f} ms, p99 {e['seq']['p99']:.1f} ms "
-            f"(server-side p50 {e['seq']['server_p50']:.1f} ms; stage p50s "
-            + ", ".join(f"{k} {v:.1f}" for k, v in e["seq"]["stages_p50"].items())
-            + " ms)\n"
-            f"end to end ({options.concurrency} clients): {e['load']['qps']:.1f} QPS, p50 {e['load']['p50']:.1f} ms, "
-            f"p99 {e['load']['p99']:.1f} ms, {e['load']['failures']} failed\n"
-            f"polygon filter ({e['polygon']['strategy']}): p50 {e['polygon']['p50']:.1f} ms; "
-            f"broad bbox filter ({e['bbox']['strategy']}): p50 {e['bbox']['p50']:.1f} ms",
-            flush=True,
-        )
-    return result
-
-
-def summary(results: list[dict], options: SearchBenchSettings) -> None:
-    print(f"\n=== summary (this machine: {os.cpu_count() or 0} CPUs) ===")
-    head = f"{'windows':>10} {'index':>6} {'recall@10':>9} {'idx p50':>8} {'idx p99':>8} {'e2e p50':>8} {'e2e p99':>8} {'QPS x' + str(options.concurrency):>8} {'load p50':>9}"
-    print(head)
-    for r in results:
-        idx = r[f"index_{r['served']}"]
-        e = r["e2e"]
-        print(
-            f"{r['n']:>10,} {r['served']:>6} {idx['recall']:>9.3f} {idx['p50']:>6.2f}ms {idx['p99']:>6.2f}ms "
-            f"{e['seq']['p50']:>6.1f}ms {e['seq']['p99']:>6.1f}ms {e['load']['qps']:>8.1f} {e['load']['p50']:>7.1f}ms"
-        )
-        if "index_ivfpq" in r and r["served"] != "ivfpq":
-            ivf, flat = r["index_ivfpq"], r["index_flat"]
-            print(
-                f"{'':>10} ivfpq  {ivf['recall']:>9.3f} {ivf['p50']:>6.2f}ms {ivf['p99']:>6.2f}ms "
-                f"(not served; {flat['p50'] / ivf['p50']:.1f}x faster than flat at this size)"
-            )
-    big = results[-1]
-    p50, recall = big["e2e"]["seq"]["p50"], big[f"index_{big['served']}"]["recall"]
-    verdict = "met" if p50 < 50 and recall >= 0.95 else "NOT met"
-    print(
-        f"goal at {big['n']:,} windows (p50 < 50 ms end to end, recall@10 >= 0.95): {verdict} "
-        f"({p50:.1f} ms, {recall:.3f})"
-    )
-
-
-def run(options: SearchBenchSettings) -> None:
-    """Measure every size, then print the summary and the process's peak memory."""
-    model_dir = tiny_clip(default_cache_dir(REPO))
-    results = [run_size(int(n), options, model_dir) for n in options.sizes.split(",")]
+            result = measure(growth, model_dir, options, swap_tiles)
+            result["build"] = {"total_s": build_s, **build, "cumulative_s": time.perf_counter() - started}
+            result["settings"] = options.model_dump(mode="json")
+            if growth.image_queries is not None and growth.text_queries is not None:
+                result["text_to_source_cosine"] = float(
+                    np.mean(np.sum(growth.image_queries * growth.text_queries, axis=1))
+                )
+            results.append(result)
+            write_results(options.out, results)
     summary(results, options)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(
-        f"peak memory of the benchmark process (vectors, exact ground truth, index build): {peak_gb:.1f} GB"
-    )
+    print(f"results: {options.out}\npeak memory of the benchmark process: {peak_gb:.1f} GB")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

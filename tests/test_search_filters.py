@@ -1,9 +1,11 @@
 """Geo filters, minimum score, merging and paging of the search pipeline, checked against brute
-force (shapely over every window, numpy over every vector) on real PostGIS rows."""
+force (shapely over every window, numpy over every vector) on real PostGIS rows and an index
+built by the indexer's own code."""
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -15,17 +17,24 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from sqlalchemy import text
 
 from cliprs.db.engine import async_engine, sync_engine
-from cliprs.manifest import Manifest, Shard
+from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox
-from cliprs_indexer.shards import build_flat
+from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_search.filters import HitFilter
-from cliprs_search.index import LoadedIndex, sample_index
+from cliprs_search.index import IndexHolder, LoadedIndex
 from cliprs_search.merge import merge_overlapping
 from cliprs_search.search import SearchRequest, run_search
 from cliprs_search.settings import SearchSettings
-from cliprs_testing.synthetic import SeededArea, clustered_unit_vectors, delete_seeded, seed_area
+from cliprs_testing.synthetic import (
+    SeededArea,
+    clustered_unit_vectors,
+    delete_seeded,
+    seed_area,
+    write_area_chunks,
+)
 
 DIM = 64
+MODEL = "test/filters"
 # Sydney harbour: far from every other test's rows, so the filters only ever meet ours.
 CENTRE = (151.21, -33.86)
 
@@ -33,7 +42,7 @@ CENTRE = (151.21, -33.86)
 @dataclass
 class World:
     area: SeededArea
-    vectors: np.ndarray
+    vectors: np.ndarray  # as the index stores them (float16), in float32
     index: LoadedIndex
     footprints: list[Polygon]
 
@@ -48,17 +57,27 @@ def tiles_around(z: int, radius: int) -> list[mercantile.Tile]:
 
 
 @pytest.fixture(scope="module")
-def world(pg_url: str) -> Iterator[World]:
-    """45 tiles at two zooms (1,170 windows) with clustered vectors in one exact shard."""
+def world(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """40 tiles at two zooms with clustered vectors, indexed exactly (flat shards)."""
+    core = CoreSettings(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path_factory.mktemp("filters") / "data",
+        redis_namespace=f"filters-{uuid.uuid4().hex[:6]}",
+    )
     area = seed_area(pg_url, tiles_around(15, 1) + tiles_around(16, 3), name="filters", source="filters")
-    with sync_engine(pg_url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE windows"))
-    vectors = clustered_unit_vectors(len(area.ids), DIM, seed=5, group=13)
-    shard = build_flat(area.ids, vectors)
-    manifest = Manifest(1, "test", DIM, [Shard(area.area_id, "mem", len(area.ids), "flat")])
-    index = LoadedIndex(manifest, [shard], sample_index([shard], [area.area_id], 512))
-    yield World(area, vectors, index, [box(*b) for b in area.boxes])
-    delete_seeded(pg_url, [area.area_id])
+    try:
+        with sync_engine(pg_url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE windows"))
+        vectors = clustered_unit_vectors(len(area.ids), DIM, seed=5, group=13)
+        write_area_chunks(core.vectors_dir, area, vectors, MODEL)
+        publish_area(core, area.area_id, collect_area_vectors(core, area.area_id))
+        index = IndexHolder(core.index_dir).load()
+        assert index is not None and index.total() == len(area.ids)
+        stored = vectors.astype(np.float16).astype(np.float32)
+        yield World(area, stored, index, [box(*b) for b in area.boxes])
+    finally:
+        delete_seeded(pg_url, [area.area_id])
 
 
 @pytest.fixture
@@ -73,7 +92,7 @@ def random_polygon(rng: np.random.Generator, extent: tuple[float, float, float, 
     """A random star-shaped (hence simple) polygon inside ``extent``."""
     w, s, e, n = extent
     cx, cy = rng.uniform(w, e), rng.uniform(s, n)
-    r_max = rng.uniform(0.001, 0.6) * (e - w)
+    r_max = np.exp(rng.uniform(np.log(0.002), np.log(0.6))) * (e - w)  # sizes over decades
     m = int(rng.integers(4, 12))
     # One vertex per equal sector: sorted angles less than pi apart keep the polygon simple.
     angles = (np.arange(m) + rng.uniform(0.05, 0.95, m)) * 2 * math.pi / m
@@ -182,11 +201,12 @@ async def test_overfetch_switches_to_the_selector_when_candidates_run_out(world:
 async def test_min_score_keeps_only_better_hits(world: World, conn) -> None:
     q = query_vector(world, np.random.default_rng(9))
     scores = np.sort(world.vectors @ q)[::-1]
-    threshold = float(scores[30])  # 30 windows score above it
+    # Half way between the 30th and 31st best: float rounding cannot move a window across it.
+    threshold = float(scores[29] + scores[30]) / 2
     keep = np.ones(len(world.footprints), dtype=bool)
     got, _ = await ids_of(world, conn, q, HitFilter(), 100, settings(), min_score=threshold)
     assert got == brute_force(world, q, keep, 100, threshold)
-    assert 30 <= len(got) <= 31
+    assert len(got) == 30
 
 
 async def test_pages_concatenate_to_the_full_ranking(world: World, conn) -> None:
@@ -231,6 +251,47 @@ async def test_merged_hits_do_not_overlap_and_account_for_every_window(world: Wo
     # Without merging the same ranking starts with the same best window.
     flat = await run_search(world.index, conn, SearchRequest(q, 20, merge=False), s)
     assert flat.hits[0].row["id"] == page.hits[0].row["id"] and flat.merged == 0
+
+
+async def test_a_page_the_filter_cannot_fill_says_so(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(8))
+    # The filter of the selector fallback test, but too many matches to list: a page longer
+    # than the passing windows among the best 40 stays short, and says why instead of
+    # pretending that the results end there.
+    corner = box(*world.area.boxes[world.area.zooms == 15][0])
+    keep = np.array([corner.intersects(f) for f in world.footprints]) & (world.area.zooms == 15)
+    in_top = int(keep[np.argsort(-(world.vectors @ q), kind="stable")[:40]].sum())
+    k = in_top + 2
+    assert keep.sum() > k
+    s = settings(filter_strategy="overfetch", max_candidates=40, selector_max_ids=5)
+    flt = HitFilter(polygon=corner, zooms=[15])
+    page = await run_search(world.index, conn, SearchRequest(q, k, flt=flt, merge=False), s)
+    got = [h.row["id"] for h in page.hits]
+    assert got == brute_force(world, q, keep, in_top)  # what it does answer is the true ranking's start
+    assert not page.complete and not page.has_more
+    assert "narrow the filter or raise max_candidates" in page.incomplete_reason
+    assert page.describe()["complete"] is False
+    if in_top:  # a page the candidates do fill is complete, and the ranking goes on
+        full = await run_search(world.index, conn, SearchRequest(q, in_top, flt=flt, merge=False), s)
+        assert [h.row["id"] for h in full.hits] == got and full.complete and full.has_more
+
+
+async def test_an_area_filter_over_its_own_shards_checks_no_rows(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(14))
+    flt = HitFilter(area_id=world.area.area_id)
+    page = await run_search(world.index, conn, SearchRequest(q, 12, flt=flt, merge=False), settings())
+    keep = np.ones(len(world.footprints), dtype=bool)
+    assert [h.row["id"] for h in page.hits] == brute_force(world, q, keep, 12)
+    assert page.strategy == "index" and page.complete and page.has_more  # no other area shares them
+
+
+async def test_disjoint_box_and_polygon_match_nothing(world: World, conn) -> None:
+    q = query_vector(world, np.random.default_rng(15))
+    w, s_, e, n = extent(world)
+    mid = (w + e) / 2
+    flt = HitFilter(bbox=BBox(w, s_, mid - 0.001, n), polygon=box(mid + 0.001, s_, e, n))
+    page = await run_search(world.index, conn, SearchRequest(q, 5, flt=flt), settings())
+    assert page.hits == [] and not page.has_more and page.complete
 
 
 def test_random_polygons_are_valid() -> None:

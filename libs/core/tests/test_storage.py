@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cliprs.fsutil import atomic_path, atomic_write_bytes
-from cliprs.manifest import Manifest, Shard, current_version, load_manifest, publish
+from cliprs.manifest import Codec, Manifest, Shard, current_version, load_manifest, publish
 from cliprs.vectors import chunk_path, read_chunk, write_chunk
 
 
@@ -18,7 +18,10 @@ def test_chunk_round_trip(tmp_path: Path) -> None:
     write_chunk(tmp_path, 5, ids, vecs, "model-a")
     got_ids, got_vecs, model = read_chunk(tmp_path, 5)
     assert got_ids.dtype == np.int64 and (got_ids == ids).all()
-    assert np.array_equal(got_vecs, vecs) and model == "model-a"
+    # Stored as float16: half the disk, within float16 rounding of what was written.
+    assert got_vecs.dtype == np.float16 and got_vecs.shape == vecs.shape and model == "model-a"
+    assert np.array_equal(got_vecs, vecs.astype(np.float16))
+    np.testing.assert_allclose(got_vecs.astype(np.float32), vecs, rtol=1e-3, atol=1e-3)
     assert read_chunk(tmp_path, 6) is None
     assert chunk_path(tmp_path, 12345).parent.name == "12"
     with pytest.raises(ValueError):
@@ -37,10 +40,21 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) 
 
 def test_manifest_publish_and_load(tmp_path: Path) -> None:
     assert current_version(tmp_path) is None and load_manifest(tmp_path) is None
-    m1 = Manifest(1, "m", 512, [Shard(1, "shards/a.faiss", 10, "flat")])
+    a = Shard("shards/s-a", 10, "flat", envelope=[1.0, 2.0, 3.0, 4.0], zooms=[16], area_ids=[1], tiles=2)
+    m1 = Manifest(1, "m", 512, [a])
     publish(tmp_path, m1)
-    m2 = Manifest(2, "m", 512, [*m1.shards, Shard(2, "shards/b.faiss", 5, "flat")])
+    b = Shard("shards/s-b", 5, "ivfpq", zooms=[14, 16], area_ids=[1, 2], tiles=1)
+    codec = Codec("shards/codec-x.faiss", nlist=16, pq=64, nprobe=4, k_factor=32, trained_on=15)
+    m2 = Manifest(2, "m", 512, [*m1.shards, b], codec=codec)
     publish(tmp_path, m2)
     assert current_version(tmp_path) == 2
     assert load_manifest(tmp_path) == m2 and load_manifest(tmp_path).vector_count == 15
     assert load_manifest(tmp_path, 1) == m1
+    # Flat shards have no FAISS file; the codec's file belongs to the version.
+    assert m1.files() == {"shards/s-a.ids.npy", "shards/s-a.f16"}
+    assert m2.files() == m1.files() | {
+        "shards/s-b.ids.npy",
+        "shards/s-b.f16",
+        "shards/s-b.faiss",
+        "shards/codec-x.faiss",
+    }

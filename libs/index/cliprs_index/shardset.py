@@ -4,7 +4,7 @@ vectors by id and unbiased samples.
 - **Search**: flat shards are searched exactly. Compressed shards share one codec, so the coarse
   quantiser runs once per query and each picked shard scans only its probed lists
   (`search_preassigned`, native code, no per-shard quantiser work); the shards' approximate
-  candidates are merged, and the best ``max(k, 10 * k_factor)`` are re-ranked exactly against
+  candidates are merged, and the best ``k_factor`` per result are re-ranked exactly against
   their float16 rows. When the probed lists hold fewer candidates than asked (a large ``k``
   over few vectors), ``nprobe`` doubles until they do or every list is probed: a short answer
   always means the shards hold no more.
@@ -27,6 +27,8 @@ from cliprs_index.store import KIND_IVFPQ, LoadedCodec, ShardData, open_shard, r
 # Rows scored per step of an exact scan (bounded transient float32 memory: 16k x 512 x 4 = 32 MB).
 _SCAN_ROWS = 16_384
 CONFIDENCE_SAMPLE = 2048
+# At most this many candidates are re-ranked exactly beyond k itself.
+MAX_RERANK = 8192
 
 
 class ShardSet:
@@ -115,9 +117,9 @@ class ShardSet:
             ids_parts.append(np.asarray(shard.ids[pos[0][keep]]))
             score_parts.append(scores[0][keep])
         if ivf:
-            candidates = self._ivf_candidates(q, k, ivf)
-            ids_parts.append(candidates)
-            score_parts.append(self._exact_scores(q[0], candidates))
+            found, vectors = self.vectors_of(self._ivf_candidates(q, k, ivf))
+            ids_parts.append(found)
+            score_parts.append(vectors @ q[0])
         ids = np.concatenate(ids_parts)
         scores = np.concatenate(score_parts)
         return _top(ids, scores, k)
@@ -126,7 +128,9 @@ class ShardSet:
         """Window ids of the best approximate candidates for an exact re-rank of ``k``."""
         codec = self.manifest.codec
         nlist = codec.nlist
-        want = min(max(k, 10 * codec.k_factor), self.total(picked))
+        # k_factor candidates per result, as tuned for k = 10, up to MAX_RERANK (large k: the
+        # candidate lists a filter over-fetches, where each rank matters less).
+        want = min(max(k, min(max(k, 10) * codec.k_factor, MAX_RERANK)), self.total(picked))
         nprobe = min(codec.nprobe, nlist)
         while True:
             params = faiss.SearchParametersIVF(nprobe=nprobe)
@@ -175,13 +179,6 @@ class ShardSet:
                     keep = np.argpartition(-best_scores, k - 1)[:k]
                     best_ids, best_scores = best_ids[keep], best_scores[keep]
         return _top(best_ids, best_scores, k)
-
-    def _exact_scores(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        found, vectors = self.vectors_of(ids)
-        if len(found) != len(ids):  # cannot happen for ids the shards returned
-            raise RuntimeError("an IVF list names a window the shard's rows do not hold")
-        order = {int(w): j for j, w in enumerate(found.tolist())}
-        return (vectors @ q)[[order[int(w)] for w in ids.tolist()]]
 
     # ---------------------------------------------------------------- vectors by id
 

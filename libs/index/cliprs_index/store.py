@@ -6,11 +6,11 @@ under fresh names that are never overwritten:
 - ``{stem}.ids.npy`` the window ids of its rows, ascending (so an id's row is a binary search);
 - ``{stem}.f16`` the rows' vectors as raw float16 (``count x dim``): memory-mapped by the searchers
   for the exact re-rank, vectors by id and samples, so they cost page cache, not process memory;
-- ``{stem}.faiss`` (IVF-PQ shards only) the IVF lists with 4-bit fast-scan PQ codes (32 bytes per
+- ``{stem}.faiss`` (IVF-PQ shards only) the IVF lists with 4-bit fast-scan PQ codes (64 bytes per
   512-d vector) and the window ids, encoded with the index's one shared codec. Flat shards (small
   indexes) have no FAISS file: their exact index is built from the float16 rows when loaded.
 
-The codec (``IVF{nlist},PQ{m}x4fs`` over inner product, residuals to the list centroids) is
+The codec (``IVF{nlist},PQ{m}x4fsr`` over inner product, residuals to the list centroids) is
 trained once on a sample of the whole index and shared by every compressed shard, so one coarse
 quantisation per query serves every shard, and adding an area only encodes its vectors.
 """
@@ -56,7 +56,7 @@ class CodecPlan:
 
     @property
     def factory(self) -> str:
-        return f"IVF{self.nlist},PQ{self.pq}x4fs"
+        return f"IVF{self.nlist},PQ{self.pq}x4fsr"
 
 
 def plan_codec(
@@ -64,12 +64,13 @@ def plan_codec(
 ) -> CodecPlan:
     """IVF-PQ parameters for an index of ``n`` vectors that is expected to grow to
     ``planned_vectors``: ``nlist ~ lists_per_sqrt * sqrt(size)`` as a power of two, but no more
-    lists than ``n / min_per_list`` (k-means needs points to place its centroids); 16 dimensions
-    per byte of code (pairs of 4-bit sub-quantisers of 8 dimensions)."""
+    lists than ``n / min_per_list`` (k-means needs points to place its centroids); one 4-bit
+    sub-quantiser per 4 dimensions (64 bytes per 512-d vector: with 8 dimensions per
+    sub-quantiser the approximate ranking needed twice the re-rank depth for the same recall)."""
     size = max(n, planned_vectors)
     nlist = 2 ** round(math.log2(max(16.0, lists_per_sqrt * math.sqrt(size))))
     nlist = int(max(4, min(nlist, 65_536, n // min_per_list)))
-    pq = max(2, dim // 8 - (dim // 8) % 2)
+    pq = max(2, dim // 4 - (dim // 4) % 2)
     while dim % pq:
         pq -= 2
     return CodecPlan(nlist=nlist, pq=pq)

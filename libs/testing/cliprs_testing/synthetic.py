@@ -7,6 +7,8 @@ draws the same structure: a shared mean direction, Zipf-sized clusters ("scene t
 inside clusters, and windows around places (``group`` per place, consecutive), each level with
 a power-law spectrum in a random basis. With the defaults the mean pairwise cosine is about 0.5
 and a vector's nearest neighbour (a window of the same place) sits at about 0.95, much like CLIP ViT-B/32 image features.
+`ClusteredStream` draws the same structure batch by batch (one area at a time), so a benchmark
+can write ten million of them without ever holding them all.
 
 `seed_area` writes matching PostGIS rows (an area, its tiles, their windows), fast enough for a
 million windows, so tests and `make bench-search` exercise the real filters and joins.
@@ -15,6 +17,7 @@ million windows, so tests and `make bench-search` exercise the real filters and 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,61 @@ def clustered_unit_vectors(
     return out
 
 
+class ClusteredStream:
+    """`clustered_unit_vectors`' structure drawn batch by batch: the mean direction, the scene
+    types (cluster centres), the spectrum and the basis are fixed once; each batch gets new places
+    inside those clusters and ``group`` windows around each place. Nothing but the shared
+    structure is kept between batches, so the memory is one batch's."""
+
+    def __init__(
+        self,
+        dim: int = 512,
+        seed: int = 0,
+        group: int = 16,
+        clusters: int | None = None,
+        planned: int = 1_000_000,
+    ):
+        """``planned``: the total the batches will add up to (it sets the number of clusters as
+        `clustered_unit_vectors` sets it for that many vectors, unless ``clusters`` is given)."""
+        self.rng = np.random.default_rng(seed)
+        self.dim, self.group = dim, group
+        n_clusters = clusters or max(8, int(np.sqrt(planned) / 2))
+        self.spectrum = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
+        self.basis = np.linalg.qr(self.rng.normal(size=(dim, dim)))[0].astype(np.float32)
+        self.mean = 1.4 * self._draw(1, 1.0)[0]
+        sizes = 1.0 / np.arange(1, n_clusters + 1)  # Zipf-like, as in clustered_unit_vectors
+        self.cluster_p = sizes / sizes.sum()
+        self.centres = self.mean + self._draw(n_clusters, 1.0)
+
+    def _draw(self, m: int, scale: float) -> np.ndarray:
+        z = self.rng.standard_normal(size=(m, self.dim), dtype=np.float32)
+        return (z * (self.spectrum * scale)) @ self.basis
+
+    def places(self, n: int) -> np.ndarray:
+        """(n, dim) new place centres (not unit vectors), each in a random cluster."""
+        return self.centres[self.rng.choice(len(self.centres), size=n, p=self.cluster_p)] + self._draw(n, 0.8)
+
+    def around(
+        self, places: np.ndarray, per_place: int, n: int | None = None, chunk: int = 65_536
+    ) -> np.ndarray:
+        """(n, dim) float32 unit vectors: ``per_place`` windows around each place, consecutive
+        (default n: all of them)."""
+        n = len(places) * per_place if n is None else n
+        out = np.empty((n, self.dim), dtype=np.float32)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            x = places[np.arange(start, stop) // per_place] + self._draw(stop - start, 0.5)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            out[start:stop] = x
+        return out
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, places): ``n`` unit vectors at new places, rows ``i*group .. (i+1)*group-1``
+        around ``places[i]``; keep ``places`` to draw more windows of them (held-out queries)."""
+        places = self.places(-(-n // self.group))
+        return self.around(places, self.group, n), places
+
+
 def split_queries(vectors: np.ndarray, n_queries: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(indexed, held-out queries): ``n_queries`` random rows taken out of ``vectors``."""
     rng = np.random.default_rng(seed)
@@ -90,11 +148,20 @@ def seed_area(
     stride_ratio: float = 0.25,
     tile_size: int = 256,
     status: str = "ready",
+    scales_for_zoom: Callable[[int], Sequence[float]] | None = None,
 ) -> SeededArea:
     """Write an area with ``tiles`` (status embedded) and their windows, cut exactly as the
     embedder cuts them, straight into PostGIS with COPY (a million windows take about a minute).
-    The area's box is the tiles' extent."""
-    plan = plan_windows(tile_size, list(scales), stride_ratio)
+    The area's box is the tiles' extent. ``scales_for_zoom`` (e.g. the embedder settings'
+    method of that name: finer windows at high zooms) replaces ``scales`` zoom by zoom."""
+    plans: dict[int, list] = {}
+
+    def plan_of(z: int) -> list:
+        if z not in plans:
+            chosen = scales if scales_for_zoom is None else scales_for_zoom(z)
+            plans[z] = plan_windows(tile_size, list(chosen), stride_ratio)
+        return plans[z]
+
     tiles = list(tiles)
     west = min(mercantile.bounds(t).west for t in tiles)
     south = min(mercantile.bounds(t).south for t in tiles)
@@ -128,7 +195,7 @@ def seed_area(
         ids, boxes, zs, tile_of = [], [], [], []
         window_rows = io.StringIO()
         for tile_id, z, x, y in rows:
-            for w in plan:
+            for w in plan_of(z):
                 b = window_bbox(z, x, y, tile_size, w)
                 wid = window_id(tile_id, w.index)
                 cx, cy = (b.min_lon + b.max_lon) / 2, (b.min_lat + b.max_lat) / 2
@@ -157,8 +224,14 @@ def seed_area(
 
 def write_area_chunks(vectors_dir: Path, area: SeededArea, vectors: np.ndarray, model_id: str) -> None:
     """One vector chunk per tile of a seeded area, as the embedder writes them."""
-    for tile_id in area.tile_ids.tolist():
-        rows = np.flatnonzero(area.tile_of == tile_id)
+    # Rows are grouped by tile (seed_area writes them tile by tile): cut at the tile changes
+    # rather than scanning every row once per tile (a million windows have 5,000 tiles).
+    order = np.argsort(area.tile_of, kind="stable")
+    tile_of = area.tile_of[order]
+    starts = np.searchsorted(tile_of, area.tile_ids, side="left")
+    stops = np.searchsorted(tile_of, area.tile_ids, side="right")
+    for tile_id, start, stop in zip(area.tile_ids.tolist(), starts.tolist(), stops.tolist(), strict=True):
+        rows = order[start:stop]
         write_chunk(vectors_dir, tile_id, area.ids[rows], vectors[rows], model_id)
 
 

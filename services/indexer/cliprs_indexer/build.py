@@ -94,7 +94,13 @@ class _Change:
         self.codec = current.codec if current else None
         self.codec_index = None
         self.retune = False
-        self.loaded = load_shardset(self.index_dir, current) if current and current.shards else None
+        try:
+            self.loaded = load_shardset(self.index_dir, current) if current and current.shards else None
+        except FileNotFoundError as exc:
+            raise ClipRSError(
+                f"a shard file of index version {current.version} is missing ({exc.filename}); rebuild the "
+                "whole index from the vector chunks: python -m cliprs_indexer rebuild"
+            ) from exc
         self.shards: list[ShardData] = list(self.loaded.shards) if self.loaded else []
         if self.loaded is not None:
             self.codec_index = self.loaded.codec
@@ -212,7 +218,11 @@ class _Change:
         return sum(s.count for s in self.shards)
 
     def _tile_info(self, tile_ids: np.ndarray) -> list[layout.TileInfo]:
-        return [layout.TileInfo(*r) for r in repository.tile_positions(self.conn, tile_ids.tolist())]
+        rows = repository.tile_positions(self.conn, tile_ids.tolist())
+        if len(rows) != len(tile_ids):
+            missing = sorted(set(tile_ids.tolist()) - {r[0] for r in rows})
+            raise ClipRSError(f"vectors of tiles the database does not know: {missing[:10]}")
+        return [layout.TileInfo(*r) for r in rows]
 
     def _write(self, ids: np.ndarray, rows: np.ndarray, tiles: list[layout.TileInfo]) -> list[ShardData]:
         stem, kind = write_shard(self.index_dir, ids, rows, self.codec_index if self.codec else None)

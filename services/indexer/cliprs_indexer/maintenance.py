@@ -112,6 +112,7 @@ def rebuild(
     """Re-read the windows of ``area_ids`` (default: every area: a fresh index, its codec
     retrained) from the stored vector chunks and publish them as one new version."""
     engine = sync_engine(core.database_url)
+    fresh = area_ids is None
     with engine.connect() as conn:
         if area_ids is None:
             area_ids = repository.all_live_area_ids(conn)
@@ -129,7 +130,7 @@ def rebuild(
             report.removed.append(area_id)
             continue
         report.areas[area_id] = int(np.isin(tile_of(vectors.ids), ts).sum())
-    manifest = apply(core, settings, add=vectors, remove_tiles=everything, fresh=area_ids is None)
+    manifest = apply(core, settings, add=vectors, remove_tiles=everything, fresh=fresh)
     report.version = manifest.version if manifest else None
     report.vectors = manifest.vector_count if manifest else 0
     report.shards = len(manifest.shards) if manifest else 0

@@ -19,7 +19,7 @@ class IndexerSettings(BaseSettings):
     shard_min_vectors: int = 50_000
     # The codec's list count is planned for an index of this size (or the real one, if larger):
     # nlist ~ lists_per_sqrt * sqrt(size). Growing far past it calls for `rebuild` (retrains).
-    planned_vectors: int = 3_000_000
+    planned_vectors: int = 1_000_000
     # Re-tune nprobe when the index has grown this many times since the last tuning.
     retune_growth: float = 4.0
     # IVF-PQ: nprobe (and, if need be, the re-rank depth) are tuned on held-out queries until

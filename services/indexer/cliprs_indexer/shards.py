@@ -1,8 +1,8 @@
 """The index's shared IVF-PQ codec: when to train it, training it, and tuning how it is searched.
 
 While the whole index holds at most ``flat_max_vectors``, every shard is exact (flat). Past that,
-one codec (``IVF{nlist},PQ{m}x4fs``: a coarse k-means quantiser and 4-bit fast-scan product codes
-of each vector's residual to its list centroid, 32 bytes per 512-d vector) is trained on a random
+one codec (``IVF{nlist},PQ{m}x4fsr``: a coarse k-means quantiser and 4-bit fast-scan product codes
+of each vector's residual to its list centroid, 64 bytes per 512-d vector) is trained on a random
 sample of the index and every shard is encoded with it; candidates are re-ranked exactly against
 the float16 rows. ``nprobe`` is the smallest that reaches the recall target on indexed vectors
 used as queries (their own match left out) through `ShardSet.search`, the code the searchers

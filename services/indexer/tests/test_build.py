@@ -7,20 +7,23 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-import faiss
+import mercantile
 import numpy as np
 import pytest
 import redis
+from cliprs_index.shardset import ShardSet, load_shardset
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.manifest import current_version, load_manifest, manifest_path
+from cliprs.manifest import Manifest, current_version, load_manifest, manifest_path
 from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
-from cliprs_indexer.build import AreaVectors, ModelMismatch, collect_area_vectors, publish_area
-from cliprs_testing.factories import make_area, make_tile, make_window
+from cliprs.windows import window_id
+from cliprs_indexer.build import AreaVectors, ModelMismatch, apply, collect_area_vectors, publish_area
+from cliprs_indexer.maintenance import delete_area
+from cliprs_indexer.settings import IndexerSettings
+from cliprs_testing.factories import link_tiles, make_area, make_tile, make_window
 
 DIM = 16
 MODEL = "test/tiny-clip-a"
@@ -82,7 +85,7 @@ def seed_area(
     vectors: dict[int, np.ndarray] = {}
     with engine.begin() as conn:
         for i, tile_id in enumerate(tile_ids):
-            wids = np.arange(windows_per_tile, dtype=np.int64) + tile_id * 1000
+            wids = np.array([window_id(tile_id, k) for k in range(windows_per_tile)], dtype=np.int64)
             for k, wid in enumerate(wids.tolist()):
                 w = lon0 + step * i + step * k / windows_per_tile
                 make_window(conn, wid, tile_id, bounds=(w, lat0, w + step / windows_per_tile, lat0 + step))
@@ -109,16 +112,39 @@ def version_row(core: CoreSettings, version: int) -> dict | None:
 
 def shard_files(core: CoreSettings) -> set[str]:
     shards = core.index_dir / "shards"
-    return {f"shards/{p.name}" for p in shards.glob("*.faiss")} if shards.exists() else set()
+    return {f"shards/{p.name}" for p in shards.iterdir()} if shards.exists() else set()
 
 
-def assert_self_queries(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
-    index = faiss.read_index(str(path))
-    assert index.ntotal == len(ids)
-    assert index.d == DIM
-    scores, found = index.search(np.ascontiguousarray(vectors), 1)
-    assert found[:, 0].tolist() == ids.tolist()
-    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+def loaded(core: CoreSettings, manifest: Manifest | None = None) -> ShardSet:
+    """The version as a searcher loads it (default: CURRENT)."""
+    manifest = manifest or load_manifest(core.index_dir)
+    return load_shardset(core.index_dir, manifest)
+
+
+def assert_self_queries(shardset: ShardSet, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Every window is indexed with its vector and is its own best match."""
+    assert shardset.dim == DIM
+    for wid, vec in zip(ids.tolist(), vectors, strict=True):
+        (best, score), *_ = shardset.search(vec, 1)
+        assert best == wid
+        assert score == pytest.approx(1.0, abs=1e-3)  # float16 rows
+        np.testing.assert_allclose(shardset.vector_of(wid), vec, atol=1e-3)
+
+
+def assert_gone(shardset: ShardSet, ids: np.ndarray) -> None:
+    found, _ = shardset.vectors_of(ids)
+    assert len(found) == 0
+    probe = shardset.search(np.ones(DIM, dtype=np.float32) / np.sqrt(DIM), shardset.total())
+    assert not np.isin([w for w, _ in probe], ids).any()
+
+
+def shards_holding(shardset: ShardSet, ids: np.ndarray) -> list:
+    """The manifest entries of the shards holding some of ``ids``."""
+    return [s.meta for s in shardset.shards if np.isin(ids, s.ids).any()]
+
+
+def stems(manifest: Manifest) -> set[str]:
+    return {s.stem for s in manifest.shards}
 
 
 # --------------------------------------------------------------------------- collect_area_vectors
@@ -131,9 +157,9 @@ def test_collect_area_vectors_reads_the_chunks_of_embedded_tiles(
     got = collect_area_vectors(core_settings, area.id)
     assert got is not None
     assert got.model_id == MODEL
-    assert got.ids.dtype == np.int64 and got.vectors.dtype == np.float32
+    assert got.ids.dtype == np.int64 and got.vectors.dtype == np.float16  # as the chunks hold them
     np.testing.assert_array_equal(got.ids, area.all_ids())
-    np.testing.assert_allclose(got.vectors, area.all_vectors())
+    np.testing.assert_allclose(got.vectors.astype(np.float32), area.all_vectors(), atol=1e-3)
 
     # A tile not (yet) embedded is left out even though it has a chunk; an embedded tile whose
     # chunk is missing is skipped with a warning.
@@ -173,65 +199,80 @@ def test_publish_area_versions_shards_and_removal(
     core_settings: CoreSettings, seeded_areas: list[int]
 ) -> None:
     core = core_settings
+    apart = IndexerSettings(shard_min_vectors=1)  # no merging: one shard per area here
     a = seed_area(core, seeded_areas, n_tiles=3, windows_per_tile=4, seed=1)
     b = seed_area(core, seeded_areas, n_tiles=2, windows_per_tile=6, seed=2)
     base = last_db_version(core)
 
     # First version: one shard.
-    m1 = publish_area(core, a.id, collect_area_vectors(core, a.id))
+    m1 = publish_area(core, a.id, collect_area_vectors(core, a.id), apart)
     assert m1.version == base + 1
     assert current_version(core.index_dir) == m1.version
     assert load_manifest(core.index_dir) == m1
     assert manifest_path(core.index_dir, m1.version).exists()
-    assert (m1.model_id, m1.dim) == (MODEL, DIM)
-    assert [(s.area_id, s.count, s.kind) for s in m1.shards] == [(a.id, 12, "flat")]
+    assert (m1.model_id, m1.dim, m1.codec) == (MODEL, DIM, None)
+    assert [(s.area_ids, s.count, s.kind, s.tiles, s.zooms) for s in m1.shards] == [
+        ([a.id], 12, "flat", 3, [14])
+    ]
+    # The envelope is the tiles' extent (zoom 14, x 8000..8002, y 5000).
+    first, last = mercantile.bounds(8000, 5000, 14), mercantile.bounds(8002, 5000, 14)
+    np.testing.assert_allclose(m1.shards[0].envelope, [first.west, first.south, last.east, first.north])
     row = version_row(core, m1.version)
     assert row is not None
     assert row["vector_count"] == 12
     assert row["model_id"] == MODEL
-    assert row["shard_files"] == [m1.shards[0].file]
+    assert row["shard_files"] == sorted(m1.files())
     assert row["manifest_path"] == str(manifest_path(core.index_dir, m1.version))
-    assert_self_queries(core.index_dir / m1.shards[0].file, a.all_ids(), a.all_vectors())
+    assert shard_files(core) == m1.files()
+    assert_self_queries(loaded(core), a.all_ids(), a.all_vectors())
 
-    # Second version: a second area adds a second shard.
-    m2 = publish_area(core, b.id, collect_area_vectors(core, b.id))
+    # Second version: a second area adds a second shard; the first is shared, not rewritten.
+    m2 = publish_area(core, b.id, collect_area_vectors(core, b.id), apart)
     assert m2.version == m1.version + 1
     assert current_version(core.index_dir) == m2.version
-    assert sorted(s.area_id for s in m2.shards) == sorted([a.id, b.id])
+    assert sorted(s.area_ids for s in m2.shards) == sorted([[a.id], [b.id]])
+    assert m1.shards[0] in m2.shards
     assert version_row(core, m2.version)["vector_count"] == 12 + 12
-    shard_b = next(s for s in m2.shards if s.area_id == b.id)
-    assert_self_queries(core.index_dir / shard_b.file, b.all_ids(), b.all_vectors())
+    both = loaded(core)
+    assert_self_queries(both, a.all_ids(), a.all_vectors())
+    assert_self_queries(both, b.all_ids(), b.all_vectors())
 
-    # Re-publishing area a (one tile dropped, one re-embedded) replaces its shard.
-    dropped, changed = a.tile_ids[0], a.tile_ids[1]
-    with sync_engine(core.database_url).begin() as conn:
-        conn.execute(text("UPDATE tiles SET status = 'failed' WHERE id = :t"), {"t": dropped})
-    new_vecs = unit_vectors(4, 999)
-    write_chunk(core.vectors_dir, changed, a.ids[changed], new_vecs, MODEL)
-    m3 = publish_area(core, a.id, collect_area_vectors(core, a.id))
+    # Re-publishing area a adds nothing (its tiles are indexed): a new version, the same shards.
+    m3 = publish_area(core, a.id, collect_area_vectors(core, a.id), apart)
     assert m3.version == m2.version + 1
-    a_shards = [s for s in m3.shards if s.area_id == a.id]
-    assert len(a_shards) == 1 and len(m3.shards) == 2
-    assert a_shards[0].file != m1.shards[0].file
-    assert a_shards[0].count == 8
-    assert version_row(core, m3.version)["vector_count"] == 8 + 12
+    assert m3.shards == m2.shards
+    assert version_row(core, m3.version)["vector_count"] == 24
+
+    # Nothing to publish: no version.
+    assert publish_area(core, a.id, None, apart) is None
+    assert current_version(core.index_dir) == m3.version
+
+    # Taking one of a's tiles out rewrites a's shard only.
+    dropped = a.tile_ids[0]
+    m4 = apply(core, apart, remove_tiles=[dropped])
+    assert m4.version == m3.version + 1
+    shard_b = next(s for s in m2.shards if s.area_ids == [b.id])
+    assert shard_b in m4.shards  # untouched
+    shard_a = next(s for s in m4.shards if s.area_ids == [a.id])
+    assert shard_a.stem != m1.shards[0].stem and shard_a.count == 8 and shard_a.tiles == 2
+    assert version_row(core, m4.version)["vector_count"] == 8 + 12
+    now = loaded(core)
+    assert_gone(now, a.ids[dropped])
     kept = [t for t in sorted(a.ids) if t != dropped]
-    vecs = np.concatenate([new_vecs if t == changed else a.vectors[t] for t in kept])
-    assert_self_queries(core.index_dir / a_shards[0].file, np.concatenate([a.ids[t] for t in kept]), vecs)
-    assert next(s for s in m3.shards if s.area_id == b.id) == shard_b  # untouched
+    assert_self_queries(
+        now, np.concatenate([a.ids[t] for t in kept]), np.concatenate([a.vectors[t] for t in kept])
+    )
     # The older version still loads as it was (searchers may still be reading it).
     assert load_manifest(core.index_dir, m1.version) == m1
-    assert (core.index_dir / m1.shards[0].file).exists()
+    assert_self_queries(loaded(core, m1), a.all_ids(), a.all_vectors())
 
-    # Publishing None removes the area.
-    m4 = publish_area(core, a.id, None)
-    assert m4.version == m3.version + 1
-    assert current_version(core.index_dir) == m4.version
-    assert [s.area_id for s in m4.shards] == [b.id]
-    assert (m4.model_id, m4.dim) == (MODEL, DIM)
-    row = version_row(core, m4.version)
+    # Taking all of a out leaves b's shard alone.
+    m5 = apply(core, apart, remove_tiles=a.tile_ids)
+    assert m5.shards == [shard_b]
+    assert (m5.model_id, m5.dim) == (MODEL, DIM)
+    row = version_row(core, m5.version)
     assert row["vector_count"] == 12
-    assert row["shard_files"] == [shard_b.file]
+    assert row["shard_files"] == sorted(shard_b.files())
 
     with sync_engine(core.database_url).connect() as conn:
         versions = (
@@ -241,7 +282,7 @@ def test_publish_area_versions_shards_and_removal(
             .scalars()
             .all()
         )
-    assert versions == [base + 1, base + 2, base + 3, base + 4]
+    assert versions == [base + 1, base + 2, base + 3, base + 4, base + 5]
 
 
 def test_publish_announces_the_version_on_redis(core_settings: CoreSettings, seeded_areas: list[int]) -> None:
@@ -283,21 +324,157 @@ def test_publish_refuses_a_second_model(core_settings: CoreSettings, seeded_area
     assert load_manifest(core.index_dir) == m1
 
     # Once the index is empty again another model may start it over.
-    m2 = publish_area(core, a.id, None)
+    m2 = apply(core, IndexerSettings(), remove_tiles=a.tile_ids)
     assert m2.shards == []
     m3 = publish_area(core, b.id, vectors_b)
     assert m3.model_id == "test/tiny-clip-b"
-    assert [s.area_id for s in m3.shards] == [b.id]
+    assert [s.area_ids for s in m3.shards] == [[b.id]]
 
 
 def test_publish_accepts_vectors_built_in_memory(
     core_settings: CoreSettings, seeded_areas: list[int]
 ) -> None:
-    """``publish_area`` takes whatever ``AreaVectors`` it is given (ids need not be contiguous)."""
-    area = seed_area(core_settings, seeded_areas, n_tiles=1, seed=6)  # the area must exist (not be deleted)
-    ids = np.array([7, 3_000_000_000, 42], dtype=np.int64)
+    """``publish_area`` takes whatever ``AreaVectors`` it is given (any windows of known tiles,
+    in any order, not every window of a tile)."""
+    area = seed_area(core_settings, seeded_areas, n_tiles=3, seed=6)  # the area must exist (not be deleted)
+    ids = np.array(
+        [area.ids[area.tile_ids[2]][4], area.ids[area.tile_ids[0]][1], area.ids[area.tile_ids[2]][0]]
+    )
     vecs = unit_vectors(3, 77)
     m = publish_area(core_settings, area.id, AreaVectors(ids, vecs, MODEL))
-    assert [s.count for s in m.shards] == [3]
-    assert_self_queries(core_settings.index_dir / m.shards[0].file, ids, vecs)
-    assert shard_files(core_settings) == {m.shards[0].file}
+    assert [(s.count, s.tiles) for s in m.shards] == [(3, 2)]
+    assert_self_queries(loaded(core_settings), ids, vecs)
+    assert shard_files(core_settings) == m.files()
+
+
+# --------------------------------------------------------------------------- shards shared by areas
+
+SMALL = IndexerSettings(shard_max_vectors=60, shard_min_vectors=30)
+
+
+def test_adding_areas_reuses_unchanged_shards_and_merges_small_ones(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    core = core_settings
+    a = seed_area(core, seeded_areas, n_tiles=3, seed=11)  # 15 windows: a small shard
+    b = seed_area(core, seeded_areas, n_tiles=2, seed=12)  # 10 windows: small
+    c = seed_area(core, seeded_areas, n_tiles=8, seed=13)  # 40 windows: not small
+    m1 = publish_area(core, a.id, collect_area_vectors(core, a.id), SMALL)
+    m2 = publish_area(core, b.id, collect_area_vectors(core, b.id), SMALL)
+    # Two small shards are merged into one holding both areas.
+    assert [(s.area_ids, s.count) for s in m2.shards] == [(sorted([a.id, b.id]), 25)]
+    assert not stems(m1) & stems(m2)
+    m3 = publish_area(core, c.id, collect_area_vectors(core, c.id), SMALL)
+    assert stems(m2) < stems(m3)  # the shard of a and b is reused
+    assert sorted((s.area_ids, s.count) for s in m3.shards) == sorted(
+        [(sorted([a.id, b.id]), 25), ([c.id], 40)]
+    )
+    assert all(s.count <= SMALL.shard_max_vectors for s in m3.shards)
+    now = loaded(core)
+    for area in (a, b, c):
+        assert_self_queries(now, area.all_ids(), area.all_vectors())
+        # pick() by area finds every shard holding its windows.
+        assert sorted(now.pick(area_id=area.id)) == sorted(
+            i for i, s in enumerate(now.shards) if np.isin(area.all_ids(), s.ids).any()
+        )
+
+
+def test_an_overlapping_area_adds_only_its_new_tiles(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    core = core_settings
+    c = seed_area(core, seeded_areas, n_tiles=8, seed=14)  # 40 windows
+    d = seed_area(core, seeded_areas, n_tiles=2, seed=15)  # 10 windows of its own
+    shared = c.tile_ids[5:]
+    with sync_engine(core.database_url).begin() as conn:
+        link_tiles(conn, d.id, shared)  # d also covers c's last three tiles
+    m1 = publish_area(core, c.id, collect_area_vectors(core, c.id), SMALL)
+    vectors = collect_area_vectors(core, d.id)
+    assert len(vectors.ids) == 10 + 15  # d's vectors include the shared tiles
+    m2 = publish_area(core, d.id, vectors, SMALL)
+    assert m2.vector_count == 40 + 10  # only d's own tiles were added
+    now = loaded(core)
+    assert sorted(now.sample_ids(10**6).tolist()) == sorted([*c.all_ids().tolist(), *d.all_ids().tolist()])
+    shared_ids = np.concatenate([c.ids[t] for t in shared])
+    holding = shards_holding(now, shared_ids)
+    assert len(holding) == 1 and holding[0].area_ids == sorted([c.id, d.id])
+    assert holding[0].stem == m1.shards[0].stem  # not rewritten, only its areas refreshed
+    assert all(d.id in s.area_ids for s in shards_holding(now, d.all_ids()))
+    assert_self_queries(now, shared_ids, np.concatenate([c.vectors[t] for t in shared]))
+    assert_self_queries(now, d.all_ids(), d.all_vectors())
+
+
+def test_deleting_an_area_rewrites_only_the_shards_holding_it(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    core = core_settings
+    a = seed_area(core, seeded_areas, n_tiles=3, seed=16)
+    b = seed_area(core, seeded_areas, n_tiles=2, seed=17)
+    c = seed_area(core, seeded_areas, n_tiles=8, seed=18)
+    for area in (a, b, c):
+        before = publish_area(core, area.id, collect_area_vectors(core, area.id), SMALL)
+    mixed = next(s for s in before.shards if a.id in s.area_ids)
+    assert mixed.area_ids == sorted([a.id, b.id])  # a's windows share a shard with b's
+
+    report = delete_area(core, a.id, SMALL)
+    after = load_manifest(core.index_dir)
+    assert report.version == after.version and report.tiles_deleted == 3 and report.windows_deleted == 15
+    assert after.vector_count == 10 + 40
+    assert all(a.id not in s.area_ids for s in after.shards)
+    assert mixed.stem not in stems(after)  # the shard holding a was rewritten
+    assert stems(before) - {mixed.stem} <= stems(after)  # the others are reused
+    now = loaded(core)
+    assert_gone(now, a.all_ids())
+    assert_self_queries(now, b.all_ids(), b.all_vectors())
+    assert_self_queries(now, c.all_ids(), c.all_vectors())
+    assert [s.area_ids for s in shards_holding(now, b.all_ids())] == [[b.id]]
+
+
+def test_crossing_flat_max_trains_one_codec_for_every_shard(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    core = core_settings
+    settings = IndexerSettings(flat_max_vectors=300, shard_max_vectors=150, shard_min_vectors=1, device="cpu")
+    areas = [seed_area(core, seeded_areas, n_tiles=20, seed=20 + i) for i in range(4)]  # 100 windows each
+    flat = None
+    for area in areas[:3]:
+        flat = publish_area(core, area.id, collect_area_vectors(core, area.id), settings)
+    assert flat.codec is None and {s.kind for s in flat.shards} == {"flat"}
+    assert flat.vector_count == 300
+
+    compressed = publish_area(core, areas[3].id, collect_area_vectors(core, areas[3].id), settings)
+    codec = compressed.codec
+    assert codec is not None and codec.trained_on == 400
+    assert {s.kind for s in compressed.shards} == {"ivfpq"}  # every shard, old ones re-encoded
+    assert not stems(flat) & stems(compressed)
+    assert codec.recall_at_10 is not None and codec.recall_at_10 >= settings.recall_target
+    assert 1 <= codec.nprobe <= codec.nlist
+    assert codec.file in compressed.files() and (core.index_dir / codec.file).exists()
+    now = loaded(core)
+    for area in areas:
+        assert_self_queries(now, area.all_ids(), area.all_vectors())
+
+    # A later area is only encoded with the same codec: nothing else is rewritten or retrained.
+    e = seed_area(core, seeded_areas, n_tiles=4, seed=30)
+    later = publish_area(core, e.id, collect_area_vectors(core, e.id), settings)
+    assert later.codec.file == codec.file
+    assert stems(compressed) < stems(later)
+    assert {s.kind for s in later.shards} == {"ivfpq"}
+    assert_self_queries(loaded(core), e.all_ids(), e.all_vectors())
+
+
+def test_a_publish_respects_a_concurrent_delete(core_settings: CoreSettings, seeded_areas: list[int]) -> None:
+    core = core_settings
+    a = seed_area(core, seeded_areas, n_tiles=2, seed=31)
+    b = seed_area(core, seeded_areas, n_tiles=2, seed=32)
+    m1 = publish_area(core, b.id, collect_area_vectors(core, b.id))
+    vectors = collect_area_vectors(core, a.id)  # an index job, mid-way
+    with sync_engine(core.database_url).begin() as conn:  # a delete has started meanwhile
+        conn.execute(text("UPDATE areas SET status = 'deleting' WHERE id = :a"), {"a": a.id})
+    assert apply(core, IndexerSettings(), add=vectors, only_if_alive=a.id) is None
+    assert publish_area(core, a.id, vectors) is None
+    assert current_version(core.index_dir) == m1.version == last_db_version(core)
+    assert_gone(loaded(core), a.all_ids())
+    # Without the condition the same vectors are published.
+    m2 = apply(core, IndexerSettings(), add=vectors)
+    assert m2.version == m1.version + 1 and m2.vector_count == 20

@@ -8,10 +8,11 @@ import os
 import time
 from pathlib import Path
 
-import faiss
 import mercantile
+import numpy as np
 import pytest
 import redis
+from cliprs_index.shardset import load_shardset
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
@@ -21,13 +22,12 @@ from cliprs.manifest import (
     list_versions,
     load_manifest,
     register_searcher,
-    search_shard,
     unregister_searcher,
 )
 from cliprs.settings import CoreSettings
 from cliprs.vectors import chunk_path
 from cliprs_indexer.__main__ import main as cli
-from cliprs_indexer.build import collect_area_vectors, make_shard, publish_area, publish_changes
+from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_indexer.maintenance import delete_area, garbage_collect, rebuild
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_testing.factories import link_tiles, make_job
@@ -58,8 +58,13 @@ def index_area(core: CoreSettings, area: SeededArea, settings: IndexerSettings |
     return publish_area(core, area.area_id, collect_area_vectors(core, area.area_id), settings)
 
 
-def shard_of(manifest, area_id: int):
-    return next(s for s in manifest.shards if s.area_id == area_id)
+def shards_of(manifest, area_id: int) -> list:
+    return [s for s in manifest.shards if area_id in s.area_ids]
+
+
+def indexed_ids(core: CoreSettings) -> np.ndarray:
+    """Every window id the current version holds."""
+    return load_shardset(core.index_dir, load_manifest(core.index_dir)).sample_ids(10**9)
 
 
 def removed_at(core: CoreSettings, version: int):
@@ -84,7 +89,8 @@ def test_gc_removes_versions_no_searcher_holds(
     b = area_with_chunks(core, seeded_areas, 10, 2, seed=2)
     v1 = index_area(core, a)
     v2 = index_area(core, b)
-    v3 = index_area(core, a)  # area a rebuilt: a new file, b's file shared by v2 and v3
+    v3 = index_area(core, a)  # a again: nothing new, every file shared by v2 and v3
+    assert v3.files() == v2.files() and v1.files() - v3.files()  # a's first shard was merged with b's
     register_searcher(rclient, core.redis_namespace, "searcher-1", {v1.version}, ttl_s=30)
 
     # Just published: even unheld versions are spared for gc_min_age_s.
@@ -100,10 +106,12 @@ def test_gc_removes_versions_no_searcher_holds(
     unregister_searcher(rclient, core.redis_namespace, "searcher-1")
     report = garbage_collect(core, NOW)
     assert report.removed_versions == [v1.version]
-    assert report.removed_files == [shard_of(v1, a.area_id).file]
+    assert report.removed_files == sorted(v1.files() - v3.files())
     assert list_versions(core.index_dir) == [v3.version]
-    for shard in v3.shards:
-        assert (core.index_dir / shard.file).exists()
+    for rel in v3.files():
+        assert (core.index_dir / rel).exists()
+    for rel in report.removed_files:
+        assert not (core.index_dir / rel).exists()
 
 
 def test_gc_spares_a_registration_until_its_ttl_runs_out(
@@ -149,13 +157,14 @@ def test_delete_area_removes_its_vectors_rows_and_chunks_but_not_shared_tiles(
         make_job(conn, a.area_id, state="done")
     index_area(core, a)
     before = index_area(core, b)
-    assert shard_of(before, b.area_id).count == 3 * 26
+    assert before.vector_count == 5 * 26  # the shared tiles once
+    assert np.isin(np.concatenate([a.ids, b.ids]), indexed_ids(core)).all()
 
     report = delete_area(core, a.area_id)
     assert report.tiles_deleted == 2 and report.windows_deleted == 2 * 26 and report.chunks_deleted == 2
     manifest = load_manifest(core.index_dir)
     assert manifest.version == report.version
-    assert [s.area_id for s in manifest.shards] == [b.area_id]
+    assert [s.area_ids for s in manifest.shards] == [[b.area_id]]
     with sync_engine(core.database_url).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM areas WHERE id = :a"), {"a": a.area_id}).scalar() == 0
         assert (
@@ -176,25 +185,30 @@ def test_delete_area_removes_its_vectors_rows_and_chunks_but_not_shared_tiles(
     assert windows == 2 * 26
     for tile_id in a.tile_ids.tolist():
         assert chunk_path(core.vectors_dir, tile_id).exists() == (tile_id in shared)
-    # b's shard still answers for the shared windows.
-    index = faiss.read_index(str(core.index_dir / shard_of(manifest, b.area_id).file))
-    assert index.ntotal == 3 * 26
+    # The index still answers for the shared windows; a's own windows are gone.
+    indexed = indexed_ids(core)
+    shared_windows = a.ids[np.isin(a.tile_of, shared)]
+    assert sorted(indexed.tolist()) == sorted([*b.ids.tolist(), *shared_windows.tolist()])
+    assert manifest.vector_count == 3 * 26
 
     with pytest.raises(NotFound):
         delete_area(core, a.area_id)
 
 
-def test_a_late_shard_does_not_bring_a_deleted_area_back(
+def test_a_late_publish_does_not_bring_a_deleted_area_back(
     core_settings: CoreSettings, seeded_areas: list[int]
 ) -> None:
     core = core_settings
     a = area_with_chunks(core, seeded_areas, 0, 1, seed=7)
-    shard = make_shard(core, a.area_id, collect_area_vectors(core, a.area_id))  # an index job, mid-way
+    b = area_with_chunks(core, seeded_areas, 10, 1, seed=17)
+    index_area(core, b)
+    vectors = collect_area_vectors(core, a.area_id)  # an index job, mid-way
     delete_area(core, a.area_id)
     version = current_version(core.index_dir)
-    assert publish_changes(core, {a.area_id: shard}, MODEL, 32) is None
+    assert publish_area(core, a.area_id, vectors) is None
     assert current_version(core.index_dir) == version
-    assert all(s.area_id != a.area_id for s in load_manifest(core.index_dir).shards)
+    assert shards_of(load_manifest(core.index_dir), a.area_id) == []
+    assert not np.isin(a.ids, indexed_ids(core)).any()
 
 
 def test_rebuild_recovers_the_index_from_the_vector_chunks(
@@ -216,32 +230,56 @@ def test_rebuild_recovers_the_index_from_the_vector_chunks(
         "CLIPRS_REDIS_URL": core.redis_url,
         "CLIPRS_DATA_DIR": str(core.data_dir),
         "CLIPRS_REDIS_NAMESPACE": core.redis_namespace,
-        "INDEXER_FLAT_MAX_VECTORS": "500",  # the large area gets an IVF-PQ shard
+        "INDEXER_FLAT_MAX_VECTORS": "500",  # past it: the codec is trained, every shard compressed
+        "INDEXER_SHARD_MAX_VECTORS": "500",
+        "INDEXER_SHARD_MIN_VECTORS": "100",
         "INDEXER_GC_MIN_AGE_S": "0",
     }.items():
         monkeypatch.setenv(key, value)
-    assert cli(["rebuild", "--area", str(small.area_id), "--area", str(large.area_id)]) == 0
+    # Every area (a fresh index, the codec trained anew); the session's database may hold other
+    # tests' areas, which have no vector chunks here.
+    assert cli(["rebuild"]) == 0
     out = json.loads(capsys.readouterr().out)
     manifest = load_manifest(core.index_dir)
     assert out["version"] == manifest.version
-    assert {int(k): v for k, v in out["kinds"].items()} == {small.area_id: "flat", large.area_id: "ivfpq"}
+    areas = {int(k): v for k, v in out["areas"].items()}
+    assert (areas[small.area_id], areas[large.area_id]) == (52, 1040)
+    assert out["vectors"] == manifest.vector_count == 52 + 1040
+    assert out["shards"] == len(manifest.shards) >= 3
+    assert all(s.count <= 500 for s in manifest.shards)
+    # Past INDEXER_FLAT_MAX_VECTORS: one codec, every shard compressed, tuned to the target.
+    assert manifest.codec is not None and {s.kind for s in manifest.shards} == {"ivfpq"}
+    assert manifest.codec.recall_at_10 >= 0.95
     assert list_versions(core.index_dir) == [manifest.version]  # the broken versions were collected
+    shardset = load_shardset(core.index_dir, manifest)
     for area in (small, large):
-        shard = shard_of(manifest, area.area_id)
-        assert shard.count == len(area.ids)
-        index = faiss.read_index(str(core.index_dir / shard.file))
         vectors = collect_area_vectors(core, area.area_id).vectors
-        _, found = search_shard(index, shard, vectors[:20], 1)  # as the searchers search it
-        assert (found[:, 0] == area.ids[:20]).mean() >= 0.9
-    assert shard_of(manifest, large.area_id).params["recall_at_10"] >= 0.95
+        found = [shardset.search(v, 1)[0][0] for v in vectors[:20]]  # as the searchers search
+        assert np.mean(np.array(found) == area.ids[:20]) >= 0.9
 
-    # Rebuilding one area leaves the other's shard as it was.
-    report = rebuild(core, IndexerSettings(), [small.area_id])
+    # Rebuilding one area leaves the shards not holding it as they were.
+    report = rebuild(core, IndexerSettings(), [small.area_id])  # the settings from the environment
     again = load_manifest(core.index_dir)
     assert again.version == report.version == manifest.version + 1
-    assert shard_of(again, large.area_id) == shard_of(manifest, large.area_id)
-    assert shard_of(again, small.area_id).file != shard_of(manifest, small.area_id).file
+    assert again.vector_count == manifest.vector_count and again.codec.file == manifest.codec.file
+    untouched = [s for s in manifest.shards if small.area_id not in s.area_ids]
+    assert untouched and all(s.stem in {x.stem for x in again.shards} for s in untouched)
+    assert not {s.stem for s in shards_of(manifest, small.area_id)} & {s.stem for s in again.shards}
 
     assert cli(["rebuild", "--area", "999999"]) == 1
     assert "no area 999999" in capsys.readouterr().err
     assert Path(core.index_dir / "CURRENT").read_text() == str(again.version)
+
+
+@pytest.mark.xfail(strict=True, reason="rebuild of named areas loads the current version's shards")
+def test_rebuild_of_named_areas_recovers_lost_shard_files(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    core = core_settings
+    a = area_with_chunks(core, seeded_areas, 0, 2, seed=10)
+    index_area(core, a)
+    for path in (core.index_dir / "shards").iterdir():  # the shard files are lost
+        path.unlink()
+    report = rebuild(core, IndexerSettings(), [a.area_id])
+    assert report.vectors == len(a.ids)
+    assert sorted(indexed_ids(core).tolist()) == sorted(a.ids.tolist())

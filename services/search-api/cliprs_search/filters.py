@@ -23,9 +23,28 @@ class HitFilter:
     polygon: Polygon | MultiPolygon | None = None
 
     @property
-    def narrows(self) -> bool:
-        """True when rows beyond the searched shards' own must be checked (zoom or geometry)."""
-        return bool(self.zooms) or self.bbox is not None or self.polygon is not None
+    def geometry(self) -> bool:
+        """True when a bounding box or a polygon limits where hits may lie."""
+        return self.bbox is not None or self.polygon is not None
+
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """The lon/lat box [w, s, e, n] every passing footprint touches (the bounding box's and
+        the polygon's extents intersected; w > e or s > n when they are disjoint), or None
+        without a geometry."""
+        boxes = []
+        if self.bbox is not None:
+            boxes.append(self.bbox.as_list())
+        if self.polygon is not None:
+            boxes.append(list(self.polygon.bounds))
+        if not boxes:
+            return None
+        w, s, e, n = (
+            max(b[0] for b in boxes),
+            max(b[1] for b in boxes),
+            min(b[2] for b in boxes),
+            min(b[3] for b in boxes),
+        )
+        return (w, s, e, n)
 
     def fingerprint(self) -> dict:
         """What identifies the filter in a pagination cursor."""

@@ -143,7 +143,13 @@ class HitFeature(Feature):
 class FilterReport(BaseModel):
     strategy: Literal["index", "overfetch", "selector", "empty"]
     estimated_matches: int | None = Field(None, description="Estimated windows passing the filter")
-    candidates: int = Field(..., description="FAISS hits examined")
+    candidates: int = Field(..., description="Index hits examined")
+    complete: bool = Field(
+        True,
+        description="False when the page may be missing hits: the filter matched too many windows to "
+        "list and too few of the best candidates (see incomplete_reason)",
+    )
+    incomplete_reason: str | None = Field(None, description="Why the page is incomplete, and what to change")
 
 
 class Confidence(BaseModel):
@@ -266,9 +272,12 @@ class AreaDeletion(BaseModel):
 
 
 class ShardInfo(BaseModel):
-    area_id: int
+    stem: str
     count: int
-    kind: str = Field(..., description="flat or ivfpq")
+    kind: str = Field(..., description="flat (exact) or ivfpq (the index's shared codec)")
+    envelope: list[float] = Field(..., description="[west, south, east, north] of its tiles")
+    zooms: list[int]
+    area_ids: list[int]
     params: dict[str, Any]
 
 
@@ -278,6 +287,9 @@ class IndexInfo(BaseModel):
     version: int | None
     vectors: int
     shards: list[ShardInfo]
+    codec: dict[str, Any] | None = Field(
+        None, description="The shared IVF-PQ codec: nlist, pq, tuned nprobe and k_factor, measured recall@10"
+    )
     model_id: str | None = None
     dim: int | None = None
     created_at: float | None = Field(None, description="Unix time the version was published")

@@ -1,22 +1,28 @@
-"""The search pipeline: FAISS candidates -> PostGIS filter -> minimum score -> merge -> one page.
+"""The search pipeline: index shards -> PostGIS filter -> minimum score -> merge -> one page.
 
-Filters run one of two ways, chosen by how many windows pass, estimated on the index's random
-sample of windows:
+The filter first picks the shards that can hold a passing window (their manifest entries know
+their areas, zooms and envelopes); only those are searched. Rows are checked in PostGIS when the
+picked shards may hold windows that do not pass: a zoom or geometry filter, or an area filter
+over shards shared with other areas. Such filters run one of two ways, chosen by how many windows
+pass, estimated on a fresh random sample of the picked shards' windows:
 
-- **selector** (selective filters): PostGIS lists the ids that pass and FAISS searches only
-  those (`IDSelectorBatch`, every IVF list probed, since the ids are scattered);
-- **overfetch** (broad filters): FAISS searches everything for about ``k / selectivity``
-  candidates and PostGIS keeps those that pass, asking FAISS for more until a page is full
-  (and switching to the selector if even ``max_candidates`` are not enough).
+- **selector** (selective filters): PostGIS lists the ids that pass and the index ranks exactly
+  those (`ShardSet.search_ids`, exact scores from the stored vectors);
+- **overfetch** (broad filters): the picked shards are searched for about ``k / selectivity``
+  candidates and PostGIS keeps those that pass, asking for four times more (up to
+  ``max_candidates``) until a page is full, then switching to the selector if even that is not
+  enough. When the matching ids are too many for the selector as well, the page says so
+  (``complete`` false and a reason) instead of silently ending the results.
 
-Without zoom or geometry filters the search is plain (**index**); an area filter alone just
-searches that area's shard. Candidates are walked in slices so that PostGIS only looks up the
-rows a page needs.
+Without rows to check the search is plain (**index**). Candidates are walked in slices so that
+PostGIS only looks up the rows a page needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -24,7 +30,6 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,19 +60,30 @@ class Hit:
 @dataclass
 class SearchPage:
     hits: list[Hit]
-    has_more: bool
+    has_more: bool  # the ranking continues on the next page
     strategy: str  # "index", "overfetch", "selector" or "empty"
     estimated: int | None  # estimate of the searched windows passing the filter
-    candidates: int  # FAISS hits examined
+    candidates: int  # index hits examined
     top_score: float | None  # best score passing the filters (the whole ranking's, not the page's)
-    timings: dict[str, float] = field(default_factory=dict)  # ms spent in FAISS and in PostGIS
+    timings: dict[str, float] = field(default_factory=dict)  # ms spent in the index and in PostGIS
+    # False when the page is short although more hits may exist (the filter is too broad to list
+    # and too selective for max_candidates); incomplete_reason then says why and what to do.
+    complete: bool = True
+    incomplete_reason: str | None = None
+    shards: int = 0  # index shards searched
 
     @property
     def merged(self) -> int:
         return sum(len(h.merged) for h in self.hits)
 
     def describe(self) -> dict:
-        return {"strategy": self.strategy, "estimated_matches": self.estimated, "candidates": self.candidates}
+        return {
+            "strategy": self.strategy,
+            "estimated_matches": self.estimated,
+            "candidates": self.candidates,
+            "complete": self.complete,
+            "incomplete_reason": self.incomplete_reason,
+        }
 
 
 class _Ranking:
@@ -75,7 +91,7 @@ class _Ranking:
 
     def __init__(self, req: SearchRequest, settings: SearchSettings, need: int):
         self.req, self.settings, self.need = req, settings, need
-        self.rows: dict[int, dict | None] = {}
+        self.rows: dict[int, dict | None] = {}  # None: the window does not pass (or is gone)
         self.passing: list[tuple[int, float]] = []
         self.groups: list = []
 
@@ -93,6 +109,33 @@ class _Ranking:
     def full(self) -> bool:
         return len(self.groups) >= self.need
 
+    async def walk(self, conn: AsyncConnection, candidates: list[tuple[int, float]], clock: _Clock) -> bool:
+        """Rank ``candidates`` (best first) until the groups fill ``need``; True when the
+        minimum score cut them off (nothing further down can pass)."""
+        self.passing = []
+        if not candidates:
+            self.regroup()
+            return False
+        batch = max(2 * self.need, 64)
+        for start in range(0, len(candidates), batch):
+            chunk = candidates[start : start + batch]
+            unseen = [wid for wid, _ in chunk if wid not in self.rows]
+            if unseen:
+                with clock("db"):
+                    found = await repository.window_rows(conn, unseen, self.req.flt)
+                self.rows.update({wid: found.get(wid) for wid in unseen})
+            below = False
+            for wid, score in chunk:
+                if score < self.req.min_score:
+                    below = True
+                    break
+                if self.rows[wid] is not None:
+                    self.passing.append((wid, score))
+            self.regroup()
+            if self.full or below:
+                return below
+        return False
+
 
 async def run_search(
     index: LoadedIndex,
@@ -102,90 +145,94 @@ async def run_search(
     executor: Executor | None = None,
 ) -> SearchPage:
     """One page (``req.offset`` .. ``+ req.k``) of the merged, filtered ranking for a vector;
-    FAISS runs on ``executor`` (default: the event loop's)."""
+    the index is searched on ``executor`` (default: the event loop's)."""
     loop = asyncio.get_running_loop()
     flt = req.flt
     clock = _Clock()
-    total = index.total(flt.area_id)
+    bounds = flt.bounds()
+    if bounds is not None and (bounds[0] > bounds[2] or bounds[1] > bounds[3]):
+        return SearchPage([], False, "empty", 0, 0, None)  # the box and the polygon are disjoint
+    picked = index.pick(flt.area_id, flt.zooms or None, bounds)
+    total = index.total(picked)
     if total == 0:
         return SearchPage([], False, "empty", None, 0, None)
+    # Rows need checking unless the picked shards hold only windows that pass: shards are cut by
+    # space and size, so an area's windows may share shards with other areas'.
+    narrows = (
+        bool(flt.zooms)
+        or flt.geometry
+        or (flt.area_id is not None and not index.exclusive(picked, flt.area_id))
+    )
     need = req.offset + req.k + 1  # one more group than the page: tells whether more exist
-    strategy, estimated, fraction = ("overfetch" if flt.narrows else "index"), None, 1.0
-    selector_ids: list[int] | None = None
-    if flt.narrows:
+    strategy, estimated, fraction = ("overfetch" if narrows else "index"), None, 1.0
+    selector: np.ndarray | None = None
+    if narrows:
         choice = settings.filter_strategy
         if choice == "auto":
-            sample = (
-                index.sample.ids_of(flt.area_id)[: settings.selectivity_sample].tolist()
-                if index.sample
-                else []
+            # Drawn per request over the picked shards only (a fixed sample would hold few of a
+            # small region's windows); seeded by the filter, so every page of one search
+            # estimates alike and starts the same way.
+            sample = await loop.run_in_executor(
+                executor, index.sample_ids, settings.selectivity_sample, picked, _seed(flt)
             )
-            with clock("db"):
-                measured = await _passing_fraction(conn, flt, sample)
-            if measured is None:
+            if len(sample) == 0:
                 choice = "selector"  # nothing to estimate with: the listing is bounded anyway
             else:
-                estimated = round(measured * total)
+                with clock("db"):
+                    passing = await repository.passing_count(conn, flt, sample.tolist())
+                exact = len(sample) >= total  # the sample is every picked window
+                estimated = passing if exact else round(passing / len(sample) * total)
+                if exact and passing == 0:
+                    return SearchPage([], False, "selector", 0, 0, None, clock.ms, shards=len(picked))
                 # At least one sampled window's worth, so an empty sample hit still over-fetches sanely.
-                fraction = max(measured, 1.0 / len(sample))
+                fraction = max(passing / len(sample), 1.0 / len(sample))
                 choice = "selector" if fraction <= settings.selector_max_fraction else "overfetch"
         if choice == "selector":
             with clock("db"):
-                selector_ids = await _selector_ids(conn, flt, settings)
-            strategy = "selector" if selector_ids is not None else "overfetch"
+                selector = await _selector_ids(conn, flt, settings)
+            strategy = "selector" if selector is not None else "overfetch"
 
     ranking = _Ranking(req, settings, need)
-    n = math.ceil(need * settings.overfetch / fraction)
-    if selector_ids is not None:
-        if not selector_ids:
-            return SearchPage([], False, strategy, estimated, 0, None)
-        n = min(n, len(selector_ids))
-    n = min(n, settings.max_candidates, total)
+    limit = min(settings.max_candidates, total)
+    n = math.ceil(need * settings.overfetch / (1.0 if selector is not None else fraction))
     exhausted = False
+    reason: str | None = None
     candidates: list[tuple[int, float]] = []
     while True:
-        selector = faiss.IDSelectorBatch(np.asarray(selector_ids, dtype=np.int64)) if selector_ids else None
-        with clock("faiss"):
-            candidates = await loop.run_in_executor(
-                executor, index.search, req.vector, n, flt.area_id, selector
-            )
-        exhausted = len(candidates) < n or n >= total or (selector_ids is not None and n >= len(selector_ids))
-        ranking.passing = []
-        batch = max(2 * need, 64)
-        for start in range(0, len(candidates), batch):
-            chunk = candidates[start : start + batch]
-            unseen = [wid for wid, _ in chunk if wid not in ranking.rows]
-            if unseen:
-                with clock("db"):
-                    found = await repository.window_rows(conn, unseen, flt)
-                ranking.rows.update({wid: found.get(wid) for wid in unseen})
-            below = False
-            for wid, score in chunk:
-                if score < req.min_score:
-                    below = True
-                    break
-                if ranking.rows[wid] is not None:
-                    ranking.passing.append((wid, score))
-            ranking.regroup()
-            if ranking.full or below:
-                exhausted = exhausted or below
-                break
+        if selector is not None:
+            # Exact over a bounded list: it may grow to the whole list, which ends the ranking.
+            n = min(n, len(selector))
+            candidates = []
+            if n:
+                with clock("faiss"):
+                    candidates = await loop.run_in_executor(
+                        executor, index.search_ids, req.vector, selector, n
+                    )
+            exhausted = len(candidates) < n or n >= len(selector)
+        else:
+            n = min(n, limit)
+            with clock("faiss"):
+                candidates = await loop.run_in_executor(executor, index.search, req.vector, n, picked)
+            exhausted = len(candidates) < n or n >= total
+        exhausted = await ranking.walk(conn, candidates, clock) or exhausted
         if ranking.full or exhausted:
             break
-        if n >= settings.max_candidates:
-            if strategy == "overfetch" and flt.narrows:
-                # Even max_candidates did not fill the page: the filter is more selective than
-                # estimated, so let PostGIS list the ids after all.
-                with clock("db"):
-                    selector_ids = await _selector_ids(conn, flt, settings)
-                if selector_ids is not None:
-                    strategy = "selector"
-                    if not selector_ids:
-                        break
-                    n = min(len(selector_ids), settings.max_candidates, total)
-                    continue
+        if selector is not None or n < limit:
+            n *= 4
+            continue
+        # Even max_candidates did not fill the page: the filter is more selective than
+        # estimated (or rows are gone), so let PostGIS list the ids after all.
+        with clock("db"):
+            selector = await _selector_ids(conn, flt, settings)
+        if selector is None:
+            reason = (
+                f"the filter matches more than {settings.selector_max_ids} windows but only "
+                f"{len(ranking.groups)} of the best {n} candidates, so the results may continue "
+                "beyond these; narrow the filter or raise max_candidates"
+            )
             break
-        n = min(n * 4, settings.max_candidates, total)
+        strategy = "selector"
+        n = math.ceil(need * settings.overfetch)
 
     groups = ranking.groups[req.offset : req.offset + req.k]
     hits = []
@@ -194,8 +241,23 @@ async def run_search(
         merged = [ranking.passing[i][0] for i in group[1:]] if req.merge else []
         hits.append(Hit(ranking.rows[wid], score, merged))
     top = ranking.passing[0][1] if ranking.passing else None
-    has_more = len(ranking.groups) > req.offset + req.k
-    return SearchPage(hits, has_more, strategy, estimated, len(candidates), top, clock.ms)
+    page_full = len(ranking.groups) >= req.offset + req.k
+    # More pages while a group beyond this page is known, or while a full page did not use up
+    # the candidates; a short page ends the results only when they really ended.
+    has_more = len(ranking.groups) > req.offset + req.k or (page_full and not exhausted)
+    complete = page_full or exhausted
+    return SearchPage(
+        hits,
+        has_more,
+        strategy,
+        estimated,
+        len(candidates),
+        top,
+        clock.ms,
+        complete=complete,
+        incomplete_reason=None if complete else reason,
+        shards=len(picked),
+    )
 
 
 class _Clock:
@@ -213,17 +275,13 @@ class _Clock:
             self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
 
 
-async def _selector_ids(conn: AsyncConnection, flt: HitFilter, settings: SearchSettings) -> list[int] | None:
-    """The ids passing ``flt``, or None when there are too many for an ID selector."""
+def _seed(flt: HitFilter) -> int:
+    """A sampling seed that is the same for every request with this filter."""
+    digest = hashlib.sha256(json.dumps(flt.fingerprint(), sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+async def _selector_ids(conn: AsyncConnection, flt: HitFilter, settings: SearchSettings) -> np.ndarray | None:
+    """The ids passing ``flt`` (int64), or None when there are more than ``selector_max_ids``."""
     ids = await repository.matching_ids(conn, flt, settings.selector_max_ids + 1)
-    return ids if len(ids) <= settings.selector_max_ids else None
-
-
-async def _passing_fraction(conn: AsyncConnection, flt: HitFilter, sample_ids: list[int]) -> float | None:
-    """The fraction of ``sample_ids`` (random indexed windows) that pass ``flt``: an unbiased
-    estimate of the filter's selectivity, from a few thousand primary-key lookups. PostgreSQL's
-    own estimate is no substitute: its geometry histogram spans every area in the world, so a
-    filter inside one small area looks far more selective than it is."""
-    if not sample_ids:
-        return None
-    return await repository.passing_count(conn, flt, sample_ids) / len(sample_ids)
+    return np.asarray(ids, dtype=np.int64) if len(ids) <= settings.selector_max_ids else None

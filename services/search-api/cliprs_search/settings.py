@@ -27,14 +27,17 @@ class SearchSettings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     max_polygon_vertices: int = 10_000
 
-    # FAISS is first asked for (offset + k) * overfetch / (the filter's estimated selectivity)
-    # candidates, so that filters, the minimum score and merging still leave a full page; it
-    # asks for four times more (up to max_candidates) while they do not.
+    # The picked shards are first asked for (offset + k) * overfetch / (the filter's estimated
+    # selectivity) candidates, so that filters, the minimum score and merging still leave a full
+    # page; they are asked for four times more (up to max_candidates) while they do not.
     overfetch: int = 3
     max_candidates: int = 20_000
-    # Filters: when the filter keeps at most this fraction of the searched vectors (estimated on
-    # the index's random sample of windows), PostGIS lists the matching window ids and FAISS searches only those (ID
-    # selector); otherwise FAISS searches everything, over-fetching, and PostGIS filters.
+    # Filters: when the filter keeps at most this fraction of the picked shards' vectors
+    # (estimated on a random sample of them), PostGIS lists the matching window ids (at most
+    # selector_max_ids) and the index ranks exactly those; otherwise the shards are searched,
+    # over-fetching, and PostGIS filters. A filter that fills a page neither way (more than
+    # selector_max_ids matches, fewer than a page among max_candidates) answers an incomplete
+    # page that says so.
     selector_max_fraction: float = 0.05
     selector_max_ids: int = 200_000
     filter_strategy: Literal["auto", "selector", "overfetch"] = "auto"
@@ -48,11 +51,9 @@ class SearchSettings(BaseSettings):
     merge_overlap: float = 0.5
     merge_max_area_ratio: float = 4.0
 
-    # Random indexed windows kept with each index version: how selective a filter is, and how
-    # far a query's best hit stands out, are both measured on them.
-    sample_size: int = 2048
-    # ...of which this many estimate a filter's selectivity (resolves the 5 % threshold to
-    # about +-1 %, in a few milliseconds of primary-key lookups).
+    # Random windows of the picked shards, drawn per filter, whose rows estimate the filter's
+    # selectivity (resolves the 5 % threshold to about +-1 %, in a few milliseconds of
+    # primary-key lookups).
     selectivity_sample: int = 512
     # Text-to-image cosine below which nothing in the index looks like the query (CLIP ViT-B/32
     # puts relevant text-image pairs around 0.25-0.35); model dependent.

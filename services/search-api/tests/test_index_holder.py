@@ -9,10 +9,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import redis
+from cliprs_index.store import write_shard as write_shard_files
 
 from cliprs.fsutil import atomic_write_bytes
 from cliprs.manifest import Manifest, Shard, manifest_path, publish
@@ -28,20 +28,32 @@ def unit_vectors(n: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def wids(tile: int, n: int) -> list[int]:
+    """``n`` window ids of a tile (tile id * 4096 + index), as the embedder makes them."""
+    return [tile * 4096 + i for i in range(n)]
+
+
+def stored(vectors: np.ndarray) -> np.ndarray:
+    """The vectors as the shards hold them (float16)."""
+    return np.asarray(vectors, dtype=np.float16).astype(np.float32)
+
+
 def write_shard(index_dir: Path, area_id: int, ids: list[int], vectors: np.ndarray) -> Shard:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-    rel = f"shards/area-{area_id}-{uuid.uuid4().hex[:8]}.faiss"
-    (index_dir / "shards").mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(index_dir / rel))
-    return Shard(area_id=area_id, file=rel, count=len(ids), kind="flat")
+    """A flat shard as the indexer writes a small index's shards."""
+    stem, kind = write_shard_files(index_dir, np.asarray(ids, dtype=np.int64), vectors)
+    return Shard(stem=stem, count=len(ids), kind=kind, area_ids=[area_id], tiles=1)
 
 
 def make_version(
-    index_dir: Path, version: int, areas: dict[int, tuple[list[int], np.ndarray]], current: bool = True
+    index_dir: Path,
+    version: int,
+    areas: dict[int, tuple[list[int], np.ndarray]],
+    current: bool = True,
+    keep: tuple[Shard, ...] = (),
 ) -> Manifest:
-    """Write the shards and manifest of ``version``; point CURRENT at it unless ``current`` is False."""
-    shards = [write_shard(index_dir, a, ids, vecs) for a, (ids, vecs) in areas.items()]
+    """Write the shards and manifest of ``version`` (with ``keep``: shards of an earlier version
+    it shares); point CURRENT at it unless ``current`` is False."""
+    shards = [*keep, *(write_shard(index_dir, a, ids, vecs) for a, (ids, vecs) in areas.items())]
     manifest = Manifest(version=version, model_id=MODEL, dim=DIM, shards=shards)
     if current:
         publish(index_dir, manifest)
@@ -61,10 +73,11 @@ def index_dir(tmp_path: Path) -> Path:
     return path
 
 
-# Three versions of a small index, each with different window ids so answers show their version.
-V1 = {1: ([101, 102, 103], unit_vectors(3, 1))}
-V2 = {1: ([201, 202, 203, 204], unit_vectors(4, 2)), 2: ([251, 252], unit_vectors(2, 3))}
-V3 = {2: ([301, 302], unit_vectors(2, 4))}
+# Three versions of a small index, each with different window ids so answers show their version
+# (each shard's windows are of its own tile: a tile is in exactly one shard).
+V1 = {1: (wids(10, 3), unit_vectors(3, 1))}
+V2 = {1: (wids(20, 4), unit_vectors(4, 2)), 2: (wids(25, 2), unit_vectors(2, 3))}
+V3 = {2: (wids(30, 2), unit_vectors(2, 4))}
 
 
 # --------------------------------------------------------------------------- load
@@ -85,7 +98,8 @@ def test_load_picks_current(index_dir: Path) -> None:
     assert loaded is holder.current
     assert loaded is not None and loaded.version == 2
     assert len(loaded.shards) == 2
-    assert sum(s.ntotal for s in loaded.shards) == 6
+    assert loaded.total() == 6 == sum(s.index.ntotal for s in loaded.shards)
+    assert sorted(a for s in loaded.manifest.shards for a in s.area_ids) == [1, 2]
     assert holder.load() is loaded  # same version again: nothing reloaded
     assert holder.load(3).version == 3  # an announced version, even ahead of CURRENT
 
@@ -108,30 +122,29 @@ def test_an_older_version_is_never_swapped_in(index_dir: Path) -> None:
 # --------------------------------------------------------------------------- LoadedIndex
 
 
-def test_search_merges_shards_dedupes_and_orders_by_score(index_dir: Path) -> None:
+def test_search_merges_shards_and_orders_by_score(index_dir: Path) -> None:
     rng = np.random.default_rng(7)
-    va, vb = unit_vectors(6, 10), unit_vectors(5, 11)
-    vb[0] = va[4]  # id 5 in both shards with the same vector
-    ids_a, ids_b = [1, 2, 3, 4, 5, 6], [5, 6, 7, 8, 9]  # id 6 in both with different vectors
-    make_version(index_dir, 1, {1: (ids_a, va), 2: (ids_b, vb)})
+    va, vb, vc = unit_vectors(6, 10), unit_vectors(5, 11), unit_vectors(4, 12)
+    shards = {1: (wids(40, 6), va), 2: (wids(41, 5), vb), 3: (wids(90, 4), vc)}
+    make_version(index_dir, 1, shards)
     index = IndexHolder(index_dir).load()
     assert index is not None
-    pairs = list(zip(ids_a, va, strict=True)) + list(zip(ids_b, vb, strict=True))
+    pairs = [(wid, vec) for ids, vecs in shards.values() for wid, vec in zip(ids, stored(vecs), strict=True)]
     for _ in range(5):
         q = rng.standard_normal(DIM).astype(np.float32)
         q /= np.linalg.norm(q)
-        best: dict[int, float] = {}
-        for wid, vec in pairs:
-            best[wid] = max(best.get(wid, -np.inf), float(vec @ q))
-        expected = sorted(best.items(), key=lambda kv: -kv[1])
-        for k in (1, 3, 6, 9, 50):
+        expected = sorted(((wid, float(vec @ q)) for wid, vec in pairs), key=lambda kv: -kv[1])
+        for k in (1, 3, 6, 9, 15, 50):
             got = index.search(q, k)
             ids = [wid for wid, _ in got]
-            assert len(ids) == len(set(ids)) == min(k, 9)
+            assert len(ids) == len(set(ids)) == min(k, 15)
             scores = [s for _, s in got]
             assert scores == sorted(scores, reverse=True)
             assert ids == [wid for wid, _ in expected[:k]]
             np.testing.assert_allclose(scores, [s for _, s in expected[:k]], atol=1e-5)
+        # Only the picked shards are searched.
+        got = index.search(q, 50, picked=index.pick(area_id=2))
+        assert [wid for wid, _ in got] == [wid for wid, _ in expected if wid in shards[2][0]]
 
 
 def test_search_exact_self_query_scores_one(index_dir: Path) -> None:
@@ -140,7 +153,7 @@ def test_search_exact_self_query_scores_one(index_dir: Path) -> None:
     ids, vecs = V2[2]
     got = index.search(vecs[1], 3)
     assert got[0][0] == ids[1]
-    assert got[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert got[0][1] == pytest.approx(1.0, abs=1e-3)  # float16 rows
 
 
 def test_vector_of_finds_vectors_in_any_shard(index_dir: Path) -> None:
@@ -150,10 +163,13 @@ def test_vector_of_finds_vectors_in_any_shard(index_dir: Path) -> None:
         for wid, vec in zip(ids, vecs, strict=True):
             got = index.vector_of(wid)
             assert got is not None
-            np.testing.assert_allclose(got, vec, atol=1e-6)
-    assert index.vector_of(999_999) is None
-    assert index.vector_of(101) is None  # a version-1 id
-    assert LoadedIndex(Manifest(version=9, model_id=MODEL, dim=DIM)).vector_of(201) is None
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, vec, atol=1e-3)  # float16 rows
+    assert index.vector_of(wids(20, 5)[4]) is None  # a tile indexed, not this window
+    assert index.vector_of(999_999_999) is None
+    assert index.vector_of(V1[1][0][0]) is None  # a version-1 id
+    empty = LoadedIndex.empty(Manifest(version=9, model_id=MODEL, dim=DIM))
+    assert empty.vector_of(V2[1][0][0]) is None and empty.search(V2[1][1][0], 5) == []
 
 
 def test_a_snapshot_keeps_answering_from_its_own_version(index_dir: Path) -> None:
@@ -165,13 +181,38 @@ def test_a_snapshot_keeps_answering_from_its_own_version(index_dir: Path) -> Non
     make_version(index_dir, 2, V2)
     assert holder.load().version == 2
     for shard in m1.shards:  # even the files of version 1 going away does not matter
-        (index_dir / shard.file).unlink()
+        for rel in shard.files():
+            (index_dir / rel).unlink()
     assert snapshot.version == 1
     assert snapshot.search(q, 10) == before
-    assert {wid for wid, _ in before} == {101, 102, 103}
-    assert snapshot.vector_of(201) is None
-    np.testing.assert_allclose(snapshot.vector_of(101), q, atol=1e-6)
-    assert {wid for wid, _ in holder.current.search(q, 10)} == {201, 202, 203, 204, 251, 252}
+    assert {wid for wid, _ in before} == set(V1[1][0])
+    assert snapshot.vector_of(V2[1][0][0]) is None
+    np.testing.assert_allclose(snapshot.vector_of(V1[1][0][0]), q, atol=1e-3)
+    assert {wid for wid, _ in holder.current.search(q, 10)} == set(V2[1][0] + V2[2][0])
+
+
+def test_a_new_version_reuses_the_shards_it_shares_with_the_live_one(index_dir: Path) -> None:
+    m1 = make_version(index_dir, 1, V2)
+    holder = IndexHolder(index_dir)
+    v1 = holder.load()
+    shared = next(s for s in m1.shards if s.area_ids == [2])
+    # Version 2: area 1's shard replaced by V3's windows, area 2's shard kept as it was.
+    make_version(index_dir, 2, {1: V3[2]}, keep=(shared,))
+    for rel in shared.files():  # gone from disk: only the live version's copy can serve it
+        (index_dir / rel).unlink()
+    v2 = holder.load()
+    assert v2.version == 2 and holder.current is v2
+    old = next(s for s in v1.shards if s.meta.stem == shared.stem)
+    new = next(s for s in v2.shards if s.meta.stem == shared.stem)
+    assert new.index is old.index and new.ids is old.ids
+    assert all(s.index is not old.index for s in v2.shards if s.meta.stem != shared.stem)
+    q = V2[2][1][1]
+    assert v2.search(q, 1)[0][0] == V2[2][0][1]
+    assert {wid for wid, _ in v2.search(q, 10)} == set(V2[2][0] + V3[2][0])
+    assert {wid for wid, _ in v1.search(q, 10)} == set(V2[1][0] + V2[2][0])  # the old snapshot too
+    # A searcher starting now cannot load version 2: the shared shard's files are gone.
+    with pytest.raises(FileNotFoundError):
+        IndexHolder(index_dir).load()
 
 
 # --------------------------------------------------------------------------- follow
@@ -225,7 +266,7 @@ def test_follow_loads_an_announced_version(
         rclient.publish(channel, json.dumps({"version": 1}))
         time.sleep(0.3)
         assert holder.current.version == 3
-        assert {wid for wid, _ in holder.current.search(V3[2][1][0], 5)} == {301, 302}
+        assert {wid for wid, _ in holder.current.search(V3[2][1][0], 5)} == set(V3[2][0])
     finally:
         stop_follower(holder, thread, rclient, channel)
 

@@ -65,6 +65,7 @@ async def heatmap(ctx: Context, source: str, z: int, x: int, y: int, q: str, gri
         rows = await repository.tile_windows(conn, tile["id"])
     index = ctx.index()
     found, vectors = index.vectors_of([r["id"] for r in rows])
+    found = found.tolist()
     if not found:
         raise NotFound(f"tile {source}/{z}/{x}/{y} has no indexed windows yet; wait for its area's job")
     vector, info = await ctx.embedder.embed_text(query)

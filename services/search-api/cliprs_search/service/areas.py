@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 
 from cliprs.errors import InvalidInput, NotFound, Unavailable
 from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA, enqueue
@@ -112,5 +113,17 @@ def index_info(ctx: Context) -> IndexInfo:
         dim=m.dim,
         vectors=m.vector_count,
         created_at=m.created_at,
-        shards=[ShardInfo(area_id=s.area_id, count=s.count, kind=s.kind, params=s.params) for s in m.shards],
+        shards=[
+            ShardInfo(
+                stem=s.stem,
+                count=s.count,
+                kind=s.kind,
+                envelope=s.envelope,
+                zooms=s.zooms,
+                area_ids=s.area_ids,
+                params=s.params,
+            )
+            for s in m.shards
+        ],
+        codec=asdict(m.codec) if m.codec else None,
     )

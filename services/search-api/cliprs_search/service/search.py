@@ -170,12 +170,16 @@ async def _answer(
     confidence, low = assess(
         vector,
         page.top_score,
-        index.sample.vectors if index.sample else None,
+        index.sample_vectors(),
         s.low_score if text_query else None,
         s.low_z,
         s.high_z,
     )
-    notes = [*(warnings or []), *([low] if low else [])]
+    notes = [
+        *(warnings or []),
+        *([low] if low else []),
+        *([page.incomplete_reason] if page.incomplete_reason else []),
+    ]
     if opts.cursor and opts.cursor.version != index.version:
         notes.append(
             f"the index changed since the previous page (version {opts.cursor.version} -> {index.version}); "

@@ -5,7 +5,6 @@ versions no searcher holds any more are garbage-collected."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -17,9 +16,10 @@ import mercantile
 import numpy as np
 import pytest
 
-from cliprs.manifest import list_versions
+from cliprs.manifest import Manifest, list_versions
 from cliprs.settings import CoreSettings
-from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.build import apply, collect_area_vectors, publish_area
+from cliprs_indexer.settings import IndexerSettings
 from cliprs_testing.platform import run_platform, wait_until
 from cliprs_testing.synthetic import (
     SeededArea,
@@ -92,7 +92,7 @@ def test_hot_swap_under_load_then_delete_and_collect(
     base = seeded(core, seeded_areas, row_of_tiles(30_000, 300), "base", base_vectors)  # 7,800 windows
     query_row = 1234
     wid = int(base.ids[query_row])
-    q = base_vectors[query_row]
+    q = base_vectors[query_row].astype(np.float16).astype(np.float32)  # the stored (float16) vector
     rng = np.random.default_rng(42)
 
     def near_query(n: int) -> np.ndarray:  # windows that enter the query's top 10
@@ -140,7 +140,8 @@ def test_hot_swap_under_load_then_delete_and_collect(
             contents[version] = step
             wait_until(lambda v=version: served_version(api) == v, 30, f"version {version}")
             time.sleep(0.5)
-        version = publish_area(core, extra_b.area_id, None).version  # b leaves again
+        # b's windows leave again (what deleting the area does to the index)
+        version = apply(core, IndexerSettings(), remove_tiles=extra_b.tile_ids.tolist()).version
         contents[version] = [base.area_id, extra_c.area_id]
         wait_until(lambda: served_version(api) == version, 30, f"version {version}")
         time.sleep(0.5)
@@ -172,5 +173,5 @@ def test_hot_swap_under_load_then_delete_and_collect(
     assert [f["properties"]["window_id"] for f in body["features"]] == expected([base.area_id])
     wait_until(lambda: list_versions(core.index_dir) == [final], 30, "garbage collection")
     shards = {p.name for p in (core.index_dir / "shards").iterdir()}
-    manifest = json.loads((core.index_dir / "manifests" / f"v{final:08d}.json").read_text())
-    assert shards == {Path(s["file"]).name for s in manifest["shards"]}
+    manifest = Manifest.from_json((core.index_dir / "manifests" / f"v{final:08d}.json").read_bytes())
+    assert shards == {Path(f).name for f in manifest.files()}

@@ -77,6 +77,8 @@ def test_text_search_answers_geojson_with_the_new_fields(world: dict) -> None:
         "strategy": "index",
         "estimated_matches": None,
         "candidates": body["filter"]["candidates"],
+        "complete": True,
+        "incomplete_reason": None,
     }
     assert body["confidence"]["level"] in ("low", "medium", "high")
     assert body["merged"] == sum(f["properties"]["merged"] for f in body["features"])
@@ -200,7 +202,7 @@ def test_heatmap_scores_every_window_of_a_tile(world: dict) -> None:
 def test_index_readiness_and_openapi(world: dict) -> None:
     info = get(world, "/v1/index").json()
     assert info["vectors"] == len(world["area"].ids)
-    assert [s["area_id"] for s in info["shards"]] == [world["area"].area_id]
+    assert [s["area_ids"] for s in info["shards"]] == [[world["area"].area_id]]
     paths = world["client"].get("/openapi.json").json()["paths"]
     for path in (
         "/v1/search",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cliprs.manifest import Codec, Manifest, Shard
 from cliprs_index.shardset import ShardSet, load_shardset
 from cliprs_index.store import (
     KIND_FLAT,
@@ -18,8 +20,6 @@ from cliprs_index.store import (
     write_codec,
     write_shard,
 )
-
-from cliprs.manifest import Codec, Manifest, Shard
 from cliprs_testing.synthetic import clustered_unit_vectors, split_queries
 
 DIM = 64

@@ -82,12 +82,13 @@ def test_embed_tiles_writes_chunks_rows_and_statuses(core_settings, encoder, til
     for tile_id, key in zip(tile_ids, TILES, strict=False):
         ids, vectors, model_id = read_chunk(core_settings.vectors_dir, tile_id)
         assert ids.tolist() == [window_id(tile_id, i) for i in range(26)]
-        assert vectors.shape == (26, 512) and vectors.dtype == np.float32
-        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        assert vectors.shape == (26, 512) and vectors.dtype == np.float16  # chunks hold float16
+        vectors = vectors.astype(np.float32)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
         assert model_id == encoder.info.loaded
         # Windows batched across tiles get the vectors of their own pixels.
         _, crops = cut_tile(tile_images[key], SETTINGS.window_scales, SETTINGS.stride_ratio)
-        assert np.allclose(vectors, encoder.embed_images(crops), atol=1e-5)
+        assert np.allclose(vectors, encoder.embed_images(crops), atol=2e-3)
     with sync_engine(core_settings.database_url).connect() as conn:
         error = conn.execute(text("SELECT error FROM tiles WHERE id = :t"), {"t": tile_ids[3]}).scalar_one()
     assert "missing" in error

@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import redis
-from cliprs_index.shardset import ShardSet, load_shardset
-from cliprs_index.store import KIND_IVFPQ, ShardData, open_shard, tile_of, write_codec, write_shard
 from sqlalchemy.engine import Connection
 
 from cliprs.db.engine import sync_engine
@@ -33,6 +31,8 @@ from cliprs.errors import ClipRSError
 from cliprs.manifest import Codec, Manifest, Shard, load_manifest, publish
 from cliprs.settings import CoreSettings
 from cliprs.vectors import read_chunk
+from cliprs_index.shardset import ShardSet, load_shardset
+from cliprs_index.store import KIND_IVFPQ, ShardData, open_shard, tile_of, write_codec, write_shard
 from cliprs_indexer import layout, repository, shards
 from cliprs_indexer.settings import IndexerSettings
 
@@ -94,6 +94,7 @@ class _Change:
         self.codec = current.codec if current else None
         self.codec_index = None
         self.retune = False
+        self.written: set[str] = set()  # stems of the shards this change wrote
         try:
             self.loaded = load_shardset(self.index_dir, current) if current and current.shards else None
         except FileNotFoundError as exc:
@@ -129,6 +130,7 @@ class _Change:
                 kept += self._write(
                     ids, np.asarray(shard.rows[~gone]), self._tile_info(np.unique(tile_of(ids)))
                 )
+            self._discard(shard)
         self.shards = kept
         return removed
 
@@ -187,6 +189,8 @@ class _Change:
                 "device": "gpu" if shards.gpu_available(self.settings) else "cpu",
             },
         )
+        for shard in old:
+            self._discard(shard)
         self.shards = []
         self._add_runs(all_ids, all_rows)
         self.retune = True
@@ -204,6 +208,8 @@ class _Change:
             return
         merged_away = {i for g in groups for i in g}
         out = [s for i, s in enumerate(self.shards) if i not in merged_away]
+        for i in merged_away:
+            self._discard(self.shards[i])
         for group in groups:
             parts = [self.shards[i] for i in group]
             ids = np.concatenate([np.asarray(s.ids) for s in parts])
@@ -213,6 +219,13 @@ class _Change:
         self.shards = out
 
     # ---- helpers
+
+    def _discard(self, shard: ShardData) -> None:
+        """Remove the files of a shard written by this change and replaced before publishing
+        (files of published shards are left to the garbage collector)."""
+        if shard.meta.stem in self.written:
+            for rel in shard.meta.files():
+                (self.index_dir / rel).unlink(missing_ok=True)
 
     def _total(self) -> int:
         return sum(s.count for s in self.shards)
@@ -226,6 +239,7 @@ class _Change:
 
     def _write(self, ids: np.ndarray, rows: np.ndarray, tiles: list[layout.TileInfo]) -> list[ShardData]:
         stem, kind = write_shard(self.index_dir, ids, rows, self.codec_index if self.codec else None)
+        self.written.add(stem)
         meta = Shard(
             stem=stem,
             count=len(ids),

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
-from cliprs_index.store import tile_of
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import NotFound
 from cliprs.manifest import GarbageReport, collect_garbage, held_versions
 from cliprs.settings import CoreSettings
 from cliprs.vectors import chunk_path
+from cliprs_index.store import tile_of
 from cliprs_indexer import repository
 from cliprs_indexer.build import apply, read_tile_vectors
 from cliprs_indexer.settings import IndexerSettings

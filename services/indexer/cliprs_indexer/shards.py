@@ -18,10 +18,10 @@ from dataclasses import replace
 
 import faiss
 import numpy as np
-from cliprs_index.shardset import ShardSet
-from cliprs_index.store import CodecPlan, plan_codec, train_codec
 
 from cliprs.manifest import Codec
+from cliprs_index.shardset import ShardSet
+from cliprs_index.store import CodecPlan, plan_codec, train_codec
 from cliprs_indexer.settings import IndexerSettings
 
 log = logging.getLogger("cliprs.indexer.shards")

@@ -12,7 +12,6 @@ import mercantile
 import numpy as np
 import pytest
 import redis
-from cliprs_index.shardset import ShardSet, load_shardset
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
@@ -20,6 +19,7 @@ from cliprs.manifest import Manifest, current_version, load_manifest, manifest_p
 from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
 from cliprs.windows import window_id
+from cliprs_index.shardset import ShardSet, load_shardset
 from cliprs_indexer.build import AreaVectors, ModelMismatch, apply, collect_area_vectors, publish_area
 from cliprs_indexer.maintenance import delete_area
 from cliprs_indexer.settings import IndexerSettings

@@ -8,10 +8,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from cliprs_index.shardset import ShardSet, load_shardset
-from cliprs_index.store import write_codec, write_shard
 
 from cliprs.manifest import Codec, Manifest, Shard
+from cliprs_index.shardset import ShardSet, load_shardset
+from cliprs_index.store import write_codec, write_shard
 from cliprs_indexer import shards
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_indexer.shards import exact_neighbours, plan, recall_at_k, train, train_size, tune

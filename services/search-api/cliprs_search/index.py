@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import redis
-from cliprs_index.shardset import ShardSet, load_shardset
 
 from cliprs.manifest import (
     Manifest,
@@ -26,6 +25,7 @@ from cliprs.manifest import (
     register_searcher,
     unregister_searcher,
 )
+from cliprs_index.shardset import ShardSet, load_shardset
 
 log = logging.getLogger("cliprs.search.index")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from cliprs_index.store import write_shard as write_shard_files
 
 from cliprs.fsutil import atomic_write_bytes
 from cliprs.manifest import Manifest, Shard, manifest_path, publish
+from cliprs_index.store import write_shard as write_shard_files
 from cliprs_search.index import IndexHolder, LoadedIndex
 from cliprs_testing.platform import wait_until
 

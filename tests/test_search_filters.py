@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mercantile
@@ -16,7 +16,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 from sqlalchemy import text
 
-from cliprs.db.engine import async_engine, sync_engine
+from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox
 from cliprs_indexer.build import collect_area_vectors, publish_area
@@ -80,14 +80,6 @@ def world(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
         delete_seeded(pg_url, [area.area_id])
 
 
-@pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator:
-    engine = async_engine(pg_url)
-    async with engine.connect() as c:
-        yield c
-    await engine.dispose()
-
-
 def random_polygon(rng: np.random.Generator, extent: tuple[float, float, float, float]) -> Polygon:
     """A random star-shaped (hence simple) polygon inside ``extent``."""
     w, s, e, n = extent
@@ -119,9 +111,9 @@ def settings(**kw) -> SearchSettings:
 
 
 async def ids_of(
-    world: World, conn, q, flt: HitFilter, k: int, s: SearchSettings, **kw
+    world: World, pg_async_conn, q, flt: HitFilter, k: int, s: SearchSettings, **kw
 ) -> tuple[list[int], str]:
-    page = await run_search(world.index, conn, SearchRequest(q, k, flt=flt, merge=False, **kw), s)
+    page = await run_search(world.index, pg_async_conn, SearchRequest(q, k, flt=flt, merge=False, **kw), s)
     return [h.row["id"] for h in page.hits], page.strategy
 
 
@@ -131,7 +123,7 @@ def extent(world: World) -> tuple[float, float, float, float]:
 
 
 @pytest.mark.parametrize("strategy", ["selector", "overfetch", "auto"])
-async def test_random_polygons_match_brute_force(world: World, conn, strategy: str) -> None:
+async def test_random_polygons_match_brute_force(world: World, pg_async_conn, strategy: str) -> None:
     rng = np.random.default_rng({"selector": 1, "overfetch": 2, "auto": 3}[strategy])
     s = settings(filter_strategy=strategy)
     seen = set()
@@ -146,7 +138,7 @@ async def test_random_polygons_match_brute_force(world: World, conn, strategy: s
             keep &= np.isin(world.area.zooms, zooms)
         q = query_vector(world, rng)
         k = int(rng.integers(1, 40))
-        got, used = await ids_of(world, conn, q, HitFilter(polygon=poly, zooms=zooms), k, s)
+        got, used = await ids_of(world, pg_async_conn, q, HitFilter(polygon=poly, zooms=zooms), k, s)
         assert got == brute_force(world, q, keep, k), f"polygon {i} ({keep.sum()} windows pass)"
         if strategy != "auto":
             assert used == strategy
@@ -155,7 +147,7 @@ async def test_random_polygons_match_brute_force(world: World, conn, strategy: s
         assert seen == {"selector", "overfetch"}
 
 
-async def test_bbox_zoom_and_area_filters_match_brute_force(world: World, conn) -> None:
+async def test_bbox_zoom_and_area_filters_match_brute_force(world: World, pg_async_conn) -> None:
     rng = np.random.default_rng(11)
     w, s_, e, n = extent(world)
     for strategy in ("selector", "overfetch"):
@@ -168,59 +160,64 @@ async def test_bbox_zoom_and_area_filters_match_brute_force(world: World, conn) 
             keep &= world.area.zooms == 15
             q = query_vector(world, rng)
             flt = HitFilter(area_id=world.area.area_id, zooms=[15], bbox=bb)
-            got, _ = await ids_of(world, conn, q, flt, 15, s)
+            got, _ = await ids_of(world, pg_async_conn, q, flt, 15, s)
             assert got == brute_force(world, q, keep, 15)
 
 
-async def test_auto_strategy_follows_selectivity(world: World, conn) -> None:
+async def test_auto_strategy_follows_selectivity(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(4))
     s = settings()
     cx, cy = world.area.boxes[0, :2] + 1e-6  # a sliver at one window's corner: a handful pass
     tiny = box(cx, cy, cx + 1e-5, cy + 1e-5)
-    _, used = await ids_of(world, conn, q, HitFilter(polygon=tiny), 5, s)
+    _, used = await ids_of(world, pg_async_conn, q, HitFilter(polygon=tiny), 5, s)
     assert used == "selector"
     everything = box(*extent(world)).buffer(0.01)
-    _, used = await ids_of(world, conn, q, HitFilter(polygon=everything), 5, s)
+    _, used = await ids_of(world, pg_async_conn, q, HitFilter(polygon=everything), 5, s)
     assert used == "overfetch"
-    _, used = await ids_of(world, conn, q, HitFilter(), 5, s)
+    _, used = await ids_of(world, pg_async_conn, q, HitFilter(), 5, s)
     assert used == "index"
 
 
-async def test_overfetch_switches_to_the_selector_when_candidates_run_out(world: World, conn) -> None:
+async def test_overfetch_switches_to_the_selector_when_candidates_run_out(
+    world: World, pg_async_conn
+) -> None:
     rng = np.random.default_rng(8)
     q = query_vector(world, rng)
     # A filter the over-fetch cannot satisfy within 40 candidates: zoom 15 windows in a corner.
     corner = box(*world.area.boxes[world.area.zooms == 15][0])
     keep = np.array([corner.intersects(f) for f in world.footprints]) & (world.area.zooms == 15)
     s = settings(filter_strategy="overfetch", max_candidates=40)
-    got, used = await ids_of(world, conn, q, HitFilter(polygon=corner, zooms=[15]), 10, s)
+    got, used = await ids_of(world, pg_async_conn, q, HitFilter(polygon=corner, zooms=[15]), 10, s)
     assert got == brute_force(world, q, keep, 10)
     assert used == "selector"
 
 
-async def test_min_score_keeps_only_better_hits(world: World, conn) -> None:
+async def test_min_score_keeps_only_better_hits(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(9))
     scores = np.sort(world.vectors @ q)[::-1]
     # Half way between the 30th and 31st best: float rounding cannot move a window across it.
     threshold = float(scores[29] + scores[30]) / 2
     keep = np.ones(len(world.footprints), dtype=bool)
-    got, _ = await ids_of(world, conn, q, HitFilter(), 100, settings(), min_score=threshold)
+    got, _ = await ids_of(world, pg_async_conn, q, HitFilter(), 100, settings(), min_score=threshold)
     assert got == brute_force(world, q, keep, 100, threshold)
     assert len(got) == 30
 
 
-async def test_pages_concatenate_to_the_full_ranking(world: World, conn) -> None:
+async def test_pages_concatenate_to_the_full_ranking(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(10))
     s = settings()
     poly = box(*extent(world)).buffer(-0.005)
     for merge in (False, True):
         whole = await run_search(
-            world.index, conn, SearchRequest(q, 60, flt=HitFilter(polygon=poly), merge=merge), s
+            world.index, pg_async_conn, SearchRequest(q, 60, flt=HitFilter(polygon=poly), merge=merge), s
         )
         paged, offset = [], 0
         while True:
             page = await run_search(
-                world.index, conn, SearchRequest(q, 7, offset, HitFilter(polygon=poly), merge=merge), s
+                world.index,
+                pg_async_conn,
+                SearchRequest(q, 7, offset, HitFilter(polygon=poly), merge=merge),
+                s,
             )
             paged += [h.row["id"] for h in page.hits]
             offset += 7
@@ -230,10 +227,10 @@ async def test_pages_concatenate_to_the_full_ranking(world: World, conn) -> None
         assert len(paged) >= 56
 
 
-async def test_merged_hits_do_not_overlap_and_account_for_every_window(world: World, conn) -> None:
+async def test_merged_hits_do_not_overlap_and_account_for_every_window(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(12))
     s = settings()
-    page = await run_search(world.index, conn, SearchRequest(q, 20, merge=True), s)
+    page = await run_search(world.index, pg_async_conn, SearchRequest(q, 20, merge=True), s)
     assert page.merged > 0  # overlapping windows of one place do score alike
     boxes = np.array([[h.row[c] for c in ("x0", "y0", "x1", "y1")] for h in page.hits])
     # No two returned hits would merge with each other...
@@ -249,11 +246,11 @@ async def test_merged_hits_do_not_overlap_and_account_for_every_window(world: Wo
             assert kept.intersection(other).area >= s.merge_overlap * small - 1e-15
             assert float(world.vectors[world.area.ids == wid][0] @ q) <= h.score + 1e-6
     # Without merging the same ranking starts with the same best window.
-    flat = await run_search(world.index, conn, SearchRequest(q, 20, merge=False), s)
+    flat = await run_search(world.index, pg_async_conn, SearchRequest(q, 20, merge=False), s)
     assert flat.hits[0].row["id"] == page.hits[0].row["id"] and flat.merged == 0
 
 
-async def test_a_page_the_filter_cannot_fill_says_so(world: World, conn) -> None:
+async def test_a_page_the_filter_cannot_fill_says_so(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(8))
     # The filter of the selector fallback test, but too many matches to list: a page longer
     # than the passing windows among the best 40 stays short, and says why instead of
@@ -265,32 +262,34 @@ async def test_a_page_the_filter_cannot_fill_says_so(world: World, conn) -> None
     assert keep.sum() > k
     s = settings(filter_strategy="overfetch", max_candidates=40, selector_max_ids=5)
     flt = HitFilter(polygon=corner, zooms=[15])
-    page = await run_search(world.index, conn, SearchRequest(q, k, flt=flt, merge=False), s)
+    page = await run_search(world.index, pg_async_conn, SearchRequest(q, k, flt=flt, merge=False), s)
     got = [h.row["id"] for h in page.hits]
     assert got == brute_force(world, q, keep, in_top)  # what it does answer is the true ranking's start
     assert not page.complete and not page.has_more
     assert "narrow the filter or raise max_candidates" in page.incomplete_reason
     assert page.describe()["complete"] is False
     if in_top:  # a page the candidates do fill is complete, and the ranking goes on
-        full = await run_search(world.index, conn, SearchRequest(q, in_top, flt=flt, merge=False), s)
+        full = await run_search(world.index, pg_async_conn, SearchRequest(q, in_top, flt=flt, merge=False), s)
         assert [h.row["id"] for h in full.hits] == got and full.complete and full.has_more
 
 
-async def test_an_area_filter_over_its_own_shards_checks_no_rows(world: World, conn) -> None:
+async def test_an_area_filter_over_its_own_shards_checks_no_rows(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(14))
     flt = HitFilter(area_id=world.area.area_id)
-    page = await run_search(world.index, conn, SearchRequest(q, 12, flt=flt, merge=False), settings())
+    page = await run_search(
+        world.index, pg_async_conn, SearchRequest(q, 12, flt=flt, merge=False), settings()
+    )
     keep = np.ones(len(world.footprints), dtype=bool)
     assert [h.row["id"] for h in page.hits] == brute_force(world, q, keep, 12)
     assert page.strategy == "index" and page.complete and page.has_more  # no other area shares them
 
 
-async def test_disjoint_box_and_polygon_match_nothing(world: World, conn) -> None:
+async def test_disjoint_box_and_polygon_match_nothing(world: World, pg_async_conn) -> None:
     q = query_vector(world, np.random.default_rng(15))
     w, s_, e, n = extent(world)
     mid = (w + e) / 2
     flt = HitFilter(bbox=BBox(w, s_, mid - 0.001, n), polygon=box(mid + 0.001, s_, e, n))
-    page = await run_search(world.index, conn, SearchRequest(q, 5, flt=flt), settings())
+    page = await run_search(world.index, pg_async_conn, SearchRequest(q, 5, flt=flt), settings())
     assert page.hits == [] and not page.has_more and page.complete
 
 

@@ -6,7 +6,7 @@ over every stored vector)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mercantile
@@ -16,7 +16,7 @@ import shapely
 from shapely.geometry import Polygon, box
 from sqlalchemy import text
 
-from cliprs.db.engine import async_engine, sync_engine
+from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox
 from cliprs_indexer.build import collect_area_vectors, publish_area
@@ -136,19 +136,11 @@ def world(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
         delete_seeded(pg_url, [a.area_id for a in areas])
 
 
-@pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator:
-    engine = async_engine(pg_url)
-    async with engine.connect() as c:
-        yield c
-    await engine.dispose()
-
-
 async def search(
-    world: World, conn, q: np.ndarray, k: int, flt: HitFilter, offset: int = 0, **settings
+    world: World, pg_async_conn, q: np.ndarray, k: int, flt: HitFilter, offset: int = 0, **settings
 ) -> SearchPage:
     s = SearchSettings(**settings)
-    return await run_search(world.index, conn, SearchRequest(q, k, offset, flt, merge=False), s)
+    return await run_search(world.index, pg_async_conn, SearchRequest(q, k, offset, flt, merge=False), s)
 
 
 def ids_of(page: SearchPage) -> list[int]:
@@ -189,7 +181,7 @@ def test_the_index_is_many_shards_over_areas(world: World) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["selector", "auto"])
-async def test_selective_polygons_match_brute_force(world: World, conn, strategy: str) -> None:
+async def test_selective_polygons_match_brute_force(world: World, pg_async_conn, strategy: str) -> None:
     rng = np.random.default_rng({"selector": 31, "auto": 32}[strategy])
     used = []
     for i in range(12):
@@ -199,7 +191,7 @@ async def test_selective_polygons_match_brute_force(world: World, conn, strategy
         keep = world.keep(flt)
         q = world.queries[rng.integers(QUERIES)]
         k = int(rng.integers(1, 30))
-        page = await search(world, conn, q, k, flt, filter_strategy=strategy)
+        page = await search(world, pg_async_conn, q, k, flt, filter_strategy=strategy)
         truth = world.brute_force(q, keep, k)
         check_hits(world, page, q, keep)
         if page.strategy == "selector":  # exact: the very same ranking
@@ -234,13 +226,13 @@ def broad_filters(world: World) -> dict[str, HitFilter]:
 
 
 @pytest.mark.parametrize("name", ["bbox", "polygon", "zoom", "area", "area, zoom and box"])
-async def test_broad_filters_match_brute_force_within_recall(world: World, conn, name: str) -> None:
+async def test_broad_filters_match_brute_force_within_recall(world: World, pg_async_conn, name: str) -> None:
     flt = broad_filters(world)[name]
     keep = world.keep(flt)
     assert keep.sum() > 100
     found = []
     for q in world.queries:
-        page = await search(world, conn, q, 10, flt)
+        page = await search(world, pg_async_conn, q, 10, flt)
         check_hits(world, page, q, keep)
         assert len(page.hits) == 10 and page.complete and page.has_more
         found.append(recall(ids_of(page), world.brute_force(q, keep, 10)))
@@ -250,7 +242,9 @@ async def test_broad_filters_match_brute_force_within_recall(world: World, conn,
 
 
 @pytest.mark.parametrize("max_candidates", [20_000, 400])
-async def test_broad_filter_pages_are_full_until_the_last(world: World, conn, max_candidates: int) -> None:
+async def test_broad_filter_pages_are_full_until_the_last(
+    world: World, pg_async_conn, max_candidates: int
+) -> None:
     """Page by page (as cursors do) to the very end; with few candidates allowed, deep pages
     switch to listing the matches and still come full."""
     flt = broad_filters(world)["bbox"]
@@ -258,7 +252,7 @@ async def test_broad_filter_pages_are_full_until_the_last(world: World, conn, ma
     q = world.queries[7]
     k, offset, seen, strategies = 150, 0, [], set()
     while True:
-        page = await search(world, conn, q, k, flt, offset, max_candidates=max_candidates)
+        page = await search(world, pg_async_conn, q, k, flt, offset, max_candidates=max_candidates)
         check_hits(world, page, q, keep)
         assert page.complete
         seen += ids_of(page)
@@ -275,7 +269,7 @@ async def test_broad_filter_pages_are_full_until_the_last(world: World, conn, ma
         assert "selector" in strategies
 
 
-async def test_pages_a_filter_cannot_fill_say_so(world: World, conn) -> None:
+async def test_pages_a_filter_cannot_fill_say_so(world: World, pg_async_conn) -> None:
     """Too many matches to list and too few among the allowed candidates: the page says it is
     incomplete instead of ending the results early."""
     flt = broad_filters(world)["bbox"]
@@ -285,7 +279,7 @@ async def test_pages_a_filter_cannot_fill_say_so(world: World, conn) -> None:
     assert keep.sum() > limits["selector_max_ids"]
     k, offset, seen = 50, 0, []
     while True:
-        page = await search(world, conn, q, k, flt, offset, **limits)
+        page = await search(world, pg_async_conn, q, k, flt, offset, **limits)
         check_hits(world, page, q, keep)
         seen += ids_of(page)
         if not page.complete or not page.has_more:
@@ -297,11 +291,13 @@ async def test_pages_a_filter_cannot_fill_say_so(world: World, conn) -> None:
     assert len(seen) < keep.sum()
 
 
-async def test_search_over_all_areas_matches_exact_search_over_their_union(world: World, conn) -> None:
+async def test_search_over_all_areas_matches_exact_search_over_their_union(
+    world: World, pg_async_conn
+) -> None:
     everything = np.ones(len(world.ids), dtype=bool)
     found = []
     for q in world.queries:
-        page = await search(world, conn, q, 10, HitFilter())
+        page = await search(world, pg_async_conn, q, 10, HitFilter())
         assert page.strategy == "index" and page.shards == len(world.index.shards)
         check_hits(world, page, q, everything)
         found.append(recall(ids_of(page), world.brute_force(q, everything, 10)))

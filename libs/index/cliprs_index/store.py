@@ -167,7 +167,7 @@ class ShardData:
     meta: Shard
     ids: np.ndarray  # int64, ascending (memory-mapped)
     rows: np.ndarray  # float16 (count, dim) (memory-mapped)
-    index: faiss.Index  # IndexFlatIP over the rows (flat) or the IVF-PQ lists (ivfpq)
+    index: faiss.Index | None  # IndexFlatIP over the rows (flat) or the IVF-PQ lists (ivfpq)
     tiles: np.ndarray  # its tile ids, ascending
     codec: LoadedCodec | None = None  # holds the coarse quantiser the index uses
 
@@ -183,9 +183,12 @@ class ShardData:
         return np.where(found, pos, -1)
 
 
-def open_shard(index_dir: Path, meta: Shard, dim: int, codec: LoadedCodec | None = None) -> ShardData:
+def open_shard(
+    index_dir: Path, meta: Shard, dim: int, codec: LoadedCodec | None = None, searchable: bool = True
+) -> ShardData:
     """Open a shard's files (raises FileNotFoundError when one is gone); ``codec``: the one its
-    codes were made with (compressed shards)."""
+    codes were made with (compressed shards). ``searchable=False`` opens only the ids and rows
+    (``index`` is None): what rewriting or merging a shard needs, without reading its codes."""
     index_dir = Path(index_dir)
     ids = np.load(index_dir / f"{meta.stem}.ids.npy", mmap_mode="r")
     rows = (
@@ -193,7 +196,10 @@ def open_shard(index_dir: Path, meta: Shard, dim: int, codec: LoadedCodec | None
         if len(ids)
         else np.zeros((0, dim), dtype=np.float16)
     )
-    if meta.kind == KIND_IVFPQ:
+    index = None
+    if not searchable:
+        pass
+    elif meta.kind == KIND_IVFPQ:
         # The coarse quantiser inside (a copy of the codec's, nlist x dim floats) is mapped from
         # the file, not read into process memory: searches use the codec's copy (one per process)
         # and each shard's is touched only for the residuals of the lists a query probes.

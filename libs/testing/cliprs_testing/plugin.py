@@ -9,12 +9,14 @@ the tiny CLIP (`cliprs_testing.model`) and the platform as processes (`cliprs_te
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cliprs.db.engine import async_engine
 from cliprs.settings import CoreSettings
 from cliprs_testing.db import throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
@@ -64,6 +66,15 @@ def core_settings(pg_url: str, redis_url: str, tmp_path: Path) -> CoreSettings:
         data_dir=tmp_path / "data",
         redis_namespace=f"test-{uuid.uuid4().hex[:6]}",
     )
+
+
+@pytest.fixture
+async def pg_async_conn(pg_url: str) -> AsyncIterator[AsyncConnection]:
+    """An async connection to the test database (what the search-api's repository takes)."""
+    engine = async_engine(pg_url)
+    async with engine.connect() as conn:
+        yield conn
+    await engine.dispose()
 
 
 @pytest.fixture

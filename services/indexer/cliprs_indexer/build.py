@@ -31,8 +31,8 @@ from cliprs.errors import ClipRSError
 from cliprs.manifest import Codec, Manifest, Shard, load_manifest, publish
 from cliprs.settings import CoreSettings
 from cliprs.vectors import read_chunk
-from cliprs_index.shardset import ShardSet, load_shardset
-from cliprs_index.store import KIND_IVFPQ, ShardData, open_shard, tile_of, write_codec, write_shard
+from cliprs_index.shardset import ShardSet
+from cliprs_index.store import ShardData, open_shard, read_codec, tile_of, write_codec, write_shard
 from cliprs_indexer import layout, repository, shards
 from cliprs_indexer.settings import IndexerSettings
 
@@ -95,16 +95,21 @@ class _Change:
         self.codec_index = None
         self.retune = False
         self.written: set[str] = set()  # stems of the shards this change wrote
+        # Only ids and rows: rewriting and merging shards read those; their FAISS codes are read
+        # only when the tuning searches them.
         try:
-            self.loaded = load_shardset(self.index_dir, current) if current and current.shards else None
+            if current is not None and current.codec is not None:
+                self.codec_index = read_codec(self.index_dir, current.codec.file)
+            self.shards: list[ShardData] = (
+                [open_shard(self.index_dir, m, current.dim, searchable=False) for m in current.shards]
+                if current
+                else []
+            )
         except FileNotFoundError as exc:
             raise ClipRSError(
-                f"a shard file of index version {current.version} is missing ({exc.filename}); rebuild the "
+                f"a file of index version {current.version} is missing ({exc.filename}); rebuild the "
                 "whole index from the vector chunks: python -m cliprs_indexer rebuild"
             ) from exc
-        self.shards: list[ShardData] = list(self.loaded.shards) if self.loaded else []
-        if self.loaded is not None:
-            self.codec_index = self.loaded.codec
 
     def indexed_tiles(self) -> np.ndarray:
         return (
@@ -248,7 +253,7 @@ class _Change:
             zooms=sorted({t.z for t in tiles}),
             tiles=len(tiles),
         )
-        return [open_shard(self.index_dir, meta, self.dim, self.codec_index if kind == KIND_IVFPQ else None)]
+        return [open_shard(self.index_dir, meta, self.dim, searchable=False)]
 
     def finish(self) -> Manifest:
         """The new version's manifest (numbered, area ids refreshed, codec tuned if due)."""
@@ -263,10 +268,9 @@ class _Change:
             version=version, model_id=self.model_id, dim=self.dim, shards=metas, codec=self.codec
         )
         if manifest.codec is not None and manifest.shards and self._due_for_tuning(manifest):
+            codec = self.codec_index
             shardset = ShardSet(
-                manifest,
-                [replace(s, meta=m) for s, m in zip(self.shards, metas, strict=True)],
-                self.codec_index,
+                manifest, [open_shard(self.index_dir, m, self.dim, codec) for m in metas], codec
             )
             manifest.codec = shards.tune(shardset, self.settings)
         return manifest

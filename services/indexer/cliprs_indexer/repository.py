@@ -85,30 +85,6 @@ def live_areas_of_tiles(conn: Connection) -> dict[int, list[int]]:
     return out
 
 
-def count_windows_of_areas(conn: Connection, area_ids: Sequence[int]) -> int:
-    """Windows of the embedded tiles of these areas (each tile once)."""
-    return conn.execute(
-        text(
-            "SELECT count(*) FROM windows w WHERE w.tile_id IN (SELECT at.tile_id FROM area_tiles at "
-            "JOIN tiles t ON t.id = at.tile_id WHERE at.area_id = ANY(:a) AND t.status = 'embedded')"
-        ),
-        {"a": list(area_ids)},
-    ).scalar_one()
-
-
-def embedded_tiles_of_areas(conn: Connection, area_ids: Sequence[int]) -> list[int]:
-    """The embedded tiles of these areas, each once, in id order."""
-    return list(
-        conn.execute(
-            text(
-                "SELECT DISTINCT t.id FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
-                "WHERE at.area_id = ANY(:a) AND t.status = 'embedded' ORDER BY t.id"
-            ),
-            {"a": list(area_ids)},
-        ).scalars()
-    )
-
-
 def live_area_ids(conn: Connection, area_ids: Sequence[int]) -> set[int]:
     """Those of ``area_ids`` that exist and are not being deleted."""
     return set(

@@ -17,10 +17,12 @@ changes one after the other, each on top of the version the previous one publish
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -32,7 +34,15 @@ from cliprs.manifest import Codec, Manifest, Shard, load_manifest, publish
 from cliprs.settings import CoreSettings
 from cliprs.vectors import read_chunk
 from cliprs_index.shardset import ShardSet
-from cliprs_index.store import ShardData, open_shard, read_codec, tile_of, write_codec, write_shard
+from cliprs_index.store import (
+    LoadedCodec,
+    ShardData,
+    open_shard,
+    read_codec,
+    tile_of,
+    write_codec,
+    write_shard,
+)
 from cliprs_indexer import layout, repository, shards
 from cliprs_indexer.settings import IndexerSettings
 
@@ -256,30 +266,81 @@ class _Change:
         return [open_shard(self.index_dir, meta, self.dim, searchable=False)]
 
     def finish(self) -> Manifest:
-        """The new version's manifest (numbered, area ids refreshed, codec tuned if due)."""
+        """The new version's manifest (numbered, area ids refreshed, a new codec tuned)."""
         area_of = repository.live_areas_of_tiles(self.conn)
         metas = []
         for s in self.shards:
             areas = sorted({a for t in s.tiles.tolist() for a in area_of.get(t, ())})
             metas.append(replace(s.meta, area_ids=areas, tiles=len(s.tiles)))
-        last = repository.last_index_version(self.conn)
-        version = max(last, self.current.version if self.current else 0) + 1
+        version = _next_version(self.conn, self.current)
         manifest = Manifest(
             version=version, model_id=self.model_id, dim=self.dim, shards=metas, codec=self.codec
         )
-        if manifest.codec is not None and manifest.shards and self._due_for_tuning(manifest):
-            codec = self.codec_index
-            shardset = ShardSet(
-                manifest, [open_shard(self.index_dir, m, self.dim, codec) for m in metas], codec
+        if (
+            manifest.codec is not None
+            and manifest.shards
+            and (self.retune or manifest.codec.recall_at_10 is None)
+        ):
+            # A new codec is tuned before its first use (untuned it probes every list).
+            manifest.codec = shards.tune(
+                _searchable(self.index_dir, manifest, self.codec_index), self.settings
             )
-            manifest.codec = shards.tune(shardset, self.settings)
         return manifest
 
-    def _due_for_tuning(self, manifest: Manifest) -> bool:
-        if self.retune or manifest.codec.recall_at_10 is None:
-            return True
-        tuned_on = manifest.codec.params.get("tuned_on") or manifest.codec.trained_on
-        return manifest.vector_count >= self.settings.retune_growth * tuned_on
+
+def _next_version(conn: Connection, current: Manifest | None) -> int:
+    return max(repository.last_index_version(conn), current.version if current else 0) + 1
+
+
+def _searchable(index_dir: Path, manifest: Manifest, codec: LoadedCodec) -> ShardSet:
+    return ShardSet(manifest, [open_shard(index_dir, m, manifest.dim, codec) for m in manifest.shards], codec)
+
+
+def _publish(core: CoreSettings, conn: Connection, manifest: Manifest) -> None:
+    """Write the manifest, point CURRENT at it and record the version (under the publish lock)."""
+    path = publish(core.index_dir, manifest)
+    repository.record_index_version(
+        conn, manifest.version, str(path), sorted(manifest.files()), manifest.vector_count, manifest.model_id
+    )
+
+
+def retune_due(manifest: Manifest, settings: IndexerSettings) -> bool:
+    """True when the index has grown ``retune_growth`` times since its codec was last tuned."""
+    if manifest.codec is None or not manifest.shards:
+        return False
+    tuned_on = manifest.codec.params.get("tuned_on") or manifest.codec.trained_on
+    return manifest.vector_count >= settings.retune_growth * tuned_on
+
+
+def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
+    """Tune the current version's codec again and publish the same shards with the new search
+    parameters. The tuning (minutes at 10M vectors) runs outside the publish lock, after the
+    change that grew the index is already served; the result is published only if the codec is
+    still the one it measured (a rebuild meanwhile retrains and tunes its own)."""
+    current = load_manifest(core.index_dir)
+    if current is None or current.codec is None or not current.shards:
+        return None
+    measured = copy.deepcopy(current)
+    tuned = shards.tune(
+        _searchable(core.index_dir, measured, read_codec(core.index_dir, current.codec.file)), settings
+    )
+    with sync_engine(core.database_url).begin() as conn:
+        repository.lock_publishing(conn)
+        latest = load_manifest(core.index_dir)
+        if latest is None or latest.codec is None or latest.codec.file != tuned.file:
+            return None
+        latest.version = _next_version(conn, latest)
+        latest.codec = tuned
+        latest.created_at = 0.0
+        _publish(core, conn, latest)
+    announce(core, latest.version)
+    log.info(
+        "published index version %s: re-tuned nprobe=%d k_factor=%d",
+        latest.version,
+        tuned.nprobe,
+        tuned.k_factor,
+    )
+    return latest
 
 
 def apply(
@@ -308,15 +369,7 @@ def apply(
         added = change.add(add) if add is not None else 0
         change.compact()
         manifest = change.finish()
-        path = publish(core.index_dir, manifest)
-        repository.record_index_version(
-            conn,
-            manifest.version,
-            str(path),
-            sorted(manifest.files()),
-            manifest.vector_count,
-            manifest.model_id,
-        )
+        _publish(core, conn, manifest)
     announce(core, manifest.version)
     log.info(
         "published index version %s: +%d -%d windows, %d shards (%d reused), %d vectors",
@@ -330,6 +383,8 @@ def apply(
         ),
         manifest.vector_count,
     )
+    if retune_due(manifest, settings):
+        return retune(core, settings) or manifest
     return manifest
 
 

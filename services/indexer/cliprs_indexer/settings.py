@@ -20,7 +20,8 @@ class IndexerSettings(BaseSettings):
     # The codec's list count is planned for an index of this size (or the real one, if larger):
     # nlist ~ lists_per_sqrt * sqrt(size). Growing far past it calls for `rebuild` (retrains).
     planned_vectors: int = 1_000_000
-    # Re-tune nprobe when the index has grown this many times since the last tuning.
+    # Re-tune nprobe when the index has grown this many times since the last tuning (after the
+    # change that grew it is published, so the tuning never delays a new area being served).
     retune_growth: float = 4.0
     # IVF-PQ: nprobe (and, if need be, the re-rank depth) are tuned on held-out queries until
     # recall@10 against exact search reaches this target.

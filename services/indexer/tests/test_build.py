@@ -463,6 +463,31 @@ def test_crossing_flat_max_trains_one_codec_for_every_shard(
     assert_self_queries(loaded(core), e.all_ids(), e.all_vectors())
 
 
+def test_growth_retunes_after_the_growing_version_is_published(
+    core_settings: CoreSettings, seeded_areas: list[int]
+) -> None:
+    """Past retune_growth x the size the codec was tuned on, the new area is published first with
+    the old search parameters; a second version with the same shards carries the re-tuned ones."""
+    core = core_settings
+    settings = IndexerSettings(
+        flat_max_vectors=300, shard_max_vectors=150, shard_min_vectors=1, retune_growth=1.5, device="cpu"
+    )
+    first = seed_area(core, seeded_areas, n_tiles=80, seed=40)  # 400 windows: the codec is trained
+    trained = publish_area(core, first.id, collect_area_vectors(core, first.id), settings)
+    assert trained.codec is not None and trained.codec.params["tuned_on"] == 400
+    grown = seed_area(core, seeded_areas, n_tiles=60, seed=41)  # 700 >= 1.5 x 400
+    retuned = publish_area(core, grown.id, collect_area_vectors(core, grown.id), settings)
+    assert retuned.version == trained.version + 2
+    served_first = load_manifest(core.index_dir, trained.version + 1)  # the area, old parameters
+    assert served_first.vector_count == retuned.vector_count == 700
+    assert served_first.codec.params["tuned_on"] == 400
+    assert stems(served_first) == stems(retuned)  # same shards, new parameters only
+    assert retuned.codec.file == trained.codec.file and retuned.codec.params["tuned_on"] == 700
+    assert retuned.codec.recall_at_10 >= settings.recall_target
+    assert current_version(core.index_dir) == retuned.version == last_db_version(core)
+    assert_self_queries(loaded(core), grown.all_ids(), grown.all_vectors())
+
+
 def test_a_publish_respects_a_concurrent_delete(core_settings: CoreSettings, seeded_areas: list[int]) -> None:
     core = core_settings
     a = seed_area(core, seeded_areas, n_tiles=2, seed=31)

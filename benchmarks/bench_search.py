@@ -82,6 +82,8 @@ from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_indexer.maintenance import garbage_collect
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_search.index import IndexHolder
+from cliprs_search.service.search import text_effort
+from cliprs_search.settings import SearchSettings
 from cliprs_testing.db import ADMIN_URL, throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_testing.platform import run_platform
@@ -347,14 +349,15 @@ def index_alone(core: CoreSettings, growth: Growth) -> dict:
     try:
         for q in growth.image_queries[:20]:  # warm-up: mapped pages, caches
             index.search(q, K)
-        for kind, queries, truth in (
-            ("image", growth.image_queries, growth.truth.ids[:n]),
-            ("text", growth.text_queries, growth.truth.ids[n:]),
+        # Text queries search as the search-api searches them (its text effort settings).
+        for kind, queries, truth, effort in (
+            ("image", growth.image_queries, growth.truth.ids[:n], None),
+            ("text", growth.text_queries, growth.truth.ids[n:], text_effort(SearchSettings())),
         ):
             times, found = [], []
             for q in queries:
                 t = time.perf_counter()
-                hits = index.search(q, K)
+                hits = index.search(q, K, effort=effort)
                 times.append((time.perf_counter() - t) * 1000)
                 found.append([wid for wid, _ in hits])
             out[kind] = {

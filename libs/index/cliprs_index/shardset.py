@@ -15,7 +15,9 @@ vectors by id and unbiased samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -29,6 +31,17 @@ _SCAN_ROWS = 16_384
 CONFIDENCE_SAMPLE = 2048
 # At most this many candidates are re-ranked exactly beyond k itself.
 MAX_RERANK = 8192
+
+
+@dataclass(frozen=True)
+class SearchEffort:
+    """Multipliers of the codec's tuned ``nprobe`` and ``k_factor`` for one search. The tuning
+    measures recall with indexed vectors as queries; queries from elsewhere (CLIP text
+    embeddings sit in their own cone, away from the images') need more lists probed and more
+    candidates re-ranked for the same recall."""
+
+    nprobe: float = 1.0
+    rerank: float = 1.0
 
 
 class ShardSet:
@@ -99,9 +112,14 @@ class ShardSet:
     # ---------------------------------------------------------------- search
 
     def search(
-        self, query: np.ndarray, k: int, picked: Sequence[int] | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        picked: Sequence[int] | None = None,
+        effort: SearchEffort | None = None,
     ) -> list[tuple[int, float]]:
-        """Best ``k`` (window id, cosine) over the picked shards, best first, ids unique."""
+        """Best ``k`` (window id, cosine) over the picked shards, best first, ids unique;
+        ``effort`` scales the tuned nprobe and re-rank depth (e.g. for text queries)."""
         q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         picked = range(len(self.shards)) if picked is None else picked
         picked = [i for i in picked if self.shards[i].count]
@@ -117,21 +135,22 @@ class ShardSet:
             ids_parts.append(np.asarray(shard.ids[pos[0][keep]]))
             score_parts.append(scores[0][keep])
         if ivf:
-            found, vectors = self.vectors_of(self._ivf_candidates(q, k, ivf))
+            found, vectors = self.vectors_of(self._ivf_candidates(q, k, ivf, effort or SearchEffort()))
             ids_parts.append(found)
             score_parts.append(vectors @ q[0])
         ids = np.concatenate(ids_parts)
         scores = np.concatenate(score_parts)
         return _top(ids, scores, k)
 
-    def _ivf_candidates(self, q: np.ndarray, k: int, picked: list[int]) -> np.ndarray:
+    def _ivf_candidates(self, q: np.ndarray, k: int, picked: list[int], effort: SearchEffort) -> np.ndarray:
         """Window ids of the best approximate candidates for an exact re-rank of ``k``."""
         codec = self.manifest.codec
         nlist = codec.nlist
         # k_factor candidates per result, as tuned for k = 10, up to MAX_RERANK (large k: the
         # candidate lists a filter over-fetches, where each rank matters less).
-        want = min(max(k, min(max(k, 10) * codec.k_factor, MAX_RERANK)), self.total(picked))
-        nprobe = min(codec.nprobe, nlist)
+        k_factor = max(1, round(codec.k_factor * effort.rerank))
+        want = min(max(k, min(max(k, 10) * k_factor, MAX_RERANK)), self.total(picked))
+        nprobe = max(1, min(math.ceil(codec.nprobe * effort.nprobe), nlist))
         while True:
             params = faiss.SearchParametersIVF(nprobe=nprobe)
             coarse_d, coarse_i = self.quantizer.search(q, nprobe)

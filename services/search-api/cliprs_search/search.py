@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cliprs_index.shardset import SearchEffort
 from cliprs_search import repository
 from cliprs_search.filters import HitFilter
 from cliprs_search.index import LoadedIndex
@@ -48,6 +49,7 @@ class SearchRequest:
     flt: HitFilter = field(default_factory=HitFilter)
     min_score: float = -1.0
     merge: bool = True
+    effort: SearchEffort | None = None  # scales the index's tuned search (text queries)
 
 
 @dataclass
@@ -212,7 +214,9 @@ async def run_search(
         else:
             n = min(n, limit)
             with clock("faiss"):
-                candidates = await loop.run_in_executor(executor, index.search, req.vector, n, picked)
+                candidates = await loop.run_in_executor(
+                    executor, index.search, req.vector, n, picked, req.effort
+                )
             exhausted = len(candidates) < n or n >= total
         exhausted = await ranking.walk(conn, candidates, clock) or exhausted
         if ranking.full or exhausted:

@@ -11,6 +11,7 @@ import numpy as np
 
 from cliprs.errors import InvalidInput, TooLarge
 from cliprs.tiles import parse_bbox, validate_zooms
+from cliprs_index.shardset import SearchEffort
 from cliprs_search import cursor as cursors
 from cliprs_search.confidence import assess
 from cliprs_search.context import Context
@@ -25,6 +26,7 @@ from cliprs_search.service.shared import (
     validate_query,
     window_vector,
 )
+from cliprs_search.settings import SearchSettings
 
 # The model reads this many tokens of a text; longer queries are cut (and told so).
 MODEL_TOKENS = 77
@@ -112,6 +114,11 @@ async def image_search(
     return await _answer(ctx, vector, opts, started, {"image": upload.filename}, model=info["model"])
 
 
+def text_effort(settings: SearchSettings) -> SearchEffort:
+    """How much harder than the tuned default a text query searches (see the settings)."""
+    return SearchEffort(nprobe=settings.text_nprobe_scale, rerank=settings.text_rerank_scale)
+
+
 async def _text(ctx: Context, q: str, opts: ResolvedOptions, started: float) -> SearchResults:
     t = time.perf_counter()
     vector, info = await ctx.embedder.embed_text(q)
@@ -151,7 +158,15 @@ async def _answer(
         page = await run_search(
             index,
             conn,
-            SearchRequest(vector, opts.k, opts.offset, opts.flt, opts.min_score, opts.merge),
+            SearchRequest(
+                vector,
+                opts.k,
+                opts.offset,
+                opts.flt,
+                opts.min_score,
+                opts.merge,
+                text_effort(s) if text_query else None,
+            ),
             s,
             ctx.faiss_pool,
         )

@@ -78,7 +78,7 @@ from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
 from cliprs.windows import plan_windows
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.build import collect_area_vectors, publish_area, retune, retune_due
 from cliprs_indexer.maintenance import garbage_collect
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_search.index import IndexHolder
@@ -301,10 +301,14 @@ class Growth:
         t = time.perf_counter()
         vectors = collect_area_vectors(self.core, area_id)
         t1 = self._tick("collect_s", t)
-        manifest = publish_area(self.core, area_id, vectors, IndexerSettings())
+        settings = IndexerSettings()
+        manifest = publish_area(self.core, area_id, vectors, settings)
         t2 = self._tick("publish_s", t1)
         if manifest is None:
             raise RuntimeError(f"publishing area {area_id} published nothing")
+        if retune_due(manifest, settings):  # what the indexer's queued indexer.retune task does
+            retune(self.core, settings)
+            self._tick("retune_s", t2)
         return t1 - t, t2 - t1, manifest.version
 
     def grow_to(self, target: int) -> None:

@@ -18,6 +18,7 @@ TASK_INDEX_AREA = "indexer.index_area"
 TASK_DELETE_AREA = "indexer.delete_area"
 TASK_REBUILD = "indexer.rebuild"
 TASK_GC = "indexer.gc"
+TASK_RETUNE = "indexer.retune"
 
 QUEUE_OF = {
     TASK_FETCH_AREA: "tiles",
@@ -26,6 +27,7 @@ QUEUE_OF = {
     TASK_DELETE_AREA: "index",
     TASK_REBUILD: "index",
     TASK_GC: "index",
+    TASK_RETUNE: "index",
 }
 
 

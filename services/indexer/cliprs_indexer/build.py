@@ -314,9 +314,10 @@ def retune_due(manifest: Manifest, settings: IndexerSettings) -> bool:
 
 def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
     """Tune the current version's codec again and publish the same shards with the new search
-    parameters. The tuning (minutes at 10M vectors) runs outside the publish lock, after the
-    change that grew the index is already served; the result is published only if the codec is
-    still the one it measured (a rebuild meanwhile retrains and tunes its own)."""
+    parameters (the indexer's ``indexer.retune`` task, queued by a change that made
+    `retune_due` true, so the tuning, minutes at 10M vectors, never delays serving that change).
+    It runs outside the publish lock; the result is published only if the codec is still the one
+    it measured (a rebuild meanwhile retrains and tunes its own)."""
     current = load_manifest(core.index_dir)
     if current is None or current.codec is None or not current.shards:
         return None
@@ -383,8 +384,6 @@ def apply(
         ),
         manifest.vector_count,
     )
-    if retune_due(manifest, settings):
-        return retune(core, settings) or manifest
     return manifest
 
 

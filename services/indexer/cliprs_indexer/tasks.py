@@ -6,10 +6,19 @@ import logging
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_DELETE_AREA, TASK_GC, TASK_INDEX_AREA, TASK_REBUILD, enqueue, make_celery
+from cliprs.queue import (
+    TASK_DELETE_AREA,
+    TASK_GC,
+    TASK_INDEX_AREA,
+    TASK_REBUILD,
+    TASK_RETUNE,
+    enqueue,
+    make_celery,
+)
 from cliprs.settings import CoreSettings
 from cliprs_indexer import repository
-from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due
+from cliprs_indexer.build import retune as retune_codec
 from cliprs_indexer.maintenance import analyze_windows, garbage_collect
 from cliprs_indexer.maintenance import delete_area as delete_area_rows
 from cliprs_indexer.maintenance import rebuild as rebuild_index
@@ -62,6 +71,8 @@ def index_area(job_id: int) -> dict:
         jobs.set_state(conn, job_id, "done", expected="indexing")
         repository.set_area_ready(conn, row.area_id)
     analyze_windows(core)
+    if manifest is not None and retune_due(manifest, settings):
+        enqueue(app, TASK_RETUNE, [])
     _collect_garbage()
     return {"version": manifest.version if manifest else None, "vectors": len(vectors.ids)}
 
@@ -86,6 +97,14 @@ def rebuild(area_ids: list[int] | None = None) -> dict:
         "removed": report.removed,
         "shards": report.shards,
     }
+
+
+@app.task(name=TASK_RETUNE)
+def retune() -> dict:
+    """Re-tune the codec's search parameters on the grown index; publish them as a new version."""
+    manifest = retune_codec(core, settings)
+    _collect_garbage()
+    return {"version": manifest.version if manifest else None}
 
 
 @app.task(name=TASK_GC)

@@ -20,7 +20,15 @@ from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
 from cliprs.windows import window_id
 from cliprs_index.shardset import ShardSet, load_shardset
-from cliprs_indexer.build import AreaVectors, ModelMismatch, apply, collect_area_vectors, publish_area
+from cliprs_indexer.build import (
+    AreaVectors,
+    ModelMismatch,
+    apply,
+    collect_area_vectors,
+    publish_area,
+    retune,
+    retune_due,
+)
 from cliprs_indexer.maintenance import delete_area
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_testing.factories import link_tiles, make_area, make_tile, make_window
@@ -466,8 +474,9 @@ def test_crossing_flat_max_trains_one_codec_for_every_shard(
 def test_growth_retunes_after_the_growing_version_is_published(
     core_settings: CoreSettings, seeded_areas: list[int]
 ) -> None:
-    """Past retune_growth x the size the codec was tuned on, the new area is published first with
-    the old search parameters; a second version with the same shards carries the re-tuned ones."""
+    """Past retune_growth x the size the codec was tuned on, the new area is published with the
+    old search parameters and the change says a re-tune is due; the re-tune (the indexer's
+    ``indexer.retune`` task) publishes the same shards with the new ones."""
     core = core_settings
     settings = IndexerSettings(
         flat_max_vectors=300, shard_max_vectors=150, shard_min_vectors=1, retune_growth=1.5, device="cpu"
@@ -476,9 +485,11 @@ def test_growth_retunes_after_the_growing_version_is_published(
     trained = publish_area(core, first.id, collect_area_vectors(core, first.id), settings)
     assert trained.codec is not None and trained.codec.params["tuned_on"] == 400
     grown = seed_area(core, seeded_areas, n_tiles=60, seed=41)  # 700 >= 1.5 x 400
-    retuned = publish_area(core, grown.id, collect_area_vectors(core, grown.id), settings)
+    served_first = publish_area(core, grown.id, collect_area_vectors(core, grown.id), settings)
+    assert served_first.version == trained.version + 1  # the area, with the old parameters
+    assert retune_due(served_first, settings) and not retune_due(trained, settings)
+    retuned = retune(core, settings)
     assert retuned.version == trained.version + 2
-    served_first = load_manifest(core.index_dir, trained.version + 1)  # the area, old parameters
     assert served_first.vector_count == retuned.vector_count == 700
     assert served_first.codec.params["tuned_on"] == 400
     assert stems(served_first) == stems(retuned)  # same shards, new parameters only

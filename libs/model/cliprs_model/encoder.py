@@ -3,18 +3,20 @@
 One code path for the batch embedder and the online endpoints, so a window embedded during
 ingestion and the same pixels sent as a query give the same vector:
 
-    images --(thread pool: RGB, resize, crop; uint8)--> groups of (n, H, W, 3) arrays
-           --(batches across groups; pinned memory, non-blocking copy on CUDA)--> device
-           --(one normalise per batch, fp16 autocast on CUDA, inference mode)--> unit vectors
+    decoded uint8 pixels --(pinned memory, copy stream on CUDA)--> device
+        --(resize, cut, normalise on the device: `ImageTransform.windows_input` / `image_input`)
+        --(batches across tiles or images; fp16 weights on CUDA; inference mode)--> unit vectors
 
-While a batch runs on a GPU the next one is assembled and launched before the first one's
-vectors are fetched, so the device queue does not drain between batches.
+While a batch runs on a GPU the next one is prepared and launched before the first one's
+vectors are fetched, so the device queue does not drain between batches. `clock` sums the
+device time of the resize and encode stages for the embedder's stage timers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 
 from cliprs.errors import Unavailable
-from cliprs_model.preprocess import ImageTransform, prefetch_map
+from cliprs_model.preprocess import ImageTransform
 
 K = TypeVar("K")
 
@@ -47,6 +49,45 @@ class ModelInfo:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class StageClock:
+    """Seconds spent per stage of the device work, summed until `take`n.
+
+    On CUDA, stages are timed with events (no host synchronisation in the loop); an event pair
+    is read once the work behind it has finished, which `take` checks without waiting."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = {}
+        self._pending: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._pending.append((name, start, end))
+            return
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+
+    def take(self) -> dict[str, float]:
+        """The totals so far (stages still running on the device are counted at a later call)."""
+        still_running = []
+        for name, start, end in self._pending:
+            if end.query():
+                self.totals[name] = self.totals.get(name, 0.0) + start.elapsed_time(end) / 1000
+            else:
+                still_running.append((name, start, end))
+        self._pending = still_running
+        out, self.totals = self.totals, {}
+        return out
 
 
 def available_cpus() -> int:
@@ -85,12 +126,34 @@ class ClipEncoder:
         self.info = info
         self.max_text_tokens = int(getattr(model.config.text_config, "max_position_embeddings", 77))
         self.executor: ThreadPoolExecutor | None = None
+        self.clock = StageClock(device)
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.compiled = False
         self.configure(batch_size=batch_size, precision=precision, preprocess_workers=preprocess_workers)
 
-    def configure(self, *, batch_size: int = 0, precision: str = "auto", preprocess_workers: int = 0) -> None:
+    def configure(
+        self,
+        *,
+        batch_size: int = 0,
+        precision: str = "auto",
+        preprocess_workers: int = 0,
+        compile: bool = False,
+    ) -> None:
         """Runtime tuning; 0 / "auto" pick for the device (see `ModelSettings`)."""
         self.precision = self._resolve_precision(precision)
+        # On CUDA, fp16 weights (not autocast): no casts inside the loop, half the memory traffic.
+        # Attention runs through torch's fused scaled-dot-product kernels (see the loader).
+        half = self.device.type == "cuda" and self.precision == torch.float16
+        self.model.to(dtype=torch.float16 if half else torch.float32)
+        self.input_dtype = torch.float16 if half else torch.float32
+        self._weights_are_half = half
         self._batch_size = batch_size
+        if compile and not self.compiled:
+            # Optional (CLIP_COMPILE): graph compilation of the image tower; on CUDA with graph
+            # capture ("reduce-overhead"). Batches are padded to one size so it compiles once.
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.model.vision_model = torch.compile(self.model.vision_model, mode=mode, dynamic=False)
+            self.compiled = True
         if self.executor is not None:
             self.executor.shutdown(wait=False)
         self.preprocess_workers = preprocess_workers or available_cpus()
@@ -117,7 +180,7 @@ class ClipEncoder:
     def _autocast(self):
         # fp16 on GPU halves memory traffic and uses tensor cores; CPU stays fp32 unless asked
         # (bf16 helps on CPUs with AVX512-BF16/AMX, at some precision cost).
-        if self.precision is None:
+        if self.precision is None or self._weights_are_half:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
 
@@ -135,47 +198,59 @@ class ClipEncoder:
     # -- images --------------------------------------------------------------------------------
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Resized, cropped RGB pixels of ``images``: (n, H, W, 3) uint8 (threads in parallel)."""
+        """Pillow-resized, cropped RGB pixels of ``images``: (n, H, W, 3) uint8 (the reference path)."""
         return self.transform.prepare(images, self.executor)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The model input for ``images`` as the model's image processor makes it: (n, 3, H, W)
-        float32 on the CPU (equal to the processor's output to float32 rounding)."""
-        return self.transform.normalise(torch.from_numpy(self.prepare(images)))
+        """The model input for ``images`` from the device path, on the CPU: (n, 3, H, W) float32."""
+        return torch.cat([self.transform.image_input(self.upload(_rgb_array(im))).cpu() for im in images])
 
-    def _stage(self, parts: list[np.ndarray], n: int) -> torch.Tensor:
-        """Copy prepared arrays into one host batch, pinned when it is going to a GPU (pinned
-        pages let the copy run asynchronously; the caching host allocator reuses them)."""
-        h, w = self.transform.output_size
-        batch = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-        out, i = batch.numpy(), 0
-        for p in parts:
-            out[i : i + len(p)] = p
-            i += len(p)
-        return batch
+    def upload(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 pixels onto the model's device. On CUDA through pinned memory on a copy stream,
+        so the copy overlaps the kernels already queued; the compute stream waits for it
+        without blocking the host."""
+        if not (pixels.flags.writeable and pixels.flags.c_contiguous):
+            pixels = np.array(pixels)  # torch wants writable memory (Pillow's arrays are read-only)
+        host = torch.from_numpy(pixels)
+        if self.device.type != "cuda":
+            return host
+        stream = self._copy_stream
+        with torch.cuda.stream(stream):
+            on_device = host.pin_memory().to(self.device, non_blocking=True)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        on_device.record_stream(torch.cuda.current_stream(self.device))
+        return on_device
 
     @torch.inference_mode()
-    def _launch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Unit vectors of a staged uint8 batch, left on the device (asynchronous on CUDA)."""
-        with self._out_of_memory_is_unavailable():
-            pixels = self.transform.normalise(batch.to(self.device, non_blocking=True))
+    def _encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Unit vectors of a model-input batch, left on the device (asynchronous on CUDA)."""
+        with self._out_of_memory_is_unavailable(), self.clock.stage("encode"):
+            n = len(inputs)
+            if self.compiled and n < self.batch_size:
+                # A compiled graph is specialised to one batch size: pad the tail batch.
+                inputs = torch.cat([inputs, inputs.new_zeros((self.batch_size - n, *inputs.shape[1:]))])
             with self._autocast():
-                feats = self.model.get_image_features(pixel_values=pixels)
-            return _unit(feats)
+                feats = self.model.get_image_features(pixel_values=inputs.to(self.input_dtype))
+            return _unit(feats)[:n]
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, dim) float32 unit vectors of prepared (n, H, W, 3) uint8 pixels, in one batch."""
-        return _to_numpy(self._launch(self._stage([pixels], len(pixels))))
+        """(n, dim) float32 unit vectors of model-sized (n, H, W, 3) uint8 pixels, in one batch."""
+        with torch.inference_mode():
+            inputs = self.transform.normalise(self.upload(pixels))
+        return _to_numpy(self._encode(inputs))
 
-    def embed_groups(
-        self, groups: Iterable[tuple[K, np.ndarray]], batch_size: int | None = None
+    def embed_inputs(
+        self, groups: Iterable[tuple[K, torch.Tensor]], batch_size: int | None = None
     ) -> Iterator[tuple[K, np.ndarray]]:
-        """Embed groups of prepared pixels (e.g. the windows of one tile) in batches that span
-        group boundaries; yield ``(key, (n, dim) vectors)`` per group, in order, as soon as its
-        last image is embedded."""
+        """Embed groups of model inputs ((n, 3, H, W) on the device, e.g. the windows of one
+        tile) in batches that span group boundaries; yield ``(key, (n, dim) vectors)`` per
+        group, in order, as soon as its last input is embedded.
+
+        The next batch is launched before the previous one's vectors are fetched, so a GPU's
+        queue never drains while the host waits."""
         size = batch_size or self.batch_size
         waiting: deque[tuple[K, int]] = deque()  # groups not yet yielded, with their sizes
-        staged: list[np.ndarray] = []  # prepared pixels not yet in a batch
+        staged: list[torch.Tensor] = []  # inputs not yet in a batch
         staged_n = 0
         done: list[np.ndarray] = []  # vectors not yet handed out
         in_flight: torch.Tensor | None = None
@@ -191,7 +266,7 @@ class ClipEncoder:
                 done[:] = [flat[n:]]
                 have -= n
 
-        def take(n: int) -> list[np.ndarray]:
+        def take(n: int) -> torch.Tensor:
             nonlocal staged_n
             parts, need = [], n
             while need:
@@ -203,35 +278,53 @@ class ClipEncoder:
                     staged[0] = head[need:]
                 need -= len(parts[-1])
             staged_n -= n
-            return parts
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-        for key, pixels in groups:
-            waiting.append((key, len(pixels)))
-            if len(pixels):
-                staged.append(pixels)
-                staged_n += len(pixels)
+        for key, inputs in groups:
+            waiting.append((key, len(inputs)))
+            if len(inputs):
+                staged.append(inputs)
+                staged_n += len(inputs)
             while staged_n >= size:
-                launched = self._launch(self._stage(take(size), size))
+                launched = self._encode(take(size))
                 # Fetch the previous batch only now: the GPU already has the next one queued.
                 yield from finished(in_flight)
                 in_flight = launched
             if not staged_n and in_flight is None:
                 yield from finished(None)  # empty groups at the head
         if staged_n:
-            n = staged_n
-            launched = self._launch(self._stage(take(n), n))
+            launched = self._encode(take(staged_n))
             yield from finished(in_flight)
             in_flight = launched
         yield from finished(in_flight)
 
+    def embed_tiles(
+        self, tiles: Iterable[tuple[K, np.ndarray, np.ndarray]], batch_size: int | None = None
+    ) -> Iterator[tuple[K, np.ndarray]]:
+        """Vectors of the windows of decoded tiles: ``(key, (H, W, 3) uint8 pixels, (n, 4)
+        window boxes)`` in, ``(key, (n, dim) vectors)`` out, in order. Each tile crosses to the
+        device once; its windows are resized, cut and normalised there (`windows_input`)."""
+
+        def inputs() -> Iterator[tuple[K, torch.Tensor]]:
+            for key, pixels, boxes in tiles:
+                with torch.inference_mode(), self._out_of_memory_is_unavailable(), self.clock.stage("resize"):
+                    cut = self.transform.windows_input(self.upload(pixels), boxes)
+                yield key, cut
+
+        return self.embed_inputs(inputs(), batch_size)
+
     def embed_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
-        """(n, dim) float32 unit vectors for ``images``."""
+        """(n, dim) float32 unit vectors for ``images`` (e.g. uploaded queries), through the same
+        device preprocessing as the windows of tiles."""
         if not len(images):
             return _empty(self.dim)
-        size = batch_size or self.batch_size
-        prepared = prefetch_map(self.executor, self.transform.resize_crop, images, ahead=2 * size)
-        groups = ((i, arr[None]) for i, arr in enumerate(prepared))
-        return np.concatenate([v for _, v in self.embed_groups(groups, size)])
+
+        def inputs() -> Iterator[tuple[int, torch.Tensor]]:
+            for i, image in enumerate(images):
+                with torch.inference_mode(), self._out_of_memory_is_unavailable():
+                    yield i, self.transform.image_input(self.upload(_rgb_array(image)))
+
+        return np.concatenate([v for _, v in self.embed_inputs(inputs(), batch_size)])
 
     def suggest_batch_size(self, limit: int = 1024, memory_share: float = 0.5) -> int:
         """Images per forward pass: on CUDA as many as ``memory_share`` of the free GPU memory
@@ -271,6 +364,11 @@ class ClipEncoder:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 pixels as the processor sees them (transparency composited onto white)."""
+    return np.asarray(ImageTransform.to_rgb(image), dtype=np.uint8)
 
 
 def _unit(feats: Any) -> torch.Tensor:

@@ -69,7 +69,9 @@ def resolve_device(name: str) -> torch.device:
 @register_backend(DEFAULT_BACKEND)
 def load_hf_clip(name_or_path: str, device: torch.device) -> ClipEncoder:
     """A `transformers` CLIP (e.g. flax-community/clip-rsicd-v2 or a local folder)."""
-    model = CLIPModel.from_pretrained(name_or_path)
+    # sdpa: attention through torch's fused scaled-dot-product kernels (flash / memory-efficient
+    # on CUDA), instead of materialising the attention matrix.
+    model = CLIPModel.from_pretrained(name_or_path, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     processor = CLIPImageProcessorPil.from_pretrained(name_or_path)
     info = ModelInfo(
@@ -119,6 +121,7 @@ def load_encoder(settings: ModelSettings | None = None, backend: str | None = No
         batch_size=settings.batch_size,
         precision=settings.precision,
         preprocess_workers=settings.preprocess_workers,
+        compile=settings.compile,
     )
     log.info(
         "CLIP model ready: %s (batch %d, precision %s, %d torch threads, %d preprocessing threads)",

@@ -27,7 +27,10 @@ class ModelSettings(BaseSettings):
     backend: str = "hf-clip"
     # Images per forward pass; 0 = auto (sized to the free GPU memory on CUDA, 64 on CPU).
     batch_size: int = 0
-    # auto = fp16 autocast on CUDA, fp32 on CPU; fp32 | fp16 | bf16 force one.
+    # Compile the image tower with torch.compile (CUDA: with graph capture). Off by default: the
+    # first batch then waits for the compiler (a minute or more).
+    compile: bool = False
+    # auto = fp16 weights on CUDA, fp32 on CPU; fp32 | fp16 | bf16 force one.
     precision: str = "auto"
     # CPU threads: torch's intra-op threads, and the threads that decode/resize images.
     # 0 = auto (every CPU this process may use); with N workers on one host, give each 1/N.

@@ -151,10 +151,49 @@ def test_fast_preprocessing_equals_the_processor(which: str, tiny_model_dir: Pat
     assert (fast - reference).abs().max().item() < 1e-5
 
 
-def test_encoder_preprocess_is_the_processors_output(encoder) -> None:
+def test_device_preprocessing_is_close_to_the_processor(encoder) -> None:
+    # torch's antialiased bicubic is Pillow's filter in float: pixels agree to a rounding step
+    # almost everywhere, and the vectors agree.
     images = _images(np.random.default_rng(4))
     reference = encoder.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    assert (encoder.preprocess(images) - reference).abs().max().item() < 1e-5
+    device_path = encoder.preprocess(images)
+    assert device_path.shape == reference.shape and device_path.dtype == torch.float32
+    assert (device_path - reference).abs().mean().item() < 0.01
+    with torch.inference_mode():
+        a = encoder.model.get_image_features(pixel_values=reference)
+        b = encoder.model.get_image_features(pixel_values=device_path)
+    a, b = (torch.nn.functional.normalize(_features(v), dim=-1) for v in (a, b))
+    assert (a * b).sum(-1).min().item() > 0.999
+
+
+def _features(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+@pytest.mark.parametrize(
+    ("side", "scales", "stride"),
+    [(256, [1.0, 0.5, 0.25], 0.25), (512, [1.0, 0.5], 0.25), (300, [0.5, 0.3], 0.3)],
+)
+def test_windows_cut_on_the_device_equal_each_window_alone_inside_the_borders(
+    encoder, side: int, scales: list[float], stride: float
+) -> None:
+    from cliprs.windows import plan_windows
+
+    rng = np.random.default_rng(side)
+    tile = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    windows = plan_windows(side, scales, stride)
+    boxes = np.array([(w.x0, w.y0, w.x1, w.y1) for w in windows], dtype=np.int32)
+    cut = encoder.transform.windows_input(torch.from_numpy(tile), boxes)
+    alone = torch.cat(
+        [encoder.transform.image_input(torch.from_numpy(tile[y0:y1, x0:x1])) for x0, y0, x1, y1 in boxes]
+    )
+    assert cut.shape == alone.shape == (len(boxes), 3, 224, 224)
+    # Only the resize near a window's border sees different pixels (its neighbours' instead of
+    # Pillow's clamped edge): the centre is the same computation, up to a value rounding to
+    # the other side of .5 (one grey level: 1 / 255 / std, 0.015 after normalisation).
+    margin = 16
+    inner = (cut - alone)[..., margin:-margin, margin:-margin].abs()
+    assert inner.max().item() < 0.016 and (inner > 1e-4).float().mean().item() < 0.01
 
 
 def test_unsupported_processor_options_are_refused() -> None:
@@ -182,14 +221,39 @@ def test_prefetch_map_keeps_order_and_bounds_work_in_flight() -> None:
 def test_groups_share_batches_and_come_back_in_order(encoder) -> None:
     rng = np.random.default_rng(5)
     sizes = [0, 3, 0, 7, 1, 0, 5]
-    groups = [encoder.prepare([_noise(rng) for _ in range(n)]) for n in sizes]
-    out = list(encoder.embed_groups(((i, g) for i, g in enumerate(groups)), batch_size=4))
+    groups = [
+        encoder.preprocess([_noise(rng) for _ in range(n)]) if n else torch.empty(0, 3, 224, 224)
+        for n in sizes
+    ]
+    out = list(encoder.embed_inputs(((i, g) for i, g in enumerate(groups)), batch_size=4))
     assert [k for k, _ in out] == list(range(len(sizes)))
     assert [len(v) for _, v in out] == sizes
     # Each group's vectors equal embedding that group alone in one batch.
-    for (_, vectors), pixels in zip(out, groups, strict=True):
-        if len(pixels):
-            assert np.allclose(vectors, encoder.embed_pixels(pixels), atol=1e-5)
+    for (_, vectors), inputs in zip(out, groups, strict=True):
+        if len(inputs):
+            alone = np.concatenate([v for _, v in encoder.embed_inputs([(0, inputs)], batch_size=64)])
+            assert np.allclose(vectors, alone, atol=1e-5)
+
+
+def test_embed_tiles_and_embed_images_agree(encoder) -> None:
+    # A window's pixels uploaded alone and the same window cut from its tile: the same vector
+    # up to the border pixels of the resize.
+    rng = np.random.default_rng(8)
+    tile = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    boxes = np.array([(0, 0, 256, 256), (64, 64, 192, 192), (128, 0, 256, 128)], dtype=np.int32)
+    [(key, from_tile)] = list(encoder.embed_tiles([("t", tile, boxes)]))
+    alone = encoder.embed_images([Image.fromarray(tile[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes])
+    assert key == "t" and from_tile.shape == (3, encoder.dim)
+    assert np.sum(from_tile * alone, axis=1).min() > 0.999
+
+
+def test_stage_clock_counts_device_work(encoder) -> None:
+    encoder.clock.take()
+    tile = np.zeros((256, 256, 3), dtype=np.uint8)
+    list(encoder.embed_tiles([(0, tile, np.array([(0, 0, 128, 128)], dtype=np.int32))]))
+    seconds = encoder.clock.take()
+    assert set(seconds) == {"resize", "encode"} and all(v > 0 for v in seconds.values())
+    assert encoder.clock.take() == {}
 
 
 def test_auto_batch_size_on_cpu(encoder) -> None:

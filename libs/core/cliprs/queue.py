@@ -13,7 +13,7 @@ from cliprs.errors import Unavailable
 from cliprs.settings import CoreSettings
 
 TASK_FETCH_AREA = "tiler.fetch_area"
-TASK_EMBED_TILES = "embedder.embed_tiles"
+TASK_EMBED_JOB = "embedder.embed_job"  # args: [job_id]; workers lease the tiles from PostGIS
 TASK_INDEX_AREA = "indexer.index_area"
 TASK_DELETE_AREA = "indexer.delete_area"
 TASK_REBUILD = "indexer.rebuild"
@@ -22,7 +22,7 @@ TASK_RETUNE = "indexer.retune"
 
 QUEUE_OF = {
     TASK_FETCH_AREA: "tiles",
-    TASK_EMBED_TILES: "embed",
+    TASK_EMBED_JOB: "embed",
     TASK_INDEX_AREA: "index",
     TASK_DELETE_AREA: "index",
     TASK_REBUILD: "index",

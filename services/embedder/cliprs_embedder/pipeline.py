@@ -1,42 +1,51 @@
-"""Batch embedding of tiles: cut into windows, embed, hand the vectors on, record the windows.
+"""Streaming a job's fetched tiles through the model: leases, decoding, the device, bulk writes.
 
-Tiles are decoded, cut and resized on the encoder's CPU threads a few tiles ahead of the model,
-and their windows share forward passes across tile boundaries (`ClipEncoder.embed_groups`).
+A worker (`Embedder.drain`) leases work units of many tiles from PostGIS (`SKIP LOCKED`, so
+workers never share a tile), and streams them through one continuous pipeline: the next unit is
+leased while the current one is still on the device, so the device does not wait between units.
 
-Writes are ordered so that a worker killed at any point loses nothing and duplicates nothing:
-per tile, the vector chunk is written atomically first, then the window rows (keyed by window
-id, ``ON CONFLICT DO NOTHING``) and the tile's status in one transaction. A redelivered task
-skips tiles already `embedded`, redoes the others and produces the same ids and the same chunk.
+    lease units --> decode (process pool) --> device: resize, cut, normalise, encode (fp16 on GPU)
+                --> writer thread: vector chunks, then window rows (COPY) + tile status + job
+                    counters and stage timers, one transaction per write batch
+
+Nothing is lost or duplicated when a worker dies: a batch's chunks are written atomically
+before the transaction that records its rows (keyed by window id, ``ON CONFLICT DO NOTHING``)
+and marks its tiles embedded; a dead worker's leases stop being renewed and expire, and the
+next drain of the job (any worker's) leases those tiles again and produces the same ids.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
+import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import Engine
 
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
-from cliprs.windows import Window, plan_windows, window_bbox, window_id
+from cliprs.windows import WINDOWS_PER_TILE_LIMIT, footprints, plan_windows
 from cliprs_embedder import repository
+from cliprs_embedder.decode import Decoded, decode_pool, decode_tile, default_decode_workers
+from cliprs_embedder.repository import WindowRows
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import ClipEncoder
-from cliprs_model.preprocess import ImageTransform, prefetch_map
 
 log = logging.getLogger("cliprs.embedder")
 
-WRITER_THREADS = 4
-MAX_PENDING_WRITES = 64  # tiles embedded but not yet stored (bounds memory if storage stalls)
+MAX_PENDING_WRITES = 2  # write batches embedded but not yet stored (bounds memory if storage stalls)
 
 
 @dataclass
@@ -46,120 +55,243 @@ class TileWork:
     z: int
     x: int
     y: int
-    size: int = 0  # tile side in pixels
-    windows: list[Window] = field(default_factory=list)
-    pixels: np.ndarray | None = None  # (n, H, W, 3) uint8 model-sized windows
+    unit: int  # the work unit (lease) it came in
+    last_of_unit: bool
+    path: Path | None = None
+    boxes: np.ndarray | None = None  # (n, 4) window pixel boxes
+    scales: np.ndarray | None = None
+    size: int = 0
+    decode_s: float = 0.0
     error: str | None = None
 
 
-def cut_tile(
-    image: Image.Image, scales: list[float], stride_ratio: float
-) -> tuple[list[Window], list[Image.Image]]:
-    """The windows of a tile image and their pixel crops."""
-    # convert("RGB") like the tiler's /windows/{id}.png, so a crop sent back as a query is the
-    # same pixels the batch path embedded.
-    image = image.convert("RGB")
-    windows = plan_windows(image.width, scales, stride_ratio)
-    return windows, [image.crop((w.x0, w.y0, w.x1, w.y1)) for w in windows]
+@lru_cache(maxsize=64)
+def window_plan(
+    tile_size: int, scales: tuple[float, ...], stride_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel boxes (n, 4) int32 and scales (n,) of a tile's windows, in window-index order.
+
+    Computed once per tile size and configuration; every tile reuses the arrays."""
+    windows = plan_windows(tile_size, list(scales), stride_ratio)
+    boxes = np.array([(w.x0, w.y0, w.x1, w.y1) for w in windows], dtype=np.int32).reshape(-1, 4)
+    return boxes, np.array([w.scale for w in windows], dtype=np.float64)
 
 
-def prepare_tile(
-    row: Any, core: CoreSettings, settings: EmbedderSettings, transform: ImageTransform
-) -> TileWork:
-    """Read a cached tile, cut it into windows and resize them (runs on a preprocessing thread)."""
-    t = TileWork(row.id, row.source, row.z, row.x, row.y)
-    path = find_tile(core.tile_cache_dir, row.source, row.z, row.x, row.y)
-    if path is None:
-        t.error = "tile file missing from the cache"
-        return t
-    try:
-        with Image.open(path) as im:
-            t.size = im.width
-            t.windows, crops = cut_tile(im, settings.scales_for_zoom(row.z), settings.stride_ratio)
-    except Exception as exc:
-        t.error = f"cannot decode cached tile: {type(exc).__name__}"
-        return t
-    t.pixels = transform.prepare(crops)
-    return t
+def window_rows(t: TileWork) -> WindowRows:
+    """A tile's window rows as column arrays, footprints computed vectorised."""
+    assert t.boxes is not None and t.scales is not None
+    n = len(t.boxes)
+    return WindowRows(
+        ids=t.id * WINDOWS_PER_TILE_LIMIT + np.arange(n, dtype=np.int64),
+        tile_ids=np.full(n, t.id, dtype=np.int64),
+        z=np.full(n, t.z, dtype=np.int16),
+        boxes=t.boxes,
+        scale=t.scales,
+        bounds=footprints(t.z, t.x, t.y, t.size, t.boxes),
+    )
 
 
-def window_rows(t: TileWork) -> dict[str, list]:
-    """A tile's window rows as column arrays (`repository.WINDOW_COLUMNS`)."""
-    cols: dict[str, list] = {k: [] for k in repository.WINDOW_COLUMNS}
-    for w in t.windows:
-        b = window_bbox(t.z, t.x, t.y, t.size, w)
-        for k, v in (
-            ("ids", window_id(t.id, w.index)),
-            ("x0", w.x0),
-            ("y0", w.y0),
-            ("x1", w.x1),
-            ("y1", w.y1),
-            ("scale", w.scale),
-            ("fp", b.wkt()),
-            ("cx", (b.min_lon + b.max_lon) / 2),
-            ("cy", (b.min_lat + b.max_lat) / 2),
-        ):
-            cols[k].append(v)
-    return cols
+@dataclass
+class WriteBatch:
+    """Embedded tiles waiting to be stored together, and what their work cost."""
+
+    tiles: list[tuple[TileWork, np.ndarray]] = field(default_factory=list)
+    failed: list[TileWork] = field(default_factory=list)
+    windows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    ends_unit: bool = False
+
+    def add_seconds(self, more: dict[str, float]) -> None:
+        for k, v in more.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
 
 
-def store_tile(engine: Engine, core: CoreSettings, t: TileWork, vectors: np.ndarray, model_id: str) -> None:
-    """Hand a tile's vectors on and record its windows: chunk first, then rows and status."""
-    ids = [window_id(t.id, w.index) for w in t.windows]
-    write_chunk(core.vectors_dir, t.id, ids, vectors, model_id)
-    repository.record_embedded_tile(engine, t.id, t.z, window_rows(t))
+class Heartbeat:
+    """Renews this worker's leases every third of their length while work is in flight."""
+
+    def __init__(self, engine: Engine, worker: str, lease_s: float):
+        self.engine, self.worker, self.lease_s = engine, worker, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="embed-lease", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                repository.renew_leases(self.engine, self.worker, self.lease_s)
+            except Exception:  # a database blip: the next beat retries; the lease has slack
+                log.warning("could not renew the leases of %s", self.worker, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def embed_tiles(
-    tile_ids: list[int],
-    encoder: ClipEncoder,
-    core: CoreSettings,
-    settings: EmbedderSettings,
-    batch_size: int | None = None,
-) -> dict:
-    """Embed the windows of the given tiles; returns counts for the log."""
-    engine = sync_engine(core.database_url)
-    start = time.perf_counter()
-    rows = repository.fetched_tiles(engine, tile_ids)
-    failed: list[TileWork] = []
+class Embedder:
+    """A worker's model, decoding pool and identity; `drain` embeds what a job has fetched."""
 
-    def ready_tiles():
-        prepare = partial(prepare_tile, core=core, settings=settings, transform=encoder.transform)
-        for t in prefetch_map(encoder.executor, prepare, rows, ahead=2 * encoder.preprocess_workers):
-            if t.error:
-                failed.append(t)
+    def __init__(self, encoder: ClipEncoder, core: CoreSettings, settings: EmbedderSettings):
+        self.encoder, self.core, self.settings = encoder, core, settings
+        self.engine = sync_engine(core.database_url)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.decode_workers = settings.decode_workers or default_decode_workers(encoder.device.type)
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = decode_pool(self.decode_workers)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    def _leased_tiles(self, job_id: int, stats: dict) -> Iterator[TileWork]:
+        """Tiles of work units leased one after another, until the job has none left to lease."""
+        s = self.settings
+        while rows := repository.claim_tiles(self.engine, job_id, self.worker, s.lease_tiles, s.lease_s):
+            stats["units"] += 1
+            for i, r in enumerate(rows):
+                yield TileWork(
+                    r.id,
+                    r.source,
+                    r.z,
+                    r.x,
+                    r.y,
+                    unit=stats["units"],
+                    last_of_unit=i == len(rows) - 1,
+                    path=find_tile(self.core.tile_cache_dir, r.source, r.z, r.x, r.y),
+                )
+
+    def _decoded(self, tiles: Iterator[TileWork]) -> Iterator[tuple[TileWork, Decoded | None]]:
+        """Tiles with their pixels, decoded by the pool a bounded number of tiles ahead."""
+        ahead = 4 * self.decode_workers + 4
+        pending: deque[tuple[TileWork, Future[Decoded] | None]] = deque()
+        try:
+            for t in tiles:
+                pending.append((t, self.pool.submit(decode_tile, t.path) if t.path else None))
+                if len(pending) >= ahead:
+                    t0, f = pending.popleft()
+                    yield t0, f.result() if f else None
+            while pending:
+                t0, f = pending.popleft()
+                yield t0, f.result() if f else None
+        finally:
+            for _, f in pending:
+                if f:
+                    f.cancel()
+
+    def _inputs(
+        self, decoded: Iterator[tuple[TileWork, Decoded | None]], skipped: list[TileWork]
+    ) -> Iterator[tuple[TileWork, np.ndarray, np.ndarray]]:
+        """What the encoder takes: (tile, pixels, window boxes); failed tiles go to ``skipped``."""
+        s = self.settings
+        for t, d in decoded:
+            if d is None:
+                t.error = "tile file missing from the cache"
             else:
-                yield t, t.pixels
+                t.decode_s = d.seconds
+                t.error = d.error
+            if t.error is None:
+                assert d is not None and d.pixels is not None
+                t.size = d.pixels.shape[0]
+                t.boxes, t.scales = window_plan(t.size, tuple(s.scales_for_zoom(t.z)), s.stride_ratio)
+                yield t, d.pixels, t.boxes
+            else:
+                skipped.append(t)
 
-    tiles = windows = 0
-    pending: deque[Future[int]] = deque()
+    def _store(self, job_id: int, batch: WriteBatch) -> tuple[int, int]:
+        """Chunks first, then rows, statuses and counters in one transaction."""
+        start = time.perf_counter()
+        for t, vectors in batch.tiles:
+            ids = t.id * WINDOWS_PER_TILE_LIMIT + np.arange(len(vectors), dtype=np.int64)
+            write_chunk(self.core.vectors_dir, t.id, ids, vectors, self.encoder.info.loaded)
+        rows = WindowRows.concat([window_rows(t) for t, _ in batch.tiles])
+        batch.add_seconds({"write": time.perf_counter() - start})
+        moved = repository.record_embedded(
+            self.engine, job_id, rows, [t.id for t, _ in batch.tiles], batch.seconds
+        )
+        repository.mark_failed(self.engine, {t.id: t.error for t in batch.failed if t.error})
+        return moved, batch.windows
 
-    def store(t: TileWork, vectors: np.ndarray) -> int:
-        store_tile(engine, core, t, vectors, encoder.info.loaded)
-        return len(vectors)
+    def drain(self, job_id: int, batch_size: int | None = None) -> dict:
+        """Embed every fetched tile of the job that no live worker holds; returns counts.
 
-    # Chunk fsyncs and database round trips run on writer threads, so the model does not wait
-    # for them (on a GPU they would otherwise cost as much as the forward passes).
-    with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="embed-write") as writer:
-        for t, vectors in encoder.embed_groups(ready_tiles(), batch_size):
-            t.pixels = None  # free the tile's pixels while the rest runs
-            pending.append(writer.submit(store, t, vectors))
-            while pending and (len(pending) > MAX_PENDING_WRITES or pending[0].done()):
-                windows += pending.popleft().result()  # a failed write fails the task here
-                tiles += 1
-        for f in pending:
-            windows += f.result()
-            tiles += 1
-    repository.mark_failed(engine, {t.id: t.error for t in failed if t.error})
-    elapsed = time.perf_counter() - start
-    return {
-        "tiles": tiles,
-        "failed": len(failed),
-        "windows": windows,
-        "windows_per_s": round(windows / elapsed, 1) if elapsed else None,
-    }
+        When nothing is left to lease but a lease looks abandoned (its holder stopped renewing
+        it), wait for it to expire and take those tiles too, so a job never waits on a dead
+        worker while a live one is draining it."""
+        start = time.perf_counter()
+        stats = {"units": 0, "tiles": 0, "failed": 0, "windows": 0}
+        try:
+            with Heartbeat(self.engine, self.worker, self.settings.lease_s):
+                while True:
+                    self._stream(job_id, stats, batch_size)
+                    wait = repository.stale_leases(self.engine, job_id, self.settings.lease_s)
+                    if wait is None:
+                        break
+                    time.sleep(min(max(wait, 0.1), self.settings.lease_s))
+        finally:
+            try:  # on a failure, hand back what was leased so another worker can take it now
+                repository.release_leases(self.engine, self.worker)
+            except Exception:
+                log.warning("could not release the leases of %s", self.worker, exc_info=True)
+        elapsed = time.perf_counter() - start
+        stats["windows_per_s"] = round(stats["windows"] / elapsed, 1) if elapsed else None
+        return stats
 
+    def _stream(self, job_id: int, stats: dict, batch_size: int | None) -> None:
+        skipped: list[TileWork] = []
+        tiles = self._inputs(self._decoded(self._leased_tiles(job_id, stats)), skipped)
+        batch = WriteBatch()
+        pending: deque[Future[tuple[int, int]]] = deque()
+        unit_start = time.perf_counter()
+        unit_windows = 0
 
-def advance_job(job_id: int, core: CoreSettings) -> bool:
-    """Refresh the job's counts; True when this call moved it to indexing (caller queues it)."""
-    return repository.advance_job(sync_engine(core.database_url), job_id)
+        def collect(block: bool) -> None:
+            while pending and (block or len(pending) > MAX_PENDING_WRITES or pending[0].done()):
+                moved, windows = pending.popleft().result()  # a failed write fails the drain here
+                stats["tiles"] += moved
+                stats["windows"] += windows
+
+        def flush() -> None:
+            nonlocal batch, unit_start, unit_windows
+            batch.failed, skipped[:] = list(skipped), []
+            batch.add_seconds(self.encoder.clock.take())
+            if batch.ends_unit:
+                took = time.perf_counter() - unit_start
+                log.info(
+                    "job %s unit %d: %d windows in %.2f s (%.0f windows/s); stage seconds %s",
+                    job_id,
+                    stats["units"],
+                    unit_windows + batch.windows,
+                    took,
+                    (unit_windows + batch.windows) / took if took else 0,
+                    {k: round(v, 3) for k, v in batch.seconds.items()},
+                )
+                unit_start, unit_windows = time.perf_counter(), 0
+            else:
+                unit_windows += batch.windows
+            stats["failed"] += len(batch.failed)
+            pending.append(writer.submit(self._store, job_id, batch))
+            batch = WriteBatch()
+            collect(block=False)
+
+        # One writer thread: chunk fsyncs and the database round trip overlap the device work.
+        with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+            for t, vectors in self.encoder.embed_tiles(tiles, batch_size):
+                batch.tiles.append((t, vectors))
+                batch.windows += len(vectors)
+                batch.add_seconds({"decode": t.decode_s})
+                batch.ends_unit = t.last_of_unit
+                if batch.windows >= self.settings.write_windows or t.last_of_unit:
+                    flush()
+            if batch.tiles or skipped:
+                flush()
+            collect(block=True)

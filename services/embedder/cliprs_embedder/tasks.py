@@ -5,39 +5,49 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
-from cliprs.queue import TASK_EMBED_TILES, TASK_INDEX_AREA, enqueue, make_celery
+from cliprs.queue import TASK_EMBED_JOB, TASK_INDEX_AREA, enqueue, make_celery
 from cliprs.settings import CoreSettings
-from cliprs_embedder.pipeline import advance_job, embed_tiles
+from cliprs_embedder import repository
+from cliprs_embedder.pipeline import Embedder
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_model import ClipEncoder, load_encoder
+from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 
 log = logging.getLogger("cliprs.embedder")
 core = CoreSettings()
+# Built at import, so a window configuration that cannot work (more windows per tile than the
+# id space holds) stops the worker at start-up with the settings error, not tile by tile later.
 settings = EmbedderSettings()
 app = make_celery("cliprs-embedder", core)
 
 
 @lru_cache(maxsize=1)
-def encoder() -> ClipEncoder:
-    """The worker process's model, loaded on first use and kept."""
-    return load_encoder(ModelSettings())
+def embedder() -> Embedder:
+    """The worker process's model and decoding pool, built on first use and kept."""
+    return Embedder(load_encoder(ModelSettings()), core, settings)
 
 
 @worker_ready.connect
 def _load_model_at_start(**_: object) -> None:
     # Load before the first task arrives, so a slow or failing model shows up at start-up.
-    encoder()
+    embedder()
 
 
-@app.task(name=TASK_EMBED_TILES)
-def embed_tiles_task(job_id: int, tile_ids: list[int]) -> dict:
-    """Embed a batch of fetched tiles of a job, then move the job on if it was the last batch."""
-    model = encoder()
-    stats = embed_tiles(tile_ids, model, core, settings)
-    log.info("job %s: embedded %s", job_id, stats)
-    if advance_job(job_id, core):
+@worker_shutdown.connect
+def _stop_pool(**_: object) -> None:
+    if embedder.cache_info().currsize:
+        embedder().close()
+
+
+@app.task(name=TASK_EMBED_JOB)
+def embed_job(job_id: int) -> dict:
+    """Embed what the job has fetched (leasing it unit by unit), then move the job on if no
+    tile of its area is left to fetch or embed."""
+    worker = embedder()
+    stats = worker.drain(job_id)
+    log.info("job %s: drained %s", job_id, stats)
+    if repository.finish_drain(worker.engine, job_id):
         enqueue(app, TASK_INDEX_AREA, [job_id])
     return stats

@@ -1,4 +1,5 @@
-"""The batch pipeline against the real database: chunks, rows and statuses, and idempotent reruns."""
+"""The streaming pipeline against the real database: leases, chunks, rows, statuses, counters,
+idempotent reruns and a dead worker's lease."""
 
 from __future__ import annotations
 
@@ -14,22 +15,29 @@ from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
 from cliprs.vectors import read_chunk
-from cliprs.windows import window_id
-from cliprs_embedder.pipeline import cut_tile, embed_tiles
+from cliprs.windows import plan_windows, window_id
+from cliprs_embedder.pipeline import Embedder
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_testing.factories import make_area, make_tile
+from cliprs_testing.factories import make_area, make_job, make_tile
 from cliprs_tiler.render import render_tile, scene_stretch
 from cliprs_tools.demo import demo_band_paths
 
 TILES = [(14, 4749, 6339), (14, 4750, 6339), (13, 2374, 3169)]
-SETTINGS = EmbedderSettings(window_scales=[1.0, 0.5], stride_ratio=0.25)
+SETTINGS = EmbedderSettings(window_scales=[1.0, 0.5], stride_ratio=0.25, lease_s=2.0)
 
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir: Path):
     return load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu", batch_size=16))
+
+
+@pytest.fixture
+def embedder(encoder, core_settings: CoreSettings):
+    worker = Embedder(encoder, core_settings, SETTINGS)
+    yield worker
+    worker.close()
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +49,31 @@ def tile_images() -> dict[tuple[int, int, int], Image.Image]:
     return images
 
 
-def seed_tiles(core: CoreSettings, images: dict, missing: int = 0) -> list[int]:
-    """An area whose tiles are fetched and cached (plus ``missing`` fetched but not cached)."""
+def seed_tiles(core: CoreSettings, images: dict, missing: int = 0) -> tuple[int, list[int]]:
+    """A job whose area's tiles are fetched and cached (plus ``missing`` fetched, not cached)."""
     source = f"src-{uuid.uuid4().hex[:8]}"
     keys = list(images) + [(14, 4751 + i, 6339) for i in range(missing)]
     ids = []
     with sync_engine(core.database_url).begin() as conn:
         area_id = make_area(conn, name="t", bbox=(-75.7, 37.6, -75.6, 37.7), zooms=(13, 14), source=source)
+        job_id = make_job(conn, area_id, state="embedding")
         for z, x, y in keys:
-            ids.append(make_tile(conn, area_id, z, x, y, source=source, status="fetched", link=False))
+            ids.append(make_tile(conn, area_id, z, x, y, source=source, status="fetched"))
             if (z, x, y) in images:
                 path = tile_path(core.tile_cache_dir, source, z, x, y, "png")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 images[(z, x, y)].save(path)
-    return ids
+    return job_id, ids
+
+
+def crops(image: Image.Image) -> list[Image.Image]:
+    image = image.convert("RGB")
+    return [image.crop((w.x0, w.y0, w.x1, w.y1)) for w in plan_windows(image.width, [1.0, 0.5], 0.25)]
+
+
+def job_row(core: CoreSettings, job_id: int):
+    with sync_engine(core.database_url).connect() as conn:
+        return conn.execute(text("SELECT * FROM ingest_jobs WHERE id = :j"), {"j": job_id}).mappings().one()
 
 
 def window_ids_in_db(core: CoreSettings, tile_ids: list[int]) -> list[int]:
@@ -72,9 +91,11 @@ def statuses(core: CoreSettings, tile_ids: list[int]) -> list[str]:
     return [dict(rows)[t] for t in tile_ids]
 
 
-def test_embed_tiles_writes_chunks_rows_and_statuses(core_settings, encoder, tile_images) -> None:
-    tile_ids = seed_tiles(core_settings, tile_images, missing=1)
-    stats = embed_tiles(tile_ids, encoder, core_settings, SETTINGS)
+def test_drain_writes_chunks_rows_statuses_and_counters(
+    core_settings, embedder, encoder, tile_images
+) -> None:
+    job_id, tile_ids = seed_tiles(core_settings, tile_images, missing=1)
+    stats = embedder.drain(job_id)
     assert (stats["tiles"], stats["failed"], stats["windows"]) == (3, 1, 3 * 26)
     assert statuses(core_settings, tile_ids) == ["embedded"] * 3 + ["failed"]
     expected = [window_id(t, i) for t in tile_ids[:3] for i in range(26)]
@@ -86,17 +107,61 @@ def test_embed_tiles_writes_chunks_rows_and_statuses(core_settings, encoder, til
         vectors = vectors.astype(np.float32)
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
         assert model_id == encoder.info.loaded
-        # Windows batched across tiles get the vectors of their own pixels.
-        _, crops = cut_tile(tile_images[key], SETTINGS.window_scales, SETTINGS.stride_ratio)
-        assert np.allclose(vectors, encoder.embed_images(crops), atol=2e-3)
+        # Windows batched across tiles get the vectors of their own pixels, sent alone.
+        alone = encoder.embed_images(crops(tile_images[key]))
+        assert np.sum(vectors * alone, axis=1).min() > 0.999
     with sync_engine(core_settings.database_url).connect() as conn:
-        error = conn.execute(text("SELECT error FROM tiles WHERE id = :t"), {"t": tile_ids[3]}).scalar_one()
-    assert "missing" in error
+        tile = conn.execute(
+            text("SELECT error, lease_until, leased_by FROM tiles WHERE id = :t"), {"t": tile_ids[3]}
+        ).one()
+    assert "missing" in tile.error and tile.lease_until is None and tile.leased_by is None
+    # Counters were incremented as the work committed; every stage's time is on the job.
+    job = job_row(core_settings, job_id)
+    assert (job["tiles_embedded"], job["windows_embedded"]) == (3, 78)
+    assert set(job["stage_seconds"]) == {"decode", "resize", "encode", "write"}
+    assert all(v > 0 for v in job["stage_seconds"].values())
 
 
-def test_footprint_rows_match_the_windows(core_settings, encoder, tile_images) -> None:
-    tile_ids = seed_tiles(core_settings, {TILES[0]: tile_images[TILES[0]]})
-    embed_tiles(tile_ids, encoder, core_settings, SETTINGS)
+def test_work_units_stream_one_after_another(core_settings, encoder, tile_images) -> None:
+    # One tile per lease: three units through one continuous stream, same result.
+    job_id, tile_ids = seed_tiles(core_settings, tile_images)
+    worker = Embedder(
+        encoder, core_settings, SETTINGS.model_copy(update={"lease_tiles": 1, "write_windows": 10})
+    )
+    try:
+        stats = worker.drain(job_id)
+    finally:
+        worker.close()
+    assert (stats["units"], stats["tiles"], stats["windows"]) == (3, 3, 78)
+    assert statuses(core_settings, tile_ids) == ["embedded"] * 3
+
+
+def test_a_dead_workers_lease_is_taken_when_it_expires(core_settings, embedder, tile_images) -> None:
+    job_id, tile_ids = seed_tiles(core_settings, {TILES[0]: tile_images[TILES[0]]})
+    with sync_engine(core_settings.database_url).begin() as conn:
+        # A worker that leased the tile and died: its lease is no longer renewed.
+        conn.execute(
+            text("UPDATE tiles SET leased_by = 'dead', lease_until = now() + interval '0.5 s' WHERE id = :t"),
+            {"t": tile_ids[0]},
+        )
+    stats = embedder.drain(job_id)
+    assert stats["tiles"] == 1 and statuses(core_settings, tile_ids) == ["embedded"]
+
+
+def test_a_live_workers_lease_is_left_to_it(core_settings, embedder, tile_images) -> None:
+    job_id, tile_ids = seed_tiles(core_settings, {k: tile_images[k] for k in TILES[:2]})
+    with sync_engine(core_settings.database_url).begin() as conn:
+        conn.execute(
+            text("UPDATE tiles SET leased_by = 'alive', lease_until = now() + interval '60 s' WHERE id = :t"),
+            {"t": tile_ids[0]},
+        )
+    stats = embedder.drain(job_id)
+    assert stats["tiles"] == 1 and statuses(core_settings, tile_ids) == ["fetched", "embedded"]
+
+
+def test_footprint_rows_match_the_windows(core_settings, embedder, tile_images) -> None:
+    job_id, tile_ids = seed_tiles(core_settings, {TILES[0]: tile_images[TILES[0]]})
+    embedder.drain(job_id)
     with sync_engine(core_settings.database_url).connect() as conn:
         rows = conn.execute(
             text(
@@ -115,22 +180,23 @@ def test_footprint_rows_match_the_windows(core_settings, encoder, tile_images) -
     assert all(r.share == pytest.approx(0.25, rel=1e-3) for r in rows[1:])
 
 
-def test_reruns_and_redeliveries_change_nothing(core_settings, encoder, tile_images) -> None:
-    tile_ids = seed_tiles(core_settings, {k: tile_images[k] for k in TILES[:2]})
-    embed_tiles(tile_ids, encoder, core_settings, SETTINGS)
+def test_reruns_and_redeliveries_change_nothing(core_settings, embedder, tile_images) -> None:
+    job_id, tile_ids = seed_tiles(core_settings, {k: tile_images[k] for k in TILES[:2]})
+    embedder.drain(job_id)
     before = window_ids_in_db(core_settings, tile_ids)
     first = read_chunk(core_settings.vectors_dir, tile_ids[0])
 
     # A redelivered task whose tiles are already embedded does nothing.
-    assert embed_tiles(tile_ids, encoder, core_settings, SETTINGS)["tiles"] == 0
+    assert embedder.drain(job_id)["tiles"] == 0
 
     # Tile 0: a worker killed between the chunk and the transaction (rows and status are one
     # step, so that is the worst case). Tile 1: a second worker redoing a tile whose rows the
-    # first one wrote (a redelivery racing the original). Neither loses or duplicates a window.
+    # first one wrote (a lease taken over from a worker that had just committed). Neither loses
+    # or duplicates a window.
     with sync_engine(core_settings.database_url).begin() as conn:
         conn.execute(text("DELETE FROM windows WHERE tile_id = :t"), {"t": tile_ids[0]})
         conn.execute(text("UPDATE tiles SET status = 'fetched' WHERE id = ANY(:t)"), {"t": tile_ids})
-    stats = embed_tiles(tile_ids, encoder, core_settings, SETTINGS)
+    stats = embedder.drain(job_id)
     assert stats["tiles"] == 2
     assert window_ids_in_db(core_settings, tile_ids) == before
     again = read_chunk(core_settings.vectors_dir, tile_ids[0])

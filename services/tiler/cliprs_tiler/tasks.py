@@ -7,7 +7,7 @@ import logging
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_EMBED_TILES, TASK_FETCH_AREA, TASK_INDEX_AREA, enqueue, make_celery
+from cliprs.queue import TASK_EMBED_JOB, TASK_FETCH_AREA, TASK_INDEX_AREA, enqueue, make_celery
 from cliprs.settings import CoreSettings
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
@@ -20,10 +20,12 @@ app = make_celery("cliprs-tiler", core)
 
 @app.task(name=TASK_FETCH_AREA)
 def fetch_area(job_id: int) -> dict:
-    """Fetch every tile of the job's area and queue embedding batches as tiles arrive."""
+    """Fetch every tile of the job's area, waking the embedders as tiles arrive."""
 
     def send_embed(job: int, tile_ids: list[int]) -> None:
-        enqueue(app, TASK_EMBED_TILES, [job, tile_ids])
+        # A wake-up, not a work list: embedders lease the job's fetched tiles from PostGIS in
+        # units of their own size (EMBEDDER_LEASE_TILES), whoever fetched them.
+        enqueue(app, TASK_EMBED_JOB, [job])
 
     try:
         counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))

@@ -117,16 +117,22 @@ def test_window_image_is_the_exact_crop_of_its_tile(stack: dict, ingested: dict,
 
 
 def test_image_search_with_a_windows_own_pixels_finds_it_first(stack: dict, ingested: dict) -> None:
-    fc = httpx.get(f"{stack['api']}/v1/search", params={"q": "a creek through farmland", "k": 10}).json()
-    target = fc["features"][4]["properties"]  # not the text's best hit: any indexed window works
-    png = httpx.get(target["image_url"]).content
-    resp = httpx.post(
-        f"{stack['api']}/v1/search/image", files={"file": ("w.png", png, "image/png")}, params={"k": 5}
-    )
-    assert resp.status_code == 200, resp.text
-    first = resp.json()["features"][0]["properties"]
-    assert first["window_id"] == target["window_id"]
-    assert first["score"] > 0.99
+    # The query's pixels go through the same device preprocessing as the batch path (resized
+    # alone rather than cut from the resized tile): windows of every scale must find themselves.
+    fc = httpx.get(f"{stack['api']}/v1/search", params={"q": "a creek through farmland", "k": 50}).json()
+    by_scale: dict[float, dict] = {}
+    for feature in fc["features"][4:]:  # not the text's best hits: any indexed window works
+        by_scale.setdefault(feature["properties"]["scale"], feature["properties"])
+    assert len(by_scale) >= 2, by_scale.keys()
+    for target in by_scale.values():
+        png = httpx.get(target["image_url"]).content
+        resp = httpx.post(
+            f"{stack['api']}/v1/search/image", files={"file": ("w.png", png, "image/png")}, params={"k": 5}
+        )
+        assert resp.status_code == 200, resp.text
+        first = resp.json()["features"][0]["properties"]
+        assert first["window_id"] == target["window_id"], (target["scale"], first)
+        assert first["score"] > 0.99
 
 
 def test_find_similar_by_window_id(stack: dict, ingested: dict) -> None:

@@ -2,10 +2,11 @@
 job ends, every window of every fetched tile has exactly one vector and one row, and the index
 holds exactly those windows.
 
-Redelivery of the killed worker's task comes from the Redis visibility timeout, shortened to a
-few seconds for this test (``CLIPRS_TASK_VISIBILITY_TIMEOUT``): that is the mechanism production
-relies on (a dead host never restarts its worker), so the test exercises it rather than a
-restart. Embedding is slowed deterministically with finer windows (195 per tile instead of 26)
+The killed worker's leased tiles go back to work when its lease, no longer renewed, runs out
+(``EMBEDDER_LEASE_S``); its wake-up task is redelivered after the Redis visibility timeout,
+shortened to a few seconds for this test (``CLIPRS_TASK_VISIBILITY_TIMEOUT``): those are the
+mechanisms production relies on (a dead host never restarts its worker), so the test exercises
+them rather than a restart. Embedding is slowed deterministically with finer windows (195 per tile instead of 26)
 and small tasks, not with sleeps.
 """
 
@@ -40,7 +41,7 @@ SOURCE = "kill-test"
 SCALES = [1.0, 0.5, 0.25]
 VISIBILITY_TIMEOUT_S = 10  # well above one task (2 tiles, about a second), far below the default
 WORKERS = ("embedder-worker-1", "embedder-worker-2")
-TASK = re.compile(r"Task embedder\.embed_tiles\[([0-9a-f-]+)\] (received|succeeded)")
+TASK = re.compile(r"Task embedder\.embed_job\[([0-9a-f-]+)\] (received|succeeded)")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,10 @@ def stack(start_platform, tiny_model_dir: Path, tile_folder: Path) -> Iterator[d
         "CLIP_PREPROCESS_WORKERS": "1",
         "EMBEDDER_WINDOW_SCALES": json.dumps(SCALES),
         "TILER_EMBED_BATCH": "2",
+        # Small work units and short leases, so both workers hold tiles and the dead worker's
+        # lease expires within the test.
+        "EMBEDDER_LEASE_TILES": "2",
+        "EMBEDDER_LEASE_S": "4",
     }
     with start_platform("workers", env, embed_workers=2) as platform:
         yield platform

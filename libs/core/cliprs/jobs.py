@@ -1,8 +1,11 @@
 """Ingest job bookkeeping shared by the tiler, the embedder and the indexer.
 
-Counts are always recomputed from the tiles table (the source of truth), never incremented, so a
-task that runs twice after a crash cannot inflate them. State changes are conditional updates, so
-when several workers race to start the next stage exactly one of them wins.
+Counts are incremented as work units commit (the embedder adds the tiles it moved to embedded
+and their windows in the same transaction, so a unit redone after a crash adds nothing), and
+recomputed exactly from the tiles table (the source of truth) by `refresh_counts` when the job
+moves on (once per job, not per unit: a recount reads every window of the area). State changes
+are conditional updates, so when several workers race to start the next stage exactly one of
+them wins.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def claim_indexing(conn: Connection, job_id: int) -> bool:
     """Move a job from embedding to indexing when no tile of its area waits for embedding.
 
     Called by whoever might have finished the last piece of work (the tiler after its last fetch,
-    each embedder task after its batch); the single conditional update picks one winner.
+    each embedder worker after draining the job); the single conditional update picks one winner.
     """
     result = conn.execute(
         text(

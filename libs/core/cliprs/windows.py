@@ -6,7 +6,11 @@ tile writes the same ids again (idempotent) and the FAISS id of a vector is the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import mercantile
+import numpy as np
 
 from cliprs.tiles import BBox, pixel_to_lonlat
 
@@ -49,6 +53,20 @@ def _positions(tile_size: int, size: int, stride: int) -> list[int]:
     return out
 
 
+def count_windows(tile_size: int, scales: list[float], stride_ratio: float = 0.25) -> int:
+    """How many windows `plan_windows` cuts from a ``tile_size`` tile, without the limit check
+    (it raises the same ValueError on a bad scale or stride)."""
+    if not 0 < stride_ratio <= 1:
+        raise ValueError("stride_ratio must be within (0, 1]")
+    count = 0
+    for scale in scales:
+        if not 0 < scale <= 1:
+            raise ValueError(f"window scale {scale} must be within (0, 1]")
+        size = max(1, round(tile_size * scale))
+        count += len(_positions(tile_size, size, max(1, round(size * stride_ratio)))) ** 2
+    return count
+
+
 def plan_windows(tile_size: int, scales: list[float], stride_ratio: float = 0.25) -> list[Window]:
     """Windows of a ``tile_size`` tile: for each scale, squares of ``scale * tile_size`` pixels
     every ``stride_ratio`` of their side, row by row, covering the tile edge to edge."""
@@ -76,3 +94,26 @@ def window_bbox(z: int, x: int, y: int, tile_size: int, w: Window) -> BBox:
     west, north = pixel_to_lonlat(z, x, y, tile_size, w.x0, w.y0)
     east, south = pixel_to_lonlat(z, x, y, tile_size, w.x1, w.y1)
     return BBox(west, south, east, north)
+
+
+def footprints(z: int, x: int, y: int, tile_size: int, boxes: np.ndarray) -> np.ndarray:
+    """Footprints of many windows of tile (z, x, y) at once: ``boxes`` is (n, 4) pixel boxes
+    x0, y0, x1, y1 (x1, y1 exclusive); returns (n, 4) float64 west, south, east, north.
+
+    The formula of `cliprs.tiles.pixel_to_lonlat` (mercantile's, term by term) on numpy arrays, so
+    it agrees with `window_bbox` to rounding."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    # mercantile.xy_bounds(x, y, z): the tile's Web-Mercator bounds in metres.
+    side = mercantile.CE / math.pow(2, z)
+    left = x * side - mercantile.CE / 2
+    top = mercantile.CE / 2 - y * side
+    width, height = (left + side) - left, top - (top - side)
+    mx = left + width * boxes[:, 0::2] / tile_size  # x0, x1
+    my = top - height * boxes[:, 1::2] / tile_size  # y0, y1
+    # mercantile.lnglat: metres to degrees.
+    lon = mx * mercantile.R2D / mercantile.RE
+    lat = (math.pi * 0.5 - 2.0 * np.arctan(np.exp(-my / mercantile.RE))) * mercantile.R2D
+    out = np.empty((len(boxes), 4), dtype=np.float64)
+    out[:, 0], out[:, 2] = lon[:, 0], lon[:, 1]  # west (x0), east (x1)
+    out[:, 1], out[:, 3] = lat[:, 1], lat[:, 0]  # south (y1), north (y0)
+    return out

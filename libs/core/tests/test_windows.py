@@ -5,11 +5,20 @@ from __future__ import annotations
 import math
 
 import mercantile
+import numpy as np
 import pytest
 from shapely.geometry import box
 from shapely.ops import unary_union
 
-from cliprs.windows import Window, plan_windows, split_window_id, window_bbox, window_id
+from cliprs.windows import (
+    Window,
+    count_windows,
+    footprints,
+    plan_windows,
+    split_window_id,
+    window_bbox,
+    window_id,
+)
 
 
 def test_quarter_stride_counts_by_hand() -> None:
@@ -99,3 +108,29 @@ def test_stride_ratio_changes_the_count() -> None:
     # No overlap (stride = window): a 4 x 4 grid of quarter windows that exactly tile the tile.
     quarters = plan_windows(256, [0.25], 1.0)
     assert len(quarters) == 16 and sum(w.size**2 for w in quarters) == 256**2
+
+
+@pytest.mark.parametrize(("z", "x", "y"), [(0, 0, 0), (14, 4749, 6339), (18, 75990, 101435)])
+@pytest.mark.parametrize("tile_size", [256, 512])
+def test_vectorised_footprints_equal_window_bbox(z: int, x: int, y: int, tile_size: int) -> None:
+    windows = plan_windows(tile_size, [1.0, 0.5, 0.25, 0.3], 0.25)
+    boxes = np.array([(w.x0, w.y0, w.x1, w.y1) for w in windows], dtype=np.int32)
+    got = footprints(z, x, y, tile_size, boxes)
+    assert got.shape == (len(windows), 4) and got.dtype == np.float64
+    expected = np.array([window_bbox(z, x, y, tile_size, w).as_list() for w in windows])
+    assert np.abs(got - expected).max() < 1e-9
+    # Not trivially equal: windows differ from each other by more than the tolerance.
+    assert np.ptp(got[:, 0]) > 1e-4 and np.all(got[:, 0] < got[:, 2]) and np.all(got[:, 1] < got[:, 3])
+
+
+def test_vectorised_footprints_of_no_windows() -> None:
+    assert footprints(14, 1, 2, 256, np.zeros((0, 4), dtype=np.int32)).shape == (0, 4)
+
+
+def test_count_windows_matches_plan_windows_and_ignores_the_limit() -> None:
+    for tile_size, scales, stride in [(256, [1.0, 0.5, 0.25], 0.25), (100, [0.3], 0.25), (512, [0.5], 0.5)]:
+        assert count_windows(tile_size, scales, stride) == len(plan_windows(tile_size, scales, stride))
+    # 1/64 of 512 px: 8 px windows every 2 px -> 253 x 253, far above the id space.
+    assert count_windows(512, [1 / 64], 0.25) == 253**2
+    with pytest.raises(ValueError, match="scale"):
+        count_windows(256, [0.0])

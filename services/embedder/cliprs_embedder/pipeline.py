@@ -45,7 +45,8 @@ from cliprs_model import ClipEncoder
 
 log = logging.getLogger("cliprs.embedder")
 
-MAX_PENDING_WRITES = 2  # write batches embedded but not yet stored (bounds memory if storage stalls)
+WRITER_THREADS = 2  # write transactions in flight: the INSERT's index and key checks run in the database
+MAX_PENDING_WRITES = 4  # write batches embedded but not yet stored (bounds memory if storage stalls)
 
 
 @dataclass
@@ -283,8 +284,8 @@ class Embedder:
             batch = WriteBatch()
             collect(block=False)
 
-        # One writer thread: chunk fsyncs and the database round trip overlap the device work.
-        with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+        # Writer threads: chunk fsyncs and the database's work overlap the device work.
+        with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="embed-write") as writer:
             for t, vectors in self.encoder.embed_tiles(tiles, batch_size):
                 batch.tiles.append((t, vectors))
                 batch.windows += len(vectors)

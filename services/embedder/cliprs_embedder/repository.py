@@ -1,60 +1,33 @@
-"""Every SQL statement of the embedder: the tiles it reads, the windows and statuses it writes.
+"""Every SQL statement of the embedder: the tiles it leases, the windows and statuses it writes.
 
-Plain functions over a SQLAlchemy engine; each write is one transaction, which is what the batch
+Plain functions over a SQLAlchemy engine; each write is one transaction, which is what the
 pipeline's "nothing lost, nothing duplicated" ordering relies on (see `cliprs_embedder.pipeline`).
+
+Work units: a worker leases many fetched tiles of a job at once (`claim_tiles`, ``FOR UPDATE SKIP
+LOCKED``, so two workers never lease the same tile), renews its leases while it works
+(`renew_leases`) and records each batch of embedded tiles in one transaction (`record_embedded`:
+window rows by binary COPY, tile statuses, the job's counters and stage seconds). A lease that
+is not renewed expires and any worker takes those tiles over (`stale_leases` says when).
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
+import numpy as np
+from sqlalchemy import Connection, Engine, text
 
 from cliprs import jobs
 
-FETCHED_TILES = text(
-    "SELECT id, source, z, x, y FROM tiles WHERE id = ANY(:ids) AND status = 'fetched' ORDER BY id"
-)
-
-# One INSERT per tile however many windows: the rows travel as column arrays (`WindowRows`).
-INSERT_WINDOWS = text(
-    """
-    INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center)
-    SELECT w.id, :tile_id, :z, w.x0, w.y0, w.x1, w.y1, w.scale, ST_GeomFromText(w.fp, 4326),
-           ST_SetSRID(ST_MakePoint(w.cx, w.cy), 4326)
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:x0 AS int[]), CAST(:y0 AS int[]), CAST(:x1 AS int[]),
-                CAST(:y1 AS int[]), CAST(:scale AS float8[]), CAST(:fp AS text[]),
-                CAST(:cx AS float8[]), CAST(:cy AS float8[]))
-         AS w(id, x0, y0, x1, y1, scale, fp, cx, cy)
-    ON CONFLICT (id) DO NOTHING
-    """
-)
-
-MARK_EMBEDDED = text("UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL WHERE id = :id")
-
 # A tile another worker embedded meanwhile (a redelivery racing the original) stays embedded.
-MARK_FAILED = text("UPDATE tiles SET status = 'failed', error = :e WHERE id = :id AND status <> 'embedded'")
-
-# Keys of the parameters of INSERT_WINDOWS besides tile_id and z: one list per column.
-WINDOW_COLUMNS = ("ids", "x0", "y0", "x1", "y1", "scale", "fp", "cx", "cy")
-
-
-def fetched_tiles(engine: Engine, tile_ids: Sequence[int]) -> list[Any]:
-    """Rows (id, source, z, x, y) of the given tiles still waiting to be embedded, by id.
-
-    Tiles embedded already (a redelivered task) or never fetched are left out: nothing to do.
-    """
-    with engine.connect() as conn:
-        return list(conn.execute(FETCHED_TILES, {"ids": list(tile_ids)}).all())
-
-
-def record_embedded_tile(engine: Engine, tile_id: int, z: int, windows: dict[str, list]) -> None:
-    """Insert a tile's window rows (``windows``: one list per `WINDOW_COLUMNS` key; rows already
-    there are kept) and mark the tile embedded, in one transaction."""
-    with engine.begin() as conn:
-        conn.execute(INSERT_WINDOWS, {"tile_id": tile_id, "z": z, **windows})
-        conn.execute(MARK_EMBEDDED, {"id": tile_id})
+MARK_FAILED = text(
+    "UPDATE tiles SET status = 'failed', error = :e, lease_until = NULL, leased_by = NULL "
+    "WHERE id = :id AND status <> 'embedded'"
+)
 
 
 def mark_failed(engine: Engine, errors: dict[int, str]) -> None:
@@ -65,8 +38,282 @@ def mark_failed(engine: Engine, errors: dict[int, str]) -> None:
         conn.execute(MARK_FAILED, [{"id": tile_id, "e": error} for tile_id, error in errors.items()])
 
 
-def advance_job(engine: Engine, job_id: int) -> bool:
-    """Refresh the job's counts; True when this call moved it to indexing (the caller queues it)."""
+# ----------------------------------------------------------------------------- leases
+
+# The job's fetched tiles that nobody holds (never leased, or the lease expired), lowest ids
+# first; rows another worker is claiming right now are skipped, not waited for. The fetched
+# tiles are walked in id order on their partial index and each is looked up in the area
+# (OFFSET 0 keeps the lookup a per-row probe of area_tiles' key: joined instead, the planner may
+# walk all the area's tiles from the lowest id, embedded ones included, on every claim).
+JOB_TILE = """
+    EXISTS (SELECT 1 FROM area_tiles at
+            WHERE at.area_id = (SELECT area_id FROM ingest_jobs WHERE id = :job) AND at.tile_id = t.id
+            OFFSET 0)
+"""
+CLAIM_TILES = text(
+    f"""
+    WITH c AS (
+        SELECT t.id FROM tiles t
+        WHERE t.status = 'fetched' AND (t.lease_until IS NULL OR t.lease_until < now()) AND {JOB_TILE}
+        ORDER BY t.id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE tiles SET lease_until = now() + make_interval(secs => :lease_s), leased_by = :worker
+    FROM c WHERE tiles.id = c.id
+    RETURNING tiles.id, tiles.source, tiles.z, tiles.x, tiles.y
+    """
+)
+
+RENEW_LEASES = text(
+    "UPDATE tiles SET lease_until = now() + make_interval(secs => :lease_s) "
+    "WHERE leased_by = :worker AND status = 'fetched'"
+)
+
+RELEASE_LEASES = text(
+    "UPDATE tiles SET lease_until = NULL, leased_by = NULL WHERE leased_by = :worker AND status = 'fetched'"
+)
+
+# A live holder renews every lease_s / 3, so its leases stay more than lease_s / 2 ahead of now;
+# a lease closer to its end than that has stopped being renewed.
+STALE_LEASES = text(
+    f"""
+    SELECT EXTRACT(EPOCH FROM min(t.lease_until) - now()) FROM tiles t
+    WHERE t.leased_by IS NOT NULL AND t.status = 'fetched' AND t.lease_until IS NOT NULL
+      AND t.lease_until < now() + make_interval(secs => :half) AND {JOB_TILE}
+    """
+)
+
+
+def claim_tiles(engine: Engine, job_id: int, worker: str, limit: int, lease_s: float) -> list[Any]:
+    """Lease up to ``limit`` fetched tiles of the job's area that nobody holds, for ``lease_s``
+    seconds, to ``worker``; rows (id, source, z, x, y) ordered by id (empty: nothing to lease)."""
     with engine.begin() as conn:
+        # The per-row probe inflates the plan's estimated cost past where PostgreSQL compiles it
+        # (JIT: tenths of a second) for a query that takes milliseconds.
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        rows = conn.execute(
+            CLAIM_TILES, {"job": job_id, "limit": limit, "lease_s": float(lease_s), "worker": worker}
+        ).all()
+    return sorted(rows, key=lambda r: r.id)
+
+
+def renew_leases(engine: Engine, worker: str, lease_s: float) -> int:
+    """Extend every lease ``worker`` holds on tiles still fetched to ``lease_s`` from now; how many."""
+    with engine.begin() as conn:
+        return conn.execute(RENEW_LEASES, {"worker": worker, "lease_s": float(lease_s)}).rowcount
+
+
+def stale_leases(engine: Engine, job_id: int, lease_s: float) -> float | None:
+    """Seconds until the soonest abandoned lease on the job's fetched tiles expires (0 when one
+    has expired already), or None when no lease looks abandoned.
+
+    "Abandoned": less than ``lease_s / 2`` left, which a holder renewing every ``lease_s / 3``
+    never lets happen. A worker with nothing to claim waits that long, then claims those tiles."""
+    with engine.connect() as conn:
+        left = conn.execute(STALE_LEASES, {"job": job_id, "half": lease_s / 2}).scalar_one()
+    return None if left is None else max(0.0, float(left))
+
+
+def release_leases(engine: Engine, worker: str) -> None:
+    """Hand back ``worker``'s leases on tiles still fetched (a clean stop): others may take them now."""
+    with engine.begin() as conn:
+        conn.execute(RELEASE_LEASES, {"worker": worker})
+
+
+# ----------------------------------------------------------------------------- window rows
+
+
+@dataclass
+class WindowRows:
+    """Window rows as numpy columns (one entry per window)."""
+
+    ids: np.ndarray  # (n,) int64 window ids
+    tile_ids: np.ndarray  # (n,) int64
+    z: np.ndarray  # (n,) int16
+    boxes: np.ndarray  # (n, 4) int32 pixel boxes x0, y0, x1, y1 (x1, y1 exclusive)
+    scale: np.ndarray  # (n,) float64 window side / tile side
+    bounds: np.ndarray  # (n, 4) float64 west, south, east, north
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, keep: np.ndarray) -> WindowRows:
+        """The rows where the boolean mask ``keep`` is true."""
+        return WindowRows(
+            self.ids[keep],
+            self.tile_ids[keep],
+            self.z[keep],
+            self.boxes[keep],
+            self.scale[keep],
+            self.bounds[keep],
+        )
+
+    @classmethod
+    def empty(cls) -> WindowRows:
+        return cls(
+            ids=np.zeros(0, np.int64),
+            tile_ids=np.zeros(0, np.int64),
+            z=np.zeros(0, np.int16),
+            boxes=np.zeros((0, 4), np.int32),
+            scale=np.zeros(0, np.float64),
+            bounds=np.zeros((0, 4), np.float64),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[WindowRows]) -> WindowRows:
+        """The rows of ``parts`` one after the other (no parts: no rows)."""
+        parts = [cls.empty(), *parts]
+        return cls(
+            ids=np.concatenate([p.ids for p in parts]).astype(np.int64, copy=False),
+            tile_ids=np.concatenate([p.tile_ids for p in parts]).astype(np.int64, copy=False),
+            z=np.concatenate([p.z for p in parts]).astype(np.int16, copy=False),
+            boxes=np.concatenate([np.reshape(p.boxes, (-1, 4)) for p in parts]).astype(np.int32, copy=False),
+            scale=np.concatenate([p.scale for p in parts]).astype(np.float64, copy=False),
+            bounds=np.concatenate([np.reshape(p.bounds, (-1, 4)) for p in parts]).astype(
+                np.float64, copy=False
+            ),
+        )
+
+
+# The temporary table the rows are copied into, its columns in COPY order with their binary
+# (big-endian) types.
+COPY_COLUMNS = (
+    ("id", "bigint", ">i8"),
+    ("tile_id", "bigint", ">i8"),
+    ("z", "smallint", ">i2"),
+    ("x0", "integer", ">i4"),
+    ("y0", "integer", ">i4"),
+    ("x1", "integer", ">i4"),
+    ("y1", "integer", ">i4"),
+    ("scale", "double precision", ">f8"),
+    ("w", "double precision", ">f8"),
+    ("s", "double precision", ">f8"),
+    ("e", "double precision", ">f8"),
+    ("n", "double precision", ">f8"),
+)
+COPY_TABLE = "embedded_windows_in"
+CREATE_COPY_TABLE = (
+    f"CREATE TEMP TABLE {COPY_TABLE} ("
+    + ", ".join(f"{name} {sql}" for name, sql, _ in COPY_COLUMNS)
+    + ") ON COMMIT DROP"
+)
+COPY_SQL = f"COPY {COPY_TABLE} FROM STDIN (FORMAT BINARY)"
+# Each tuple: the field count, then each field's byte length and value (no nulls).
+TUPLE_DTYPE = np.dtype(
+    [("nfields", ">i2")]
+    + [f for name, _, code in COPY_COLUMNS for f in ((f"{name}_len", ">i4"), (name, code))]
+)
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+
+INSERT_COPIED = text(
+    f"""
+    INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center)
+    SELECT w.id, w.tile_id, w.z, w.x0, w.y0, w.x1, w.y1, w.scale, ST_MakeEnvelope(w.w, w.s, w.e, w.n, 4326),
+           ST_SetSRID(ST_MakePoint((w.w + w.e) / 2, (w.s + w.n) / 2), 4326)
+    FROM {COPY_TABLE} w
+    ON CONFLICT (id) DO NOTHING
+    """
+)
+
+# The batch's tiles that still exist, locked against deletion until the windows are in (what the
+# windows' foreign key would do row by row, once per tile).
+LOCK_TILES = text("SELECT id FROM tiles WHERE id = ANY(:ids) FOR KEY SHARE")
+
+MARK_EMBEDDED_MANY = text(
+    "UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL, lease_until = NULL, "
+    "leased_by = NULL WHERE id = ANY(:ids) AND status = 'fetched' RETURNING id"
+)
+
+# Counters go up as work units commit (`jobs.refresh_counts` recounts them exactly when the job
+# moves on); stage seconds are summed key by key.
+ADD_TO_JOB = text(
+    """
+    UPDATE ingest_jobs SET
+        tiles_embedded = tiles_embedded + :tiles,
+        windows_embedded = windows_embedded + :windows,
+        stage_seconds = (
+            SELECT COALESCE(jsonb_object_agg(key, total), '{}'::jsonb) FROM (
+                SELECT key, sum(value::float8) AS total FROM (
+                    SELECT key, value FROM jsonb_each_text(stage_seconds)
+                    UNION ALL SELECT key, value FROM jsonb_each_text(CAST(:seconds AS jsonb))
+                ) e GROUP BY key
+            ) s
+        ),
+        updated_at = now()
+    WHERE id = :job
+    """
+)
+
+
+def copy_payload(rows: WindowRows) -> bytes:
+    """``rows`` in PostgreSQL's binary COPY format (columns as in `COPY_COLUMNS`), built with
+    one numpy structured array: no Python per row."""
+    n = len(rows)
+    data = np.empty(n, dtype=TUPLE_DTYPE)
+    data["nfields"] = len(COPY_COLUMNS)
+    columns = {
+        "id": rows.ids,
+        "tile_id": rows.tile_ids,
+        "z": rows.z,
+        "scale": rows.scale,
+        **{k: rows.boxes[:, i] for i, k in enumerate(("x0", "y0", "x1", "y1"))},
+        **{k: rows.bounds[:, i] for i, k in enumerate(("w", "s", "e", "n"))},
+    }
+    for name, _, code in COPY_COLUMNS:
+        data[f"{name}_len"] = np.dtype(code).itemsize
+        data[name] = columns[name]
+    return COPY_HEADER + data.tobytes() + COPY_TRAILER
+
+
+def copy_rows(conn: Connection, rows: WindowRows) -> None:
+    """COPY ``rows`` into the transaction's temporary table (created here, dropped at commit)."""
+    conn.exec_driver_sql(CREATE_COPY_TABLE)
+    payload = copy_payload(rows)
+    # The driver's own connection, inside the same transaction as ``conn``.
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        if hasattr(cursor, "copy"):  # psycopg 3
+            with cursor.copy(COPY_SQL) as copy:
+                copy.write(payload)
+        else:  # psycopg2 (the engines of `cliprs.db.engine`)
+            cursor.copy_expert(COPY_SQL, io.BytesIO(payload), size=1 << 20)
+    finally:
+        cursor.close()
+
+
+def record_embedded(
+    engine: Engine, job_id: int, rows: WindowRows, tile_ids: list[int], stage_seconds: dict[str, float]
+) -> int:
+    """Record a batch of embedded tiles in one transaction: their window rows (COPY; rows already
+    there are kept), the tiles embedded (their leases cleared), the job's counters and stage
+    seconds. Returns how many tiles this call moved to embedded: a tile embedded by someone else
+    meanwhile counts (and adds windows) once, for whoever moved it. ``stage_seconds`` is added
+    whatever moved: it is time spent. Tiles without windows are legal."""
+    seconds = json.dumps({k: float(v) for k, v in stage_seconds.items()})
+    wanted = np.union1d(np.asarray(tile_ids, dtype=np.int64), rows.tile_ids)
+    with engine.begin() as conn:
+        # Rows of a tile deleted meanwhile (its area removed) are dropped, not a foreign key error.
+        present = np.asarray(
+            conn.execute(LOCK_TILES, {"ids": wanted.tolist()}).scalars().all(), dtype=np.int64
+        )
+        if len(present) < len(wanted):
+            rows = rows.take(np.isin(rows.tile_ids, present))
+        moved = conn.execute(MARK_EMBEDDED_MANY, {"ids": [int(t) for t in tile_ids]}).scalars().all()
+        if len(rows):
+            copy_rows(conn, rows)
+            conn.execute(INSERT_COPIED)
+        windows = int(np.isin(rows.tile_ids, np.asarray(moved, dtype=np.int64)).sum()) if moved else 0
+        conn.execute(ADD_TO_JOB, {"job": job_id, "tiles": len(moved), "windows": windows, "seconds": seconds})
+    return len(moved)
+
+
+def finish_drain(engine: Engine, job_id: int) -> bool:
+    """Move the job to indexing when no tile of its area waits for embedding, and then recount
+    its counters exactly (once per job); True when this call moved it (the caller queues it)."""
+    with engine.begin() as conn:
+        if not jobs.claim_indexing(conn, job_id):
+            return False
         jobs.refresh_counts(conn, job_id)
-        return jobs.claim_indexing(conn, job_id)
+        return True

@@ -29,7 +29,8 @@ AREA_COLUMNS = (
 )
 JOB_COLUMNS = (
     "j.id, j.area_id, j.state, j.tiles_planned, j.tiles_fetched, j.tiles_cached, j.tiles_failed, "
-    "j.tiles_embedded, j.windows_embedded, j.windows_indexed, j.error, j.created_at, j.updated_at, j.finished_at"
+    "j.tiles_embedded, j.windows_embedded, j.windows_indexed, j.stage_seconds, j.error, j.created_at, "
+    "j.updated_at, j.finished_at"
 )
 
 

@@ -241,6 +241,11 @@ class Job(BaseModel):
     tiles_embedded: int
     windows_embedded: int
     windows_indexed: int
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds the embedder spent per pipeline stage (decode, resize, encode, write, ...), "
+        "summed over its work units",
+    )
     error: str | None
     created_at: str | None
     updated_at: str | None

@@ -10,12 +10,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -38,7 +40,13 @@ class Area(Base):
 
 class Tile(Base):
     __tablename__ = "tiles"
-    __table_args__ = (UniqueConstraint("source", "z", "x", "y", name="tiles_source_zxy_key"),)
+    __table_args__ = (
+        UniqueConstraint("source", "z", "x", "y", name="tiles_source_zxy_key"),
+        # Keeps the embedder's claim of fetched tiles cheap however many are embedded already.
+        Index("tiles_fetched_idx", "id", postgresql_where=text("status = 'fetched'")),
+        # Renewing, releasing and finding abandoned leases: only the tiles leased right now.
+        Index("tiles_leased_idx", "leased_by", postgresql_where=text("leased_by IS NOT NULL")),
+    )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     # The area that first planned this tile; later areas share it through area_tiles.
     area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
@@ -53,6 +61,9 @@ class Tile(Base):
     tile_size: Mapped[int | None] = mapped_column(SmallInteger)
     fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An embedder worker's lease on a fetched tile: another worker takes it over once it expires.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    leased_by: Mapped[str | None] = mapped_column(Text)
 
 
 class AreaTile(Base):
@@ -89,6 +100,8 @@ class IngestJob(Base):
     tiles_embedded: Mapped[int] = mapped_column(Integer, default=0)
     windows_embedded: Mapped[int] = mapped_column(Integer, default=0)
     windows_indexed: Mapped[int] = mapped_column(Integer, default=0)
+    # Seconds per pipeline stage (decode, resize, encode, write, ...), summed over work units.
+    stage_seconds: Mapped[dict[str, float]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

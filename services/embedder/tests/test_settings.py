@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
@@ -78,3 +82,19 @@ def test_environment_configuration_is_checked(monkeypatch) -> None:
 def test_bad_values_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         EmbedderSettings(**{field: value})
+
+
+def test_the_worker_refuses_to_start_with_such_a_configuration(tmp_path) -> None:
+    # What `celery -A cliprs_embedder.tasks worker` imports first: it stops there, saying why,
+    # instead of failing every tile later as "cannot decode cached tile".
+    env = {**os.environ, "EMBEDDER_WINDOW_SCALES": "[1, 0.5, 0.25, 0.125, 0.0625]"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import cliprs_embedder.tasks"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "windows per tile" in done.stderr and "EMBEDDER_WINDOW_SCALES" in done.stderr

@@ -10,8 +10,13 @@ them wins.
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import logging
+import threading
+
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
+
+log = logging.getLogger("cliprs.jobs")
 
 JOB_STATES = ("queued", "fetching", "embedding", "indexing", "done", "failed")
 
@@ -45,6 +50,37 @@ def refresh_counts(conn: Connection, job_id: int) -> dict:
         .one()
     )
     return dict(row)
+
+
+def touch(conn: Connection, job_id: int) -> None:
+    """Record that the job made progress now (the reconciler leaves it alone for a while)."""
+    conn.execute(text("UPDATE ingest_jobs SET updated_at = now() WHERE id = :job"), {"job": job_id})
+
+
+class JobHeartbeat:
+    """Touches a job every ``every_s`` seconds while long work runs for it (a big index build, a
+    slow embedding batch on a CPU), so the reconciler does not take that work for lost."""
+
+    def __init__(self, engine: Engine, job_id: int, every_s: float):
+        self.engine, self.job_id, self.every_s = engine, job_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"job-{job_id}-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                with self.engine.begin() as conn:
+                    touch(conn, self.job_id)
+            except Exception:  # a database blip: the next beat retries
+                log.warning("could not touch job %s", self.job_id, exc_info=True)
+
+    def __enter__(self) -> JobHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def set_state(

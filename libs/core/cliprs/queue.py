@@ -5,6 +5,8 @@ Services send tasks by name (`send_task`), so none imports another service's cod
 
 from __future__ import annotations
 
+import redis
+import sqlalchemy.exc
 from celery import Celery
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
@@ -30,6 +32,29 @@ QUEUE_OF = {
     TASK_RETUNE: "index",
 }
 
+
+# Errors that pass: a dependency down or overloaded (the database, Redis, the broker, a full or
+# failing disk, a device out of memory). Tasks retry them with backoff instead of failing the
+# job; past the retries, the reconciler hands the work out again later.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OperationalError,
+    Unavailable,
+    OSError,
+)
+
+# Celery options of a task that retries transient errors: 2, 4, 8 ... s (jittered, at most 2
+# minutes apart), ten times.
+RETRY_TRANSIENT = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
 # A publish that cannot reach the broker gives up after about a second: the caller answers 503
 # and may retry, instead of holding a request for Celery's default ~20 s of retries.

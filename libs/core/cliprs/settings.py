@@ -37,6 +37,10 @@ class CoreSettings(BaseSettings):
     # Must exceed the longest task; a live worker's task is otherwise redelivered too (harmless,
     # every write is idempotent, but wasted work).
     task_visibility_timeout: int = 900
+    # The reconciler (every worker runs one): how often it looks, and how long a job may go
+    # without progress before its work is handed out again (PostGIS is the record of progress).
+    reconcile_s: float = 30
+    stall_s: float = 120
 
     @field_validator("max_tiles_per_area")
     @classmethod

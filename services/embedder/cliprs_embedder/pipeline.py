@@ -33,6 +33,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from cliprs.db.engine import sync_engine
+from cliprs.jobs import JobHeartbeat
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
@@ -46,6 +47,7 @@ from cliprs_model import ClipEncoder
 log = logging.getLogger("cliprs.embedder")
 
 WRITER_THREADS = 2  # write transactions in flight: the INSERT's index and key checks run in the database
+MISSING = "tile file missing from the cache"
 MAX_PENDING_WRITES = 4  # write batches embedded but not yet stored (bounds memory if storage stalls)
 
 
@@ -105,6 +107,10 @@ class WriteBatch:
     def add_seconds(self, more: dict[str, float]) -> None:
         for k, v in more.items():
             self.seconds[k] = self.seconds.get(k, 0.0) + v
+
+
+class WindowConfigMismatch(Exception):
+    """This worker cuts windows differently from how the job's tiles are being cut."""
 
 
 class Heartbeat:
@@ -196,7 +202,7 @@ class Embedder:
         s = self.settings
         for t, d in decoded:
             if d is None:
-                t.error = "tile file missing from the cache"
+                t.error = MISSING
             else:
                 t.decode_s = d.seconds
                 t.error = d.error
@@ -208,8 +214,9 @@ class Embedder:
             else:
                 skipped.append(t)
 
-    def _store(self, job_id: int, batch: WriteBatch) -> tuple[int, int]:
-        """Chunks first, then rows, statuses and counters in one transaction."""
+    def _store(self, job_id: int, batch: WriteBatch) -> tuple[int, int, int]:
+        """Chunks first, then rows, statuses and counters in one transaction; tiles whose file
+        vanished go back to the fetch stage. Returns (tiles moved, windows, tiles sent back)."""
         start = time.perf_counter()
         for t, vectors in batch.tiles:
             ids = t.id * WINDOWS_PER_TILE_LIMIT + np.arange(len(vectors), dtype=np.int64)
@@ -219,8 +226,12 @@ class Embedder:
         moved = repository.record_embedded(
             self.engine, job_id, rows, [t.id for t, _ in batch.tiles], batch.seconds
         )
-        repository.mark_failed(self.engine, {t.id: t.error for t in batch.failed if t.error})
-        return moved, batch.windows
+        missing = [t.id for t in batch.failed if t.error == MISSING]
+        refetch = repository.send_back_to_fetch(self.engine, missing)
+        repository.mark_failed(
+            self.engine, {t.id: t.error for t in batch.failed if t.error and t.error != MISSING}
+        )
+        return moved, batch.windows, refetch
 
     def drain(self, job_id: int, batch_size: int | None = None) -> dict:
         """Embed every fetched tile of the job that no live worker holds; returns counts.
@@ -229,9 +240,22 @@ class Embedder:
         it), wait for it to expire and take those tiles too, so a job never waits on a dead
         worker while a live one is draining it."""
         start = time.perf_counter()
-        stats = {"units": 0, "tiles": 0, "failed": 0, "windows": 0}
+        stats = {"units": 0, "tiles": 0, "failed": 0, "windows": 0, "refetch": 0}
+        mine = self.settings.window_config()
+        recorded = repository.bind_window_config(self.engine, job_id, mine)
+        if recorded is None:
+            return stats  # the job is gone (its area was deleted)
+        if recorded != mine:
+            raise WindowConfigMismatch(
+                f"job {job_id}'s tiles are cut with window configuration {recorded}, but worker "
+                f"{self.worker} uses {mine}: give every embedder worker the same EMBEDDER_WINDOW_SCALES, "
+                "EMBEDDER_FINE_SCALES, EMBEDDER_FINE_MIN_ZOOM and EMBEDDER_STRIDE_RATIO"
+            )
         try:
-            with Heartbeat(self.engine, self.worker, self.settings.lease_s):
+            with (
+                Heartbeat(self.engine, self.worker, self.settings.lease_s),
+                JobHeartbeat(self.engine, job_id, self.core.stall_s / 4),
+            ):
                 while True:
                     self._stream(job_id, stats, batch_size)
                     wait = repository.stale_leases(self.engine, job_id, self.settings.lease_s)
@@ -251,15 +275,16 @@ class Embedder:
         skipped: list[TileWork] = []
         tiles = self._inputs(self._decoded(self._leased_tiles(job_id, stats)), skipped)
         batch = WriteBatch()
-        pending: deque[Future[tuple[int, int]]] = deque()
+        pending: deque[Future[tuple[int, int, int]]] = deque()
         unit_start = time.perf_counter()
         unit_windows = 0
 
         def collect(block: bool) -> None:
             while pending and (block or len(pending) > MAX_PENDING_WRITES or pending[0].done()):
-                moved, windows = pending.popleft().result()  # a failed write fails the drain here
+                moved, windows, refetch = pending.popleft().result()  # a failed write fails the drain here
                 stats["tiles"] += moved
                 stats["windows"] += windows
+                stats["refetch"] += refetch
 
         def flush() -> None:
             nonlocal batch, unit_start, unit_windows
@@ -279,7 +304,7 @@ class Embedder:
                 unit_start, unit_windows = time.perf_counter(), 0
             else:
                 unit_windows += batch.windows
-            stats["failed"] += len(batch.failed)
+            stats["failed"] += sum(1 for t in batch.failed if t.error != MISSING)
             pending.append(writer.submit(self._store, job_id, batch))
             batch = WriteBatch()
             collect(block=False)

@@ -317,3 +317,56 @@ def finish_drain(engine: Engine, job_id: int) -> bool:
             return False
         jobs.refresh_counts(conn, job_id)
         return True
+
+
+# The first worker to embed a job's tiles records its window configuration; later ones read it.
+BIND_WINDOW_CONFIG = text(
+    """
+    UPDATE ingest_jobs SET window_config = COALESCE(window_config, :config)
+    WHERE id = :job RETURNING window_config
+    """
+)
+
+
+def bind_window_config(engine: Engine, job_id: int, config: str) -> str | None:
+    """The job's window configuration (this one, if none was recorded); None if the job is gone."""
+    with engine.begin() as conn:
+        return conn.execute(BIND_WINDOW_CONFIG, {"job": job_id, "config": config}).scalar_one_or_none()
+
+
+def record_job_error(engine: Engine, job_id: int, error: str) -> None:
+    """Show why work on a job is stuck, without failing it (another worker may do the work)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE ingest_jobs SET error = :e WHERE id = :job"), {"e": error[:500], "job": job_id}
+        )
+
+
+# A tile whose cached file vanished goes back to the fetch stage once; missing again, it fails.
+REFETCH = text(
+    """
+    UPDATE tiles SET status = CASE WHEN error = :note THEN 'failed' ELSE 'planned' END,
+        error = CASE WHEN error = :note THEN :failed ELSE :note END,
+        lease_until = NULL, leased_by = NULL
+    WHERE id = ANY(:ids) AND status = 'fetched'
+    RETURNING status
+    """
+)
+REFETCH_NOTE = "tile file missing from the cache; fetching it again"
+
+
+def send_back_to_fetch(engine: Engine, tile_ids: list[int]) -> int:
+    """Tiles whose file is missing from the cache: back to ``planned`` (the fetch stage fetches
+    them again), or ``failed`` when that already happened once. Returns how many go back."""
+    if not tile_ids:
+        return 0
+    with engine.begin() as conn:
+        statuses = conn.execute(
+            REFETCH,
+            {
+                "ids": list(tile_ids),
+                "note": REFETCH_NOTE,
+                "failed": "tile file missing from the cache after fetching it again",
+            },
+        ).scalars()
+        return sum(1 for s in statuses if s == "planned")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -76,6 +78,18 @@ class EmbedderSettings(BaseSettings):
                 "(fewer or larger scales, or a larger stride)"
             )
         return self
+
+    def window_config(self) -> str:
+        """What window ids depend on, as a stable string recorded on each job."""
+        return json.dumps(
+            {
+                "scales": self.window_scales,
+                "fine_scales": self.fine_scales,
+                "fine_min_zoom": self.fine_min_zoom,
+                "stride_ratio": self.stride_ratio,
+            },
+            sort_keys=True,
+        )
 
     def scales_for_zoom(self, z: int) -> list[float]:
         return self.window_scales + (self.fine_scales if z >= self.fine_min_zoom else [])

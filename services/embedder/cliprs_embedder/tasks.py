@@ -7,10 +7,18 @@ from functools import lru_cache
 
 from celery.signals import worker_ready, worker_shutdown
 
-from cliprs.queue import TASK_EMBED_JOB, TASK_INDEX_AREA, enqueue, make_celery
+from cliprs.queue import (
+    RETRY_TRANSIENT,
+    TASK_EMBED_JOB,
+    TASK_FETCH_AREA,
+    TASK_INDEX_AREA,
+    enqueue,
+    make_celery,
+)
+from cliprs.reconcile import start_reconciler
 from cliprs.settings import CoreSettings
 from cliprs_embedder import repository
-from cliprs_embedder.pipeline import Embedder
+from cliprs_embedder.pipeline import Embedder, WindowConfigMismatch
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
@@ -30,9 +38,11 @@ def embedder() -> Embedder:
 
 
 @worker_ready.connect
-def _load_model_at_start(**_: object) -> None:
-    # Load before the first task arrives, so a slow or failing model shows up at start-up.
+def _at_start(**_: object) -> None:
+    # Load before the first task arrives, so a slow or failing model shows up at start-up; then
+    # look for work that nobody will deliver (queues lost, workers dead).
     embedder()
+    start_reconciler(app, core)
 
 
 @worker_shutdown.connect
@@ -41,13 +51,21 @@ def _stop_pool(**_: object) -> None:
         embedder().close()
 
 
-@app.task(name=TASK_EMBED_JOB)
+@app.task(name=TASK_EMBED_JOB, **RETRY_TRANSIENT)
 def embed_job(job_id: int) -> dict:
     """Embed what the job has fetched (leasing it unit by unit), then move the job on if no
-    tile of its area is left to fetch or embed."""
+    tile of its area is left to fetch or embed. Transient failures (database, disk, device
+    memory) retry with backoff; the leases of a failed drain are released for other workers."""
     worker = embedder()
-    stats = worker.drain(job_id)
+    try:
+        stats = worker.drain(job_id)
+    except WindowConfigMismatch as exc:
+        log.error("%s", exc)
+        repository.record_job_error(worker.engine, job_id, str(exc))
+        return {"refused": str(exc)}
     log.info("job %s: drained %s", job_id, stats)
+    if stats["refetch"]:
+        enqueue(app, TASK_FETCH_AREA, [job_id])  # their files vanished from the cache
     if repository.finish_drain(worker.engine, job_id):
         enqueue(app, TASK_INDEX_AREA, [job_id])
     return stats

@@ -96,8 +96,9 @@ def test_drain_writes_chunks_rows_statuses_and_counters(
 ) -> None:
     job_id, tile_ids = seed_tiles(core_settings, tile_images, missing=1)
     stats = embedder.drain(job_id)
-    assert (stats["tiles"], stats["failed"], stats["windows"]) == (3, 1, 3 * 26)
-    assert statuses(core_settings, tile_ids) == ["embedded"] * 3 + ["failed"]
+    assert (stats["tiles"], stats["failed"], stats["refetch"], stats["windows"]) == (3, 0, 1, 3 * 26)
+    # The tile whose file vanished goes back to the fetch stage (the task queues a fetch).
+    assert statuses(core_settings, tile_ids) == ["embedded"] * 3 + ["planned"]
     expected = [window_id(t, i) for t in tile_ids[:3] for i in range(26)]
     assert window_ids_in_db(core_settings, tile_ids) == expected
     for tile_id, key in zip(tile_ids, TILES, strict=False):
@@ -114,7 +115,12 @@ def test_drain_writes_chunks_rows_statuses_and_counters(
         tile = conn.execute(
             text("SELECT error, lease_until, leased_by FROM tiles WHERE id = :t"), {"t": tile_ids[3]}
         ).one()
-    assert "missing" in tile.error and tile.lease_until is None and tile.leased_by is None
+    assert "fetching it again" in tile.error and tile.lease_until is None and tile.leased_by is None
+    # Fetched again and still missing: now it fails, with its reason.
+    with sync_engine(core_settings.database_url).begin() as conn:
+        conn.execute(text("UPDATE tiles SET status = 'fetched' WHERE id = :t"), {"t": tile_ids[3]})
+    assert embedder.drain(job_id)["refetch"] == 0
+    assert statuses(core_settings, tile_ids)[3] == "failed"
     # Counters were incremented as the work committed; every stage's time is on the job.
     job = job_row(core_settings, job_id)
     assert (job["tiles_embedded"], job["windows_embedded"]) == (3, 78)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -347,22 +347,27 @@ def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
 def apply(
     core: CoreSettings,
     settings: IndexerSettings,
-    add: AreaVectors | None = None,
+    add: AreaVectors | Callable[[Connection], AreaVectors | None] | None = None,
     remove_tiles: Iterable[int] = (),
     only_if_alive: int | None = None,
     fresh: bool = False,
 ) -> Manifest | None:
     """Publish a new version: the current one minus the windows of ``remove_tiles`` plus ``add``.
 
-    ``fresh``: start from an empty index instead (a full rebuild: the codec is trained again).
-    ``only_if_alive``: an area id; nothing is published when that area is gone or being deleted
-    by then (a delete wins over a late index job). Returns the new manifest, or None.
+    ``add`` may be a function of the connection that holds the publish lock: it then reads what
+    to add under the lock, so nothing published meanwhile is overwritten by an older view
+    (what a full rebuild needs). ``fresh``: start from an empty index instead (a full rebuild:
+    the codec is trained again). ``only_if_alive``: an area id; nothing is published when that
+    area is gone or being deleted by then (a delete wins over a late index job). Returns the new
+    manifest, or None.
     """
     with sync_engine(core.database_url).begin() as conn:
         repository.lock_publishing(conn)
         if only_if_alive is not None and not repository.live_area_ids(conn, [only_if_alive]):
             log.info("area %s was deleted meanwhile; its vectors are not published", only_if_alive)
             return None
+        if callable(add):
+            add = add(conn)
         current = load_manifest(core.index_dir)
         change = _Change(core, settings, conn, None if fresh else current)
         change.current = current

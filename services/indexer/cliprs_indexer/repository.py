@@ -145,6 +145,20 @@ def unshared_tile_ids(conn: Connection, area_id: int) -> list[int]:
     )
 
 
+def area_tile_ids(conn: Connection, area_id: int) -> list[int]:
+    return list(
+        conn.execute(text("SELECT tile_id FROM area_tiles WHERE area_id = :a"), {"a": area_id}).scalars()
+    )
+
+
+def lock_tiles(conn: Connection, tile_ids: Sequence[int]) -> None:
+    """Lock tile rows until the end of the transaction (in id order: no deadlock between two
+    lockers); planning an area over them (its upsert) waits meanwhile."""
+    conn.execute(
+        text("SELECT id FROM tiles WHERE id = ANY(:t) ORDER BY id FOR UPDATE"), {"t": list(tile_ids)}
+    ).all()
+
+
 def count_windows(conn: Connection, tile_ids: Sequence[int]) -> int:
     return conn.execute(
         text("SELECT count(*) FROM windows WHERE tile_id = ANY(:t)"), {"t": list(tile_ids)}

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_ready
+
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.queue import (
+    RETRY_TRANSIENT,
     TASK_DELETE_AREA,
     TASK_GC,
     TASK_INDEX_AREA,
     TASK_REBUILD,
     TASK_RETUNE,
+    TRANSIENT_ERRORS,
     enqueue,
     make_celery,
 )
+from cliprs.reconcile import start_reconciler
 from cliprs.settings import CoreSettings
 from cliprs_indexer import repository
 from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due
@@ -45,9 +50,18 @@ def _collect_garbage(retries_left: int = GC_RETRIES) -> dict:
     return report.as_dict()
 
 
-@app.task(name=TASK_INDEX_AREA)
+@worker_ready.connect
+def _at_start(**_: object) -> None:
+    start_reconciler(app, core)  # work nobody will deliver any more (queues lost, workers dead)
+
+
+@app.task(name=TASK_INDEX_AREA, **RETRY_TRANSIENT)
 def index_area(job_id: int) -> dict:
-    """Build the job's area shard, publish a new index version, and finish the job."""
+    """Build the job's area shard, publish a new index version, and finish the job.
+
+    A transient failure (database, Redis, disk) retries with backoff and leaves the job in
+    ``indexing`` (the reconciler queues it again if the retries run out); any other failure
+    fails the job with its reason."""
     engine = sync_engine(core.database_url)
     with engine.connect() as conn:
         row = repository.job_for_indexing(conn, job_id)
@@ -55,10 +69,14 @@ def index_area(job_id: int) -> dict:
         log.info("job %s is not waiting for indexing (%s); skipped", job_id, row.state if row else "gone")
         return {}
     try:
-        vectors = collect_area_vectors(core, row.area_id)
-        if vectors is None:
-            raise RuntimeError("no tile of the area could be embedded; see the tile errors")
-        manifest = publish_area(core, row.area_id, vectors, settings)
+        with jobs.JobHeartbeat(engine, job_id, core.stall_s / 4):
+            vectors = collect_area_vectors(core, row.area_id)
+            if vectors is None:
+                raise RuntimeError("no tile of the area could be embedded; see the tile errors")
+            manifest = publish_area(core, row.area_id, vectors, settings)
+    except TRANSIENT_ERRORS:
+        log.warning("job %s: indexing interrupted by a transient error; will retry", job_id, exc_info=True)
+        raise
     except Exception as exc:
         log.exception("job %s: indexing failed", job_id)
         with engine.begin() as conn:

@@ -141,18 +141,21 @@ async def fetch_job(
             )
             return t, {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
 
+    # While this task lives it touches the job, so the reconciler leaves a long fetch alone;
+    # if the worker dies, the touches stop and the reconciler queues the fetch again.
     try:
-        for next_done in asyncio.as_completed([fetch_one(t) for t in todo]):
-            t, values = await next_done
-            await asyncio.to_thread(repository.record_tile, engine, t.id, values)
-            if values["status"] == "fetched":
-                progress.done[t.z] += 1
-                batch.append(t.id)
-                flush()
-            else:
-                progress.failed[t.z] += 1
-                log.warning("job %s: tile %s/%s/%s failed: %s", job_id, t.z, t.x, t.y, values["error"])
-            progress.log()
+        with jobs.JobHeartbeat(engine, job_id, core.stall_s / 4):
+            for next_done in asyncio.as_completed([fetch_one(t) for t in todo]):
+                t, values = await next_done
+                await asyncio.to_thread(repository.record_tile, engine, t.id, values)
+                if values["status"] == "fetched":
+                    progress.done[t.z] += 1
+                    batch.append(t.id)
+                    flush()
+                else:
+                    progress.failed[t.z] += 1
+                    log.warning("job %s: tile %s/%s/%s failed: %s", job_id, t.z, t.x, t.y, values["error"])
+                progress.log()
     finally:
         await source.aclose()
     flush(force=True)

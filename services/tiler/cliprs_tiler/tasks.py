@@ -5,9 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from celery.signals import worker_ready
+
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_EMBED_JOB, TASK_FETCH_AREA, TASK_INDEX_AREA, enqueue, make_celery
+from cliprs.queue import (
+    RETRY_TRANSIENT,
+    TASK_EMBED_JOB,
+    TASK_FETCH_AREA,
+    TASK_INDEX_AREA,
+    TRANSIENT_ERRORS,
+    enqueue,
+    make_celery,
+)
+from cliprs.reconcile import start_reconciler
 from cliprs.settings import CoreSettings
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
@@ -18,7 +29,12 @@ settings = TilerSettings()
 app = make_celery("cliprs-tiler", core)
 
 
-@app.task(name=TASK_FETCH_AREA)
+@worker_ready.connect
+def _at_start(**_: object) -> None:
+    start_reconciler(app, core)  # work nobody will deliver any more (queues lost, workers dead)
+
+
+@app.task(name=TASK_FETCH_AREA, **RETRY_TRANSIENT)
 def fetch_area(job_id: int) -> dict:
     """Fetch every tile of the job's area, waking the embedders as tiles arrive."""
 
@@ -29,6 +45,11 @@ def fetch_area(job_id: int) -> dict:
 
     try:
         counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))
+    except TRANSIENT_ERRORS:
+        # The database, Redis or the tile cache's disk failed: retried with backoff (fetching
+        # again skips what is stored), then the reconciler; the job is not failed for it.
+        log.warning("job %s: fetch interrupted by a transient error; will retry", job_id, exc_info=True)
+        raise
     except Exception as exc:
         log.exception("job %s: fetch failed", job_id)
         with sync_engine(core.database_url).begin() as conn:

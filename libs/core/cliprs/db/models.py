@@ -102,6 +102,8 @@ class IngestJob(Base):
     windows_indexed: Mapped[int] = mapped_column(Integer, default=0)
     # Seconds per pipeline stage (decode, resize, encode, write, ...), summed over work units.
     stage_seconds: Mapped[dict[str, float]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # How the job's tiles are cut into windows (set by the first embedder worker; see 0004).
+    window_config: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

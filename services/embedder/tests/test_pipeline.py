@@ -16,7 +16,7 @@ from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
 from cliprs.vectors import read_chunk
 from cliprs.windows import plan_windows, window_id
-from cliprs_embedder.pipeline import Embedder
+from cliprs_embedder.pipeline import Embedder, WindowConfigMismatch
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
@@ -209,3 +209,23 @@ def test_reruns_and_redeliveries_change_nothing(core_settings, embedder, tile_im
     assert again[0].tolist() == first[0].tolist()
     assert np.allclose(again[1], first[1], atol=1e-6)
     assert statuses(core_settings, tile_ids) == ["embedded", "embedded"]
+
+
+def test_a_worker_with_another_window_configuration_refuses_the_job(
+    core_settings, encoder, embedder, tile_images
+) -> None:
+    job_id, tile_ids = seed_tiles(core_settings, {TILES[0]: tile_images[TILES[0]]})
+    other = Embedder(encoder, core_settings, SETTINGS.model_copy(update={"window_scales": [1.0]}))
+    with sync_engine(core_settings.database_url).begin() as conn:
+        conn.execute(
+            text("UPDATE ingest_jobs SET window_config = :c WHERE id = :j"),
+            {"c": SETTINGS.window_config(), "j": job_id},
+        )
+    try:
+        with pytest.raises(WindowConfigMismatch, match="EMBEDDER_WINDOW_SCALES"):
+            other.drain(job_id)
+    finally:
+        other.close()
+    assert statuses(core_settings, tile_ids) == ["fetched"]  # nothing embedded under the wrong cut
+    assert embedder.drain(job_id)["tiles"] == 1  # a worker configured as the job was does it
+    assert job_row(core_settings, job_id)["window_config"] == SETTINGS.window_config()

@@ -251,6 +251,16 @@ class Job(BaseModel):
     updated_at: str | None
     finished_at: str | None
 
+    @computed_field(
+        description="How the job ended: done, done_with_failures (some tiles failed; "
+        "tiles_embedded + tiles_failed = tiles_planned) or failed; null while it runs"
+    )
+    @property
+    def outcome(self) -> str | None:
+        if self.state == "done":
+            return "done_with_failures" if self.tiles_failed else "done"
+        return "failed" if self.state == "failed" else None
+
 
 class Area(BaseModel):
     id: int

@@ -29,3 +29,28 @@ async def test_job_carries_stage_seconds(pg_url, pg_async_conn, seeded_areas) ->
     row = await repository.job(pg_async_conn, fresh)
     row.pop("stage_seconds")
     assert Job(**row).stage_seconds == {}
+
+
+def _job(state: str, planned: int, embedded: int, failed: int) -> Job:
+    counts = dict(tiles_planned=planned, tiles_fetched=embedded, tiles_cached=0, tiles_failed=failed)
+    return Job(
+        id=1,
+        area_id=1,
+        state=state,
+        **counts,
+        tiles_embedded=embedded,
+        windows_embedded=0,
+        windows_indexed=0,
+        error=None,
+        created_at=None,
+        updated_at=None,
+        finished_at=None,
+    )
+
+
+def test_outcome_says_how_the_job_ended() -> None:
+    assert _job("embedding", 4, 2, 0).outcome is None
+    assert _job("done", 4, 4, 0).outcome == "done"
+    assert _job("done", 4, 3, 1).outcome == "done_with_failures"
+    assert _job("failed", 4, 0, 4).outcome == "failed"
+    assert _job("done", 4, 3, 1).model_dump()["outcome"] == "done_with_failures"  # in the answer

@@ -9,6 +9,7 @@ from celery.signals import worker_ready
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
+from cliprs.errors import Unavailable
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_EMBED_JOB,
@@ -41,7 +42,10 @@ def fetch_area(job_id: int) -> dict:
     def send_embed(job: int, tile_ids: list[int]) -> None:
         # A wake-up, not a work list: embedders lease the job's fetched tiles from PostGIS in
         # units of their own size (EMBEDDER_LEASE_TILES), whoever fetched them.
-        enqueue(app, TASK_EMBED_JOB, [job])
+        try:
+            enqueue(app, TASK_EMBED_JOB, [job])
+        except Unavailable as exc:  # keep fetching: the reconciler wakes the embedders later
+            log.warning("job %s: cannot wake the embedders (%s); the reconciler will", job, exc)
 
     try:
         counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))

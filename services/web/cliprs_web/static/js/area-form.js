@@ -15,6 +15,7 @@ const STATE_LABELS = {
   embedding: "Embedding windows",
   indexing: "Indexing",
   done: "Searchable",
+  done_with_failures: "Searchable, some tiles failed",
   failed: "Failed",
 };
 const FINISHED = new Set(["done", "failed"]);
@@ -336,7 +337,8 @@ export class AreaForm {
     const state = job.state ?? "queued";
     el.dataset.state = state;
     const head = element("div", "job__head");
-    head.append(element("strong", null, area.name), element("span", `badge badge--${state}`, STATE_LABELS[state] ?? state));
+    const shown = job.outcome === "done_with_failures" ? job.outcome : state;
+    head.append(element("strong", null, area.name), element("span", `badge badge--${state}`, STATE_LABELS[shown] ?? state));
     const planned = Number(job.tiles_planned) || 0;
     const failed = Number(job.tiles_failed) || 0;
     const fetched = Number(job.tiles_fetched) || 0;

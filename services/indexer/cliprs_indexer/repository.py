@@ -145,6 +145,13 @@ def unshared_tile_ids(conn: Connection, area_id: int) -> list[int]:
     )
 
 
+def existing_tile_ids(conn: Connection, tile_ids: Sequence[int]) -> set[int]:
+    """Which of these tile ids are still in the tiles table."""
+    return set(
+        conn.execute(text("SELECT id FROM tiles WHERE id = ANY(:ids)"), {"ids": list(tile_ids)}).scalars()
+    )
+
+
 def area_tile_ids(conn: Connection, area_id: int) -> list[int]:
     return list(
         conn.execute(text("SELECT tile_id FROM area_tiles WHERE area_id = :a"), {"a": area_id}).scalars()

@@ -44,5 +44,10 @@ class IndexerSettings(BaseSettings):
     # younger than gc_orphan_age_s (an indexer may be about to publish them).
     gc_min_age_s: float = 60.0
     gc_orphan_age_s: float = 3600.0
+    # Vector chunks of tiles that no longer exist (a deleted area's, or one an embedder wrote for
+    # a tile deleted meanwhile) are removed by the same collection once older than this.
+    chunk_gc_min_age_s: float = 3600.0
+    # How often (at most) one process walks the chunk folders for such chunks.
+    chunk_gc_every_s: float = 600.0
     # When GC must keep versions that searchers still hold, it runs again this much later.
     gc_retry_s: float = 60.0

@@ -24,7 +24,7 @@ from cliprs.manifest import (
     unregister_searcher,
 )
 from cliprs.settings import CoreSettings
-from cliprs.vectors import chunk_path
+from cliprs.vectors import chunk_files, chunk_path, write_chunk
 from cliprs_index.shardset import load_shardset
 from cliprs_indexer.__main__ import main as cli
 from cliprs_indexer.build import collect_area_vectors, publish_area
@@ -286,3 +286,57 @@ def test_rebuild_of_named_areas_with_lost_shard_files_says_to_rebuild_everything
     report = rebuild(core, IndexerSettings())
     assert report.vectors >= len(a.ids)
     assert set(a.ids.tolist()) <= set(indexed_ids(core).tolist())
+
+
+def test_gc_removes_vector_chunks_of_tiles_that_no_longer_exist(
+    core_settings: CoreSettings, seeded_areas: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = core_settings
+    kept = area_with_chunks(core, seeded_areas, 0, 3, seed=11, name="kept")
+    gone = area_with_chunks(core, seeded_areas, 10, 3, seed=12, name="gone")
+    with sync_engine(core.database_url).begin() as conn:
+        # Tiles deleted with their chunks left behind (an embedder finished one after the delete).
+        conn.execute(text("DELETE FROM tiles WHERE id = ANY(:t)"), {"t": gone.tile_ids.tolist()})
+        top = conn.execute(text("SELECT coalesce(max(id), 0) FROM tiles")).scalar()
+    never = top + 5_000  # a tile id no row has had, in a folder of its own
+    write_chunk(core.vectors_dir, never, np.array([never << 12]), np.ones((1, 32)), MODEL)
+    orphans = [*gone.tile_ids.tolist(), never]
+    hours_ago = time.time() - 2 * 3600
+    for tile_id in [*orphans, *kept.tile_ids.tolist()]:
+        os.utime(chunk_path(core.vectors_dir, tile_id), (hours_ago, hours_ago))
+    fresh = orphans.pop()  # written moments ago: maybe for a tile whose row is not visible yet
+    os.utime(chunk_path(core.vectors_dir, fresh))
+    temp = chunk_path(core.vectors_dir, kept.tile_ids[0].item()).with_name(".x.npz.abc.tmp")
+    temp.write_bytes(b"x")  # not a chunk
+    monkeypatch.setattr("cliprs_indexer.maintenance.CHUNK_BATCH", 2)  # several batches of ids
+
+    report = garbage_collect(
+        core, IndexerSettings(gc_min_age_s=0, chunk_gc_min_age_s=600, chunk_gc_every_s=0)
+    )
+    assert report.removed_chunks == len(orphans) == 3
+    assert report.as_dict()["removed_chunks"] == 3
+    for tile_id in orphans:
+        assert not chunk_path(core.vectors_dir, tile_id).exists()
+    for tile_id in [*kept.tile_ids.tolist(), fresh]:
+        assert chunk_path(core.vectors_dir, tile_id).exists()
+    assert temp.exists()
+
+    os.utime(chunk_path(core.vectors_dir, fresh), (hours_ago, hours_ago))  # old enough now
+    assert (
+        garbage_collect(
+            core, IndexerSettings(gc_min_age_s=0, chunk_gc_min_age_s=600, chunk_gc_every_s=0)
+        ).removed_chunks
+        == 1
+    )
+    assert not chunk_path(core.vectors_dir, fresh).exists()
+    assert sorted(t for t, _ in chunk_files(core.vectors_dir)) == sorted(kept.tile_ids.tolist())
+    assert garbage_collect(core, NOW).removed_chunks == 0
+    # One walk of the chunk folders per chunk_gc_every_s and process: a second GC soon after skips it.
+    write_chunk(core.vectors_dir, never + 1, np.array([(never + 1) << 12]), np.ones((1, 32)), MODEL)
+    os.utime(chunk_path(core.vectors_dir, never + 1), (hours_ago, hours_ago))
+    settings = IndexerSettings(gc_min_age_s=0, chunk_gc_min_age_s=600, chunk_gc_every_s=3600)
+    monkeypatch.setattr("cliprs_indexer.maintenance._chunks_collected_at", float("-inf"))
+    assert garbage_collect(core, settings).removed_chunks == 1
+    write_chunk(core.vectors_dir, never + 2, np.array([(never + 2) << 12]), np.ones((1, 32)), MODEL)
+    os.utime(chunk_path(core.vectors_dir, never + 2), (hours_ago, hours_ago))
+    assert garbage_collect(core, settings).removed_chunks == 0

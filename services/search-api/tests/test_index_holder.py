@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -14,9 +15,10 @@ import pytest
 import redis
 
 from cliprs.fsutil import atomic_write_bytes
-from cliprs.manifest import Manifest, Shard, manifest_path, publish
+from cliprs.manifest import Codec, Manifest, Shard, held_versions, manifest_path, publish
+from cliprs_index.store import CodecPlan, train_codec, write_codec
 from cliprs_index.store import write_shard as write_shard_files
-from cliprs_search.index import IndexHolder, LoadedIndex
+from cliprs_search.index import IndexHolder, LoadedIndex, Registration
 from cliprs_testing.platform import wait_until
 
 DIM = 8
@@ -60,6 +62,43 @@ def make_version(
     else:
         atomic_write_bytes(manifest_path(index_dir, version), manifest.to_json())
     return manifest
+
+
+def make_ivfpq_version(index_dir: Path, version: int, current: bool = True) -> Manifest:
+    """A version of one compressed shard (IVF-PQ codes in a ``.faiss`` file, a trained codec)."""
+    vectors = unit_vectors(256, 100 + version)
+    codec = write_codec(index_dir, train_codec(vectors, CodecPlan(nlist=4, pq=2), iterations=4))
+    ids = wids(200 + version, 256)
+    stem, kind = write_shard_files(index_dir, np.asarray(ids, dtype=np.int64), vectors, codec)
+    assert kind == "ivfpq"
+    shard = Shard(stem=stem, count=len(ids), kind=kind, area_ids=[7], tiles=1)
+    manifest = Manifest(
+        version=version,
+        model_id=MODEL,
+        dim=DIM,
+        shards=[shard],
+        codec=Codec(file=codec.file, nlist=4, pq=2, nprobe=4, k_factor=4, trained_on=256),
+    )
+    if current:
+        publish(index_dir, manifest)
+    else:
+        atomic_write_bytes(manifest_path(index_dir, version), manifest.to_json())
+    return manifest
+
+
+def count_reads(holder: IndexHolder, monkeypatch: pytest.MonkeyPatch, before=None) -> list[int]:
+    """The versions ``holder`` reads from disk, in order (``before(version)`` runs first)."""
+    reads: list[int] = []
+    real = holder._read
+
+    def read(version: int) -> LoadedIndex:
+        reads.append(version)
+        if before is not None:
+            before(version)
+        return real(version)
+
+    monkeypatch.setattr(holder, "_read", read)
+    return reads
 
 
 def set_current(index_dir: Path, version: int) -> None:
@@ -117,6 +156,64 @@ def test_an_older_version_is_never_swapped_in(index_dir: Path) -> None:
     assert holder.current.version == 2
     make_version(index_dir, 3, V3)
     assert holder.load().version == 3
+
+
+def test_load_reads_only_the_newest_of_the_announced_version_and_current(
+    index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_version(index_dir, 1, V1)
+    holder = IndexHolder(index_dir)
+    reads = count_reads(holder, monkeypatch)
+    assert holder.load().version == 1
+    make_version(index_dir, 2, V2)
+    make_version(index_dir, 3, V3)  # CURRENT moved on before the announcement of 2 was handled
+    assert holder.load(2).version == 3
+    assert reads == [1, 3]
+
+
+def test_a_version_with_a_missing_file_is_remembered_and_current_served_instead(
+    index_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_version(index_dir, 1, V1)
+    holder = IndexHolder(index_dir, retry_broken_s=3600)
+    reads = count_reads(holder, monkeypatch)
+    assert holder.load().version == 1
+    make_version(index_dir, 2, V2)
+    broken = make_ivfpq_version(index_dir, 3, current=False)  # announced ahead of CURRENT
+    lost = f"{broken.shards[0].stem}.faiss"
+    (index_dir / lost).unlink()  # faiss raises RuntimeError for it, not FileNotFoundError
+    with caplog.at_level(logging.WARNING, logger="cliprs.search.index"):
+        assert holder.load(3).version == 2  # CURRENT instead
+        for _ in range(5):  # announced again, polled: not read again
+            assert holder.load(3).version == 2
+            assert holder.load().version == 2
+    assert reads == [1, 3, 2]
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and lost in warned[0] and "3" in warned[0], warned
+    # CURRENT names it now: tried once more (still broken), then left alone again.
+    set_current(index_dir, 3)
+    assert holder.load().version == 2
+    assert holder.load().version == 2
+    assert reads == [1, 3, 2, 3]
+    make_version(index_dir, 4, V1)
+    assert holder.load().version == 4
+
+
+def test_a_broken_version_is_retried_after_the_backoff(
+    index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = make_ivfpq_version(index_dir, 1)
+    codec = index_dir / broken.codec.file
+    saved = codec.read_bytes()
+    codec.write_bytes(saved[: len(saved) // 2])  # corrupt
+    holder = IndexHolder(index_dir, retry_broken_s=0.3)
+    reads = count_reads(holder, monkeypatch)
+    assert holder.load() is None and holder.load() is None
+    assert reads == [1]
+    time.sleep(0.4)
+    codec.write_bytes(saved)  # e.g. a storage hiccup that went away
+    assert holder.load().version == 1
+    assert reads == [1, 1]
 
 
 # --------------------------------------------------------------------------- LoadedIndex
@@ -210,9 +307,10 @@ def test_a_new_version_reuses_the_shards_it_shares_with_the_live_one(index_dir: 
     assert v2.search(q, 1)[0][0] == V2[2][0][1]
     assert {wid for wid, _ in v2.search(q, 10)} == set(V2[2][0] + V3[2][0])
     assert {wid for wid, _ in v1.search(q, 10)} == set(V2[1][0] + V2[2][0])  # the old snapshot too
-    # A searcher starting now cannot load version 2: the shared shard's files are gone.
-    with pytest.raises(FileNotFoundError):
-        IndexHolder(index_dir).load()
+    # A searcher starting now cannot load version 2: the shared shard's files are gone. It serves
+    # nothing (not ready) rather than failing to start.
+    fresh = IndexHolder(index_dir)
+    assert fresh.load() is None and fresh.current is None
 
 
 # --------------------------------------------------------------------------- follow
@@ -286,5 +384,103 @@ def test_follow_polls_when_no_announcement_comes(
         )
         make_version(index_dir, 2, V2)
         wait_until(lambda: holder.current.version == 2, 2.0, "polled version 2")
+    finally:
+        stop_follower(holder, thread, rclient, channel)
+
+
+def test_follow_reads_only_the_newest_of_the_queued_announcements(
+    index_dir: Path, redis_url: str, rclient: redis.Redis, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_version(index_dir, 1, V1)
+    holder = IndexHolder(index_dir)
+    release = threading.Event()
+    reads = count_reads(holder, monkeypatch, before=lambda v: v == 2 and release.wait(10))
+    thread = holder.follow(redis_url, channel, poll_s=30.0)
+    try:
+        wait_until(lambda: holder.current is not None and holder.current.version == 1, 5, "version 1")
+        wait_until(lambda: subscribed(rclient, channel), 5, "the subscription")
+        # Announced ahead of CURRENT (which stays at 1): only the announcements name them.
+        for v in range(2, 6):
+            make_version(index_dir, v, {v: (wids(50 + v, 2), unit_vectors(2, 50 + v))}, current=False)
+        rclient.publish(channel, json.dumps({"version": 2}))
+        wait_until(lambda: 2 in reads, 5, "the load of version 2")
+        for v in (3, 4, 5):  # queued while version 2 loads
+            rclient.publish(channel, json.dumps({"version": v}))
+        time.sleep(0.2)
+        release.set()
+        wait_until(lambda: holder.current.version == 5, 5, "version 5")
+        time.sleep(0.3)
+        assert reads == [1, 2, 5]
+    finally:
+        release.set()
+        stop_follower(holder, thread, rclient, channel)
+
+
+def test_the_registration_outlives_a_load_longer_than_its_ttl(
+    index_dir: Path, redis_url: str, rclient: redis.Redis, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    holder = IndexHolder(index_dir, Registration(redis_url, namespace, ttl_s=1.0))
+    make_version(index_dir, 1, V1)
+    loading = threading.Event()
+
+    def slow(version: int) -> None:
+        if version == 2:
+            loading.set()
+            time.sleep(3.0)  # three times the TTL
+
+    count_reads(holder, monkeypatch, before=slow)
+    thread = holder.follow(redis_url, channel, poll_s=30.0, heartbeat_s=0.2)
+    try:
+        wait_until(lambda: holder.current is not None and holder.current.version == 1, 5, "version 1")
+        wait_until(lambda: subscribed(rclient, channel), 5, "the subscription")
+        assert held_versions(rclient, namespace) == {1}
+        make_version(index_dir, 2, V2)
+        rclient.publish(channel, json.dumps({"version": 2}))
+        wait_until(loading.is_set, 5, "the load of version 2")
+        samples = []
+        while holder.current.version != 2:
+            samples.append(held_versions(rclient, namespace))
+            time.sleep(0.1)
+        assert len(samples) >= 10
+        assert all(s == {1, 2} for s in samples), samples
+        time.sleep(1.5)  # the live version only, renewed past the TTL
+        assert held_versions(rclient, namespace) == {2}
+    finally:
+        stop_follower(holder, thread, rclient, channel)
+    assert held_versions(rclient, namespace) == set()  # stopping unregisters
+
+
+def test_follow_skips_a_version_with_a_missing_file_without_spinning(
+    index_dir: Path,
+    redis_url: str,
+    rclient: redis.Redis,
+    channel: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_version(index_dir, 1, V1)
+    holder = IndexHolder(index_dir)
+    reads = count_reads(holder, monkeypatch)
+    thread = holder.follow(redis_url, channel, poll_s=0.1)  # polls CURRENT often
+    try:
+        wait_until(lambda: holder.current is not None and holder.current.version == 1, 5, "version 1")
+        wait_until(lambda: subscribed(rclient, channel), 5, "the subscription")
+        with caplog.at_level(logging.WARNING, logger="cliprs.search.index"):
+            broken = make_ivfpq_version(index_dir, 2, current=False)
+            lost = f"{broken.shards[0].stem}.faiss"
+            (index_dir / lost).unlink()
+            set_current(index_dir, 2)  # only now: the poll must not find it whole
+            rclient.publish(channel, json.dumps({"version": 2}))
+            wait_until(lambda: 2 in reads, 5, "an attempt at version 2")
+            time.sleep(3.0)  # announced once, polled about 30 times
+            assert holder.current.version == 1
+            assert reads.count(2) == 1, reads
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            warned = [r.getMessage() for r in caplog.records if lost in r.getMessage()]
+            assert len(warned) == 1, warned
+        make_version(index_dir, 3, V3)
+        rclient.publish(channel, json.dumps({"version": 3}))
+        wait_until(lambda: holder.current.version == 3, 5, "the next good version")
     finally:
         stop_follower(holder, thread, rclient, channel)

@@ -66,3 +66,7 @@ bench-search: install infra ## Search at 1M/3M/10M windows (one index grown area
 .PHONY: bench-web
 bench-web: install infra ## Web map in headless Chromium: page weight, load time, search and slider latency vs the API
 	@$(PY) benchmarks/bench_web.py
+
+.PHONY: soak
+soak: install infra ## Ingest areas while workers are killed and Redis/PostgreSQL restarted (SOAK_ARGS="--minutes 10"): windows lost and duplicates must be 0
+	@$(PY) benchmarks/soak.py $(SOAK_ARGS)

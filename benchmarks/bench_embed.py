@@ -641,68 +641,62 @@ def run(options: EmbedBenchSettings) -> None:
         print("-" * len(header()), flush=True)
         for name in options.models.split(","):
             encoder = build_encoder(name.strip(), device, tiny_dir, model_settings)
-            try:
-                for precision in (
-                    options.precisions.split(",") if options.precisions else [model_settings.precision]
-                ):
-                    encoder.configure(
-                        batch_size=options.batch_size or model_settings.batch_size,
-                        precision=precision,
-                        preprocess_workers=model_settings.preprocess_workers,
-                        compile=model_settings.compile,
+            for precision in (
+                options.precisions.split(",") if options.precisions else [model_settings.precision]
+            ):
+                encoder.configure(
+                    batch_size=options.batch_size or model_settings.batch_size,
+                    precision=precision,
+                    compile=model_settings.compile,
+                )
+                r: dict = {
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "commit": git_commit(),
+                    "device": device.type,
+                    "machine": machine(device),
+                    "model": name.strip(),
+                    "model_name": short_path(encoder.info.requested),
+                    "precision": str(encoder.precision or torch.float32).replace("torch.", ""),
+                    "attention": getattr(encoder.model.config, "_attn_implementation", None),
+                    "compiled": encoder.compiled,
+                    "batch_size": encoder.batch_size,
+                    "tiles": n_tiles,
+                    "tile_size": options.tile_size,
+                    "tile_format": options.tile_format,
+                    "tile_zoom": z,
+                    "windows_per_tile": len(boxes),
+                    "windows": n_tiles * len(boxes),
+                    "window_scales": settings.scales_for_zoom(z),
+                    "stride_ratio": settings.stride_ratio,
+                    "lease_tiles": settings.lease_tiles,
+                }
+                if options.tile_format == "jpeg":
+                    r["jpeg_quality"] = options.jpeg_quality
+                r.update(preprocess_rates(encoder, prep_paths, boxes))
+                r.update(cosine_to_processor(encoder, cos_paths, boxes))
+                r["encoder_windows_per_s"] = round(encoder_rate(encoder, paths[0], boxes, n_windows), 1)
+                r["encoder_windows"] = n_windows
+                if db_url:
+                    r.update(
+                        end_to_end(encoder, db_url, settings, keys, files, ext, len(boxes), options.repeats)
                     )
-                    r: dict = {
-                        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "commit": git_commit(),
-                        "device": device.type,
-                        "machine": machine(device),
-                        "model": name.strip(),
-                        "model_name": short_path(encoder.info.requested),
-                        "precision": str(encoder.precision or torch.float32).replace("torch.", ""),
-                        "attention": getattr(encoder.model.config, "_attn_implementation", None),
-                        "compiled": encoder.compiled,
-                        "batch_size": encoder.batch_size,
-                        "tiles": n_tiles,
-                        "tile_size": options.tile_size,
-                        "tile_format": options.tile_format,
-                        "tile_zoom": z,
-                        "windows_per_tile": len(boxes),
-                        "windows": n_tiles * len(boxes),
-                        "window_scales": settings.scales_for_zoom(z),
-                        "stride_ratio": settings.stride_ratio,
-                        "lease_tiles": settings.lease_tiles,
-                    }
-                    if options.tile_format == "jpeg":
-                        r["jpeg_quality"] = options.jpeg_quality
-                    r.update(preprocess_rates(encoder, prep_paths, boxes))
-                    r.update(cosine_to_processor(encoder, cos_paths, boxes))
-                    r["encoder_windows_per_s"] = round(encoder_rate(encoder, paths[0], boxes, n_windows), 1)
-                    r["encoder_windows"] = n_windows
-                    if db_url:
-                        r.update(
-                            end_to_end(
-                                encoder, db_url, settings, keys, files, ext, len(boxes), options.repeats
-                            )
-                        )
-                    else:
-                        r["windows_per_s"] = None
-                        r["decode_workers"] = settings.decode_workers or default_decode_workers(device.type)
-                    e2e = r.get("windows_per_s")
-                    r["e2e_over_encoder"] = round(e2e / r["encoder_windows_per_s"], 3) if e2e else None
-                    base = BASELINES.get((device.type, r["model"]))
-                    r["baseline_windows_per_s"] = base[0] if base and r["precision"] == "float32" else None
-                    r["baseline_encoder_windows_per_s"] = (
-                        base[1] if base and r["precision"] == "float32" else None
-                    )
-                    r["baseline_source"] = BASELINE_SOURCE if r["baseline_windows_per_s"] else None
-                    r["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-                    r["goals"] = goals(r)
-                    r["settings"] = {**options.model_dump(mode="json"), "out": short_path(str(options.out))}
-                    store(options.out, r)
-                    results.append(r)
-                    print(row(r), flush=True)
-            finally:
-                encoder.close()
+                else:
+                    r["windows_per_s"] = None
+                    r["decode_workers"] = settings.decode_workers or default_decode_workers(device.type)
+                e2e = r.get("windows_per_s")
+                r["e2e_over_encoder"] = round(e2e / r["encoder_windows_per_s"], 3) if e2e else None
+                base = BASELINES.get((device.type, r["model"]))
+                r["baseline_windows_per_s"] = base[0] if base and r["precision"] == "float32" else None
+                r["baseline_encoder_windows_per_s"] = (
+                    base[1] if base and r["precision"] == "float32" else None
+                )
+                r["baseline_source"] = BASELINE_SOURCE if r["baseline_windows_per_s"] else None
+                r["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+                r["goals"] = goals(r)
+                r["settings"] = {**options.model_dump(mode="json"), "out": short_path(str(options.out))}
+                store(options.out, r)
+                results.append(r)
+                print(row(r), flush=True)
     summary(results, options.out)
 
 

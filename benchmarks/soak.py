@@ -64,16 +64,14 @@ import httpx
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
-from cliprs.db.engine import sync_url
 from cliprs.errors import InvalidInput
 from cliprs.manifest import load_manifest
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs.vectors import read_chunk
 from cliprs_index.shardset import load_shardset
 from cliprs_index.store import tile_of
+from cliprs_testing.db import query
 from cliprs_testing.faultserver import TileServer
 from cliprs_testing.instances import PostgresInstance, RedisInstance
 from cliprs_testing.platform import ingest_area, run_platform, wait_until
@@ -383,15 +381,6 @@ class Soak:
 # ---------------------------------------------------------------------------------- accounting
 
 
-def _rows(pg_url: str, sql: str, **params: object) -> list:
-    engine = create_engine(sync_url(pg_url), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql), params).all()
-    finally:
-        engine.dispose()
-
-
 TILE_WINDOWS = """
     SELECT t.id, t.z, t.x, t.y, t.status, count(w.id) AS windows,
            count(DISTINCT (w.scale, w.px_x0, w.px_y0, w.px_x1, w.px_y1)) AS distinct_windows
@@ -402,15 +391,15 @@ TILE_WINDOWS = """
 
 def expected_windows(pg_url: str, area_id: int) -> dict[tuple[int, int, int], int]:
     """Windows per tile (z, x, y) that a fault-free ingest gave (the warm-up area)."""
-    return {(z, x, y): n for _, z, x, y, _, n, _ in _rows(pg_url, TILE_WINDOWS, a=area_id)}
+    return {(z, x, y): n for _, z, x, y, _, n, _ in query(pg_url, TILE_WINDOWS, a=area_id)}
 
 
 def account(pg_url: str, data_dir: Path, area_id: int, expected: dict, index) -> dict:
     """Windows lost and duplicated in one area: rows, chunks and the index against the expected."""
     lost = dups = 0
-    tiles = _rows(pg_url, TILE_WINDOWS, a=area_id)
+    tiles = query(pg_url, TILE_WINDOWS, a=area_id)
     tile_ids = [t.id for t in tiles]
-    rows = _rows(pg_url, "SELECT tile_id, id FROM windows WHERE tile_id = ANY(:t)", t=tile_ids)
+    rows = query(pg_url, "SELECT tile_id, id FROM windows WHERE tile_id = ANY(:t)", t=tile_ids)
     row_ids: dict[int, set[int]] = {}
     for tile_id, window_id in rows:
         row_ids.setdefault(tile_id, set()).add(window_id)
@@ -516,7 +505,6 @@ def run(options: SoakSettings) -> None:
             "CLIPRS_STALL_S": str(options.stall_s),
             "CLIP_MODEL": model_dir(options),
             "CLIP_TORCH_THREADS": "1",
-            "CLIP_PREPROCESS_WORKERS": "1",
             "EMBEDDER_WINDOW_SCALES": json.dumps(options.window_scales),
             "EMBEDDER_LEASE_TILES": str(options.lease_tiles),
             "EMBEDDER_LEASE_S": str(options.lease_s),

@@ -57,9 +57,8 @@ def stack(start_platform, tiny_model_dir: Path, tile_folder: Path) -> Iterator[d
         "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{tile_folder}/{{z}}/{{x}}/{{y}}.png"}),
         "CLIPRS_TASK_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
         "CLIP_MODEL": str(tiny_model_dir),
-        # Two workers share the machine's cores: one torch and one resize thread each.
+        # Two workers share the machine's cores: one torch thread each.
         "CLIP_TORCH_THREADS": "1",
-        "CLIP_PREPROCESS_WORKERS": "1",
         "EMBEDDER_WINDOW_SCALES": json.dumps(SCALES),
         "TILER_EMBED_BATCH": "2",
         # Small work units and short leases, so both workers hold tiles and the dead worker's

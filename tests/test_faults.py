@@ -45,16 +45,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
-from cliprs.db.engine import sync_url
 from cliprs.manifest import load_manifest
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs.vectors import read_chunk
 from cliprs.windows import plan_windows
 from cliprs_index.shardset import load_shardset
 from cliprs_index.store import tile_of
+from cliprs_testing.db import query
 from cliprs_testing.faultserver import TileServer
 from cliprs_testing.instances import PostgresInstance, RedisInstance
 from cliprs_testing.platform import ingest_area, run_platform, wait_until
@@ -119,7 +117,6 @@ def platform(
         "CLIPRS_STALL_S": str(STALL_S),
         "CLIP_MODEL": str(tiny_model_dir),
         "CLIP_TORCH_THREADS": "1",
-        "CLIP_PREPROCESS_WORKERS": "1",
         "EMBEDDER_WINDOW_SCALES": json.dumps(SCALES),
         "EMBEDDER_LEASE_TILES": "2",
         "EMBEDDER_LEASE_S": "6",
@@ -171,15 +168,6 @@ def _status(url: str) -> int | None:
         return None
 
 
-def _query(pg_url: str, sql: str, **params: object) -> list:
-    engine = create_engine(sync_url(pg_url), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql), params).all()
-    finally:
-        engine.dispose()
-
-
 def _logs(p: dict, names: tuple[str, ...] = LOGS) -> str:
     return "\n".join(f"--- {n}\n{p['stack'].log_tail(n, 25)}" for n in names)
 
@@ -222,7 +210,7 @@ def _start_area(p: dict, fault: str) -> dict:
 
 def _tiles(p: dict, area_id: int) -> Counter:
     """The area's tiles by status, read from PostGIS (the job's own counts move per stage)."""
-    rows = _query(
+    rows = query(
         p["pg"].url,
         "SELECT t.status, count(*) FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
         "WHERE at.area_id = :a GROUP BY t.status",
@@ -292,7 +280,7 @@ def _assert_accounted(p: dict, job: dict, fault: str) -> None:
     assert job["tiles_fetched"] == expected_tiles, job
 
     area_id = job["area_id"]
-    tile_rows = _query(
+    tile_rows = query(
         p["pg"].url,
         "SELECT t.id, t.status FROM area_tiles at JOIN tiles t ON t.id = at.tile_id WHERE at.area_id = :a",
         a=area_id,
@@ -300,7 +288,7 @@ def _assert_accounted(p: dict, job: dict, fault: str) -> None:
     assert len(tile_rows) == expected_tiles
     assert {status for _, status in tile_rows} == {"embedded"}, Counter(s for _, s in tile_rows)
     tile_ids = sorted(tid for tid, _ in tile_rows)
-    rows = _query(p["pg"].url, "SELECT tile_id, id FROM windows WHERE tile_id = ANY(:t)", t=tile_ids)
+    rows = query(p["pg"].url, "SELECT tile_id, id FROM windows WHERE tile_id = ANY(:t)", t=tile_ids)
     rows_by_tile: dict[int, list[int]] = {}
     for tile_id, window_id in rows:
         rows_by_tile.setdefault(tile_id, []).append(window_id)

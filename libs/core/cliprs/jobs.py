@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
@@ -57,30 +58,40 @@ def touch(conn: Connection, job_id: int) -> None:
     conn.execute(text("UPDATE ingest_jobs SET updated_at = now() WHERE id = :job"), {"job": job_id})
 
 
-class JobHeartbeat:
-    """Touches a job every ``every_s`` seconds while long work runs for it (a big index build, a
-    slow embedding batch on a CPU), so the reconciler does not take that work for lost."""
+class Periodic:
+    """Calls ``beat()`` every ``every_s`` seconds on a daemon thread while the block runs; a
+    failing beat is logged and the next one tries again (a database blip must not stop work)."""
 
-    def __init__(self, engine: Engine, job_id: int, every_s: float):
-        self.engine, self.job_id, self.every_s = engine, job_id, every_s
+    def __init__(self, name: str, every_s: float, beat: Callable[[], object]):
+        self.name, self.every_s, self.beat = name, every_s, beat
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"job-{job_id}-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                with self.engine.begin() as conn:
-                    touch(conn, self.job_id)
-            except Exception:  # a database blip: the next beat retries
-                log.warning("could not touch job %s", self.job_id, exc_info=True)
+                self.beat()
+            except Exception:
+                log.warning("%s failed; retrying in %.0f s", self.name, self.every_s, exc_info=True)
 
-    def __enter__(self) -> JobHeartbeat:
+    def __enter__(self) -> Periodic:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def job_heartbeat(engine: Engine, job_id: int, every_s: float) -> Periodic:
+    """Touches the job every ``every_s`` seconds while long work runs for it (a big index build,
+    a slow embedding batch on a CPU), so the reconciler does not take that work for lost."""
+
+    def beat() -> None:
+        with engine.begin() as conn:
+            touch(conn, job_id)
+
+    return Periodic(f"job-{job_id}-heartbeat", every_s, beat)
 
 
 def set_state(

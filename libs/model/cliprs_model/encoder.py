@@ -19,7 +19,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -116,7 +115,6 @@ class ClipEncoder:
         *,
         batch_size: int = 0,
         precision: str = "auto",
-        preprocess_workers: int = 0,
     ):
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
@@ -125,18 +123,16 @@ class ClipEncoder:
         self.device = device
         self.info = info
         self.max_text_tokens = int(getattr(model.config.text_config, "max_position_embeddings", 77))
-        self.executor: ThreadPoolExecutor | None = None
         self.clock = StageClock(device)
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.compiled = False
-        self.configure(batch_size=batch_size, precision=precision, preprocess_workers=preprocess_workers)
+        self.configure(batch_size=batch_size, precision=precision)
 
     def configure(
         self,
         *,
         batch_size: int = 0,
         precision: str = "auto",
-        preprocess_workers: int = 0,
         compile: bool = False,
     ) -> None:
         """Runtime tuning; 0 / "auto" pick for the device (see `ModelSettings`)."""
@@ -154,10 +150,6 @@ class ClipEncoder:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self.model.vision_model = torch.compile(self.model.vision_model, mode=mode, dynamic=False)
             self.compiled = True
-        if self.executor is not None:
-            self.executor.shutdown(wait=False)
-        self.preprocess_workers = preprocess_workers or available_cpus()
-        self.executor = ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="clip-prep")
 
     @property
     def dim(self) -> int:
@@ -196,10 +188,6 @@ class ClipEncoder:
             ) from exc
 
     # -- images --------------------------------------------------------------------------------
-
-    def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Pillow-resized, cropped RGB pixels of ``images``: (n, H, W, 3) uint8 (the reference path)."""
-        return self.transform.prepare(images, self.executor)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The model input for ``images`` from the device path, on the CPU: (n, 3, H, W) float32."""
@@ -360,10 +348,6 @@ class ClipEncoder:
     def count_tokens(self, text: str) -> int:
         """Tokens the text needs, start and end markers included."""
         return len(self.tokenizer(text)["input_ids"])
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:

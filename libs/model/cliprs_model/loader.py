@@ -120,15 +120,13 @@ def load_encoder(settings: ModelSettings | None = None, backend: str | None = No
     encoder.configure(
         batch_size=settings.batch_size,
         precision=settings.precision,
-        preprocess_workers=settings.preprocess_workers,
         compile=settings.compile,
     )
     log.info(
-        "CLIP model ready: %s (batch %d, precision %s, %d torch threads, %d preprocessing threads)",
+        "CLIP model ready: %s (batch %d, precision %s, %d torch threads)",
         encoder.info.as_dict(),
         encoder.batch_size,
         encoder.precision or "fp32",
         torch.get_num_threads(),
-        encoder.preprocess_workers,
     )
     return encoder

@@ -16,19 +16,15 @@ the reference the tests and the benchmark compare with.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def _field(size: Any, key: str) -> Any:
@@ -263,20 +259,3 @@ def _grid(origins: np.ndarray, rows: np.ndarray) -> tuple[int, int, int, int, in
 
 def _whole(values: float | np.ndarray) -> bool:
     return bool(np.all(np.abs(np.asarray(values) - np.rint(values)) < 1e-9))
-
-
-def prefetch_map(executor: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
-    """``fn`` over ``items`` in the executor's threads, results in input order, with at most
-    ``ahead`` calls in flight: the consumer never waits for work that could have run already,
-    and memory stays bounded however many items there are."""
-    pending: deque[Future[R]] = deque()
-    try:
-        for item in items:
-            pending.append(executor.submit(fn, item))
-            if len(pending) >= max(1, ahead):
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:  # the consumer stopped early: drop what has not started
-            f.cancel()

@@ -32,7 +32,6 @@ class ModelSettings(BaseSettings):
     compile: bool = False
     # auto = fp16 weights on CUDA, fp32 on CPU; fp32 | fp16 | bf16 force one.
     precision: str = "auto"
-    # CPU threads: torch's intra-op threads, and the threads that decode/resize images.
+    # torch's intra-op threads (the device preprocessing and the model, on a CPU host).
     # 0 = auto (every CPU this process may use); with N workers on one host, give each 1/N.
     torch_threads: int = 0
-    preprocess_workers: int = 0

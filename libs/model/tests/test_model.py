@@ -16,7 +16,6 @@ from transformers.models.clip import CLIPImageProcessorPil
 from cliprs.errors import Unavailable
 from cliprs_model import BACKENDS, ImageTransform, load_encoder, register_backend
 from cliprs_model.loader import load_hf_clip
-from cliprs_model.preprocess import prefetch_map
 from cliprs_model.settings import ModelSettings
 from cliprs_model.vocab import find_bpe_file
 
@@ -199,20 +198,6 @@ def test_windows_cut_on_the_device_equal_each_window_alone_inside_the_borders(
 def test_unsupported_processor_options_are_refused() -> None:
     with pytest.raises(ValueError, match="longest_edge"):
         ImageTransform.from_processor(CLIPImageProcessorPil(size={"shortest_edge": 224, "longest_edge": 300}))
-
-
-def test_prefetch_map_keeps_order_and_bounds_work_in_flight() -> None:
-    started: list[int] = []
-
-    def work(i: int) -> int:
-        started.append(i)
-        return i * i
-
-    with ThreadPoolExecutor(4) as pool:
-        results = prefetch_map(pool, work, range(20), ahead=3)
-        assert next(results) == 0
-        assert len(started) <= 3  # nothing beyond the look-ahead was submitted
-        assert list(results) == [i * i for i in range(1, 20)]
 
 
 # -- batching --------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
-from cliprs.db.engine import sync_engine
+from cliprs.db.engine import sync_engine, sync_url
 from cliprs.db.migrate import MIGRATIONS, upgrade
 
 ADMIN_URL = os.environ.get(
@@ -107,3 +109,14 @@ def throwaway_database(admin_url: str = ADMIN_URL, prefix: str = "cliprs_test") 
     finally:
         sync_engine.cache_clear()  # let this process's pools go before the janitor drops the database
         janitor.drop()
+
+
+def query(url: str, sql: str, **params: object) -> list:
+    """Rows of one statement on a fresh connection (none kept: the server may be restarted
+    between calls, as the fault tests and the soak do)."""
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql), params).all()
+    finally:
+        engine.dispose()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -30,10 +29,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine
 
 from cliprs.db.engine import sync_engine
-from cliprs.jobs import JobHeartbeat
+from cliprs.jobs import Periodic, job_heartbeat
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
@@ -111,30 +109,6 @@ class WriteBatch:
 
 class WindowConfigMismatch(Exception):
     """This worker cuts windows differently from how the job's tiles are being cut."""
-
-
-class Heartbeat:
-    """Renews this worker's leases every third of their length while work is in flight."""
-
-    def __init__(self, engine: Engine, worker: str, lease_s: float):
-        self.engine, self.worker, self.lease_s = engine, worker, lease_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="embed-lease", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                repository.renew_leases(self.engine, self.worker, self.lease_s)
-            except Exception:  # a database blip: the next beat retries; the lease has slack
-                log.warning("could not renew the leases of %s", self.worker, exc_info=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Embedder:
@@ -253,8 +227,13 @@ class Embedder:
             )
         try:
             with (
-                Heartbeat(self.engine, self.worker, self.settings.lease_s),
-                JobHeartbeat(self.engine, job_id, self.core.stall_s / 4),
+                # Leases are renewed every third of their length while work is in flight.
+                Periodic(
+                    "embed-lease",
+                    self.settings.lease_s / 3,
+                    lambda: repository.renew_leases(self.engine, self.worker, self.settings.lease_s),
+                ),
+                job_heartbeat(self.engine, job_id, self.core.stall_s / 4),
             ):
                 while True:
                     self._stream(job_id, stats, batch_size)

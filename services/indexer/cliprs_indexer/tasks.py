@@ -69,7 +69,7 @@ def index_area(job_id: int) -> dict:
         log.info("job %s is not waiting for indexing (%s); skipped", job_id, row.state if row else "gone")
         return {}
     try:
-        with jobs.JobHeartbeat(engine, job_id, core.stall_s / 4):
+        with jobs.job_heartbeat(engine, job_id, core.stall_s / 4):
             vectors = collect_area_vectors(core, row.area_id)
             if vectors is None:
                 raise RuntimeError("no tile of the area could be embedded; see the tile errors")

@@ -144,7 +144,7 @@ async def fetch_job(
     # While this task lives it touches the job, so the reconciler leaves a long fetch alone;
     # if the worker dies, the touches stop and the reconciler queues the fetch again.
     try:
-        with jobs.JobHeartbeat(engine, job_id, core.stall_s / 4):
+        with jobs.job_heartbeat(engine, job_id, core.stall_s / 4):
             for next_done in asyncio.as_completed([fetch_one(t) for t in todo]):
                 t, values = await next_done
                 await asyncio.to_thread(repository.record_tile, engine, t.id, values)

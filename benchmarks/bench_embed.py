@@ -71,8 +71,9 @@ from transformers.models.clip import CLIPImageProcessorPil
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import tile_path
-from cliprs_embedder.decode import decode_tile, default_decode_workers
-from cliprs_embedder.pipeline import Embedder, window_plan
+from cliprs.windows import window_plan
+from cliprs_embedder.decode import Decoded, decode_tile, default_decode_workers
+from cliprs_embedder.pipeline import Embedder
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import ClipEncoder, ModelInfo, load_encoder
 from cliprs_model.encoder import available_cpus
@@ -226,6 +227,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def decode(path: Path) -> Decoded:
+    """A bench tile decoded as the pipeline decodes it (pixels and its windows' quality)."""
+    s = EmbedderSettings()
+    return decode_tile(path, tuple(s.window_scales), s.stride_ratio)
+
+
 def preprocess_rates(encoder: ClipEncoder, paths: list[Path], boxes: np.ndarray, rounds: int = 2) -> dict:
     """Windows/s of one thread: the device path (decode, `windows_input`) and the Pillow path the
     embedder ran before (decode, crop, Pillow resize, normalise), over the same files."""
@@ -236,7 +243,7 @@ def preprocess_rates(encoder: ClipEncoder, paths: list[Path], boxes: np.ndarray,
 
         def new_path(path: Path) -> tuple[int, float]:
             t0 = time.perf_counter()
-            decoded = decode_tile(path)
+            decoded = decode(path)
             decoded_at = time.perf_counter()
             assert decoded.pixels is not None, decoded.error
             with torch.inference_mode():
@@ -282,8 +289,8 @@ def preprocess_rates(encoder: ClipEncoder, paths: list[Path], boxes: np.ndarray,
 def cosine_to_processor(encoder: ClipEncoder, paths: list[Path], boxes: np.ndarray) -> dict:
     """Per-window cosine between the vectors of the device preprocessing and those of the
     `transformers` image processor, on the windows of the decoded bench tiles."""
-    tiles = [decode_tile(p).pixels for p in paths]
-    ours = np.concatenate([v for _, v in encoder.embed_tiles((i, t, boxes) for i, t in enumerate(tiles))])
+    tiles = [decode(p).pixels for p in paths]
+    ours = np.concatenate([v for _, v, _ in encoder.embed_tiles((i, t, boxes) for i, t in enumerate(tiles))])
     crops = [Image.fromarray(t).crop(tuple(b)) for t in tiles for b in boxes.tolist()]
     reference = encoder.image_processor(images=crops, return_tensors="pt")["pixel_values"].to(encoder.device)
     theirs = np.concatenate([v for _, v in encoder.embed_inputs([(0, reference)])])
@@ -301,7 +308,7 @@ def encoder_rate(
     """Windows/s of `embed_inputs` over model inputs already on the device (one tile's windows,
     cycled; batches span the groups as in the pipeline): at least ``windows`` windows and at
     least ``min_seconds``, so a fast model is not timed over a fraction of a second."""
-    pixels = decode_tile(path).pixels
+    pixels = decode(path).pixels
     with torch.inference_mode():
         inputs = encoder.transform.windows_input(encoder.upload(pixels), boxes)
     if encoder.device.type == "cuda":  # two full batches: kernels chosen, allocator sized

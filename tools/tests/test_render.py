@@ -77,21 +77,42 @@ def test_pyramid_covers_scene_with_expected_tiles(demo_pyramid: tuple[Path, int]
     assert meta["attribution"] == DEMO_ATTRIBUTION
 
 
-def test_tiles_are_textured_rgb(demo_pyramid: tuple[Path, int]) -> None:
+def test_tiles_are_textured_with_transparent_no_data(demo_pyramid: tuple[Path, int]) -> None:
     out, _ = demo_pyramid
     means = []
+    edges = 0
     for x, y in written_tiles(out, ZOOM):
         with Image.open(out / str(ZOOM) / str(x) / f"{y}.png") as im:
             assert im.size == (256, 256)
-            assert im.mode == "RGB"
-            pixels = np.asarray(im)
-        data = pixels[pixels.any(axis=2)]  # black = outside the scene footprint
+            assert im.mode == "RGBA"
+            rgba = np.asarray(im)
+        pixels, alpha = rgba[..., :3], rgba[..., 3]
+        assert set(np.unique(alpha)) <= {0, 255}
+        # Outside the scene footprint: transparent (the embedder's no-data), painted black.
+        assert not pixels[alpha == 0].any()
+        edges += bool((alpha == 0).any())
+        data = pixels[alpha == 255]
         assert len(data) > 0.3 * 256 * 256, (x, y)
         # Measured over data pixels only, so the black margin cannot fake texture. Even the
         # mostly-sea tile has waves and surf; a broken warp or stretch gives a flat tile.
         assert data.std() > 20, (x, y, data.std())
         means.append(pixels.mean())
     assert len(set(np.round(means))) > 1
+    assert edges > 0  # the scene does not fill the edge tiles of its 3 x 3 block
+
+
+def test_a_pyramid_from_before_transparent_no_data_is_rendered_again(tmp_path: Path) -> None:
+    render_pyramid(demo_band_paths(), tmp_path, [10], progress=False)
+    meta_path = tmp_path / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["nodata"]  # as written before no-data was transparent
+    meta_path.write_text(json.dumps(meta))
+    tile = sorted(tmp_path.glob("10/*/*.png"))[0]
+    Image.new("RGB", (256, 256)).save(tile)  # an old opaque tile
+    render_pyramid(demo_band_paths(), tmp_path, [10], progress=False)
+    with Image.open(tile) as im:
+        assert im.mode == "RGBA"
+    assert json.loads(meta_path.read_text())["nodata"] == "transparent"
 
 
 def test_rerun_writes_nothing(demo_pyramid: tuple[Path, int]) -> None:

@@ -39,10 +39,13 @@ def refresh_counts(conn: Connection, job_id: int) -> dict:
                 tiles_failed = (SELECT count(*) FROM t WHERE status = 'failed'),
                 tiles_embedded = (SELECT count(*) FROM t WHERE status = 'embedded'),
                 windows_embedded = (SELECT count(*) FROM windows w JOIN t ON w.tile_id = t.id),
+                windows_skipped_nodata = (
+                    SELECT COALESCE(sum(tl.windows_skipped), 0) FROM tiles tl JOIN t ON tl.id = t.id
+                ),
                 updated_at = now()
             WHERE id = :job
             RETURNING tiles_planned, tiles_fetched, tiles_cached, tiles_failed, tiles_embedded,
-                      windows_embedded, state
+                      windows_embedded, windows_skipped_nodata, state
             """
             ),
             {"job": job_id},

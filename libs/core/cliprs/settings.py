@@ -6,12 +6,22 @@ Each service adds its own settings class with its own prefix (``TILER_``, ``EMBE
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cliprs.tiles import MAX_ZOOM
+
+
+@dataclass(frozen=True)
+class NoData:
+    """A colour a source paints where it has no imagery, matched within ``tolerance`` levels per
+    channel (JPEG blurs a painted colour by a few levels)."""
+
+    colour: tuple[int, int, int]
+    tolerance: int = 0
 
 
 class CoreSettings(BaseSettings):
@@ -29,6 +39,11 @@ class CoreSettings(BaseSettings):
     tile_sources: dict[str, str] = Field(
         default_factory=lambda: {"demo": "file://var/demo-tiles/{z}/{x}/{y}.png"}
     )
+    # Sources that paint missing imagery with a colour instead of leaving it transparent (the
+    # alpha of PNG/WebP tiles marks no-data by itself): name -> [r, g, b], matched within
+    # nodata_tolerance levels per channel. Windows mostly of that colour are not embedded.
+    tile_nodata: dict[str, tuple[int, int, int]] = Field(default_factory=dict)
+    nodata_tolerance: int = Field(8, ge=0, le=255)
     max_tiles_per_area: int = 5000
     max_zoom: int = MAX_ZOOM
     # Prefix for Redis keys and pub/sub channels, so two stacks can share one Redis.
@@ -48,6 +63,19 @@ class CoreSettings(BaseSettings):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+    @field_validator("tile_nodata")
+    @classmethod
+    def _colours(cls, value: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
+        for name, colour in value.items():
+            if not all(0 <= c <= 255 for c in colour):
+                raise ValueError(f"the no-data colour of source {name!r} must be three levels 0..255")
+        return value
+
+    def nodata_for(self, source: str) -> NoData | None:
+        """The no-data colour the source paints, if one is configured."""
+        colour = self.tile_nodata.get(source)
+        return None if colour is None else NoData(tuple(colour), self.nodata_tolerance)
 
     @property
     def tile_cache_dir(self) -> Path:

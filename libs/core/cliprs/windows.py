@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import mercantile
 import numpy as np
@@ -89,6 +90,20 @@ def plan_windows(tile_size: int, scales: list[float], stride_ratio: float = 0.25
     return windows
 
 
+@lru_cache(maxsize=64)
+def window_plan(
+    tile_size: int, scales: tuple[float, ...], stride_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`plan_windows` as arrays: pixel boxes (n, 4) int32 and scales (n,) float64, in
+    window-index order. Computed once per tile size and configuration; every tile reuses them
+    (read-only)."""
+    windows = plan_windows(tile_size, list(scales), stride_ratio)
+    boxes = np.array([(w.x0, w.y0, w.x1, w.y1) for w in windows], dtype=np.int32).reshape(-1, 4)
+    scale = np.array([w.scale for w in windows], dtype=np.float64)
+    boxes.flags.writeable = scale.flags.writeable = False
+    return boxes, scale
+
+
 def window_bbox(z: int, x: int, y: int, tile_size: int, w: Window) -> BBox:
     """The window's footprint in lon/lat."""
     west, north = pixel_to_lonlat(z, x, y, tile_size, w.x0, w.y0)
@@ -117,3 +132,24 @@ def footprints(z: int, x: int, y: int, tile_size: int, boxes: np.ndarray) -> np.
     out[:, 0], out[:, 2] = lon[:, 0], lon[:, 1]  # west (x0), east (x1)
     out[:, 1], out[:, 3] = lat[:, 1], lat[:, 0]  # south (y1), north (y0)
     return out
+
+
+def window_fractions(mask: np.ndarray, boxes: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+    """For each window (``boxes``: (n, 4) pixel boxes x0, y0, x1, y1), the share of its pixels
+    where the (H, W) boolean ``mask`` is true; with ``within`` (another (H, W) mask), the share
+    of the window's ``within`` pixels (0 where it has none).
+
+    One summed-area table per mask, then four lookups per window: the cost does not grow with
+    the number of overlapping windows."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    x0, y0, x1, y1 = boxes.T
+
+    def sums(m: np.ndarray) -> np.ndarray:
+        table = np.zeros((m.shape[0] + 1, m.shape[1] + 1), dtype=np.int64)
+        np.cumsum(np.cumsum(m, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+        return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+    if within is None:
+        return sums(mask) / np.maximum((x1 - x0) * (y1 - y0), 1)
+    inside = sums(within)
+    return np.where(inside > 0, sums(mask & within) / np.maximum(inside, 1), 0.0)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from cliprs.errors import Unavailable
-from cliprs_model.preprocess import ImageTransform
+from cliprs_model.preprocess import ImageTransform, input_fingerprint
 
 K = TypeVar("K")
 
@@ -232,7 +232,14 @@ class ClipEncoder:
     ) -> Iterator[tuple[K, np.ndarray]]:
         """Embed groups of model inputs ((n, 3, H, W) on the device, e.g. the windows of one
         tile) in batches that span group boundaries; yield ``(key, (n, dim) vectors)`` per
-        group, in order, as soon as its last input is embedded.
+        group, in order, as soon as its last input is embedded."""
+        for key, vectors, _ in self._embed_groups(groups, batch_size, fingerprint=False):
+            yield key, vectors
+
+    def _embed_groups(
+        self, groups: Iterable[tuple[K, torch.Tensor]], batch_size: int | None, fingerprint: bool
+    ) -> Iterator[tuple[K, np.ndarray, np.ndarray | None]]:
+        """`embed_inputs`, optionally with each input's `input_fingerprint` (int64) too.
 
         The next batch is launched before the previous one's vectors are fetched, so a GPU's
         queue never drains while the host waits."""
@@ -240,18 +247,32 @@ class ClipEncoder:
         waiting: deque[tuple[K, int]] = deque()  # groups not yet yielded, with their sizes
         staged: list[torch.Tensor] = []  # inputs not yet in a batch
         staged_n = 0
-        done: list[np.ndarray] = []  # vectors not yet handed out
-        in_flight: torch.Tensor | None = None
+        done: list[tuple[np.ndarray, np.ndarray]] = []  # vectors and fingerprints not yet handed out
+        in_flight: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        no_fingerprints = np.zeros(0, dtype=np.int64)
 
-        def finished(vectors: torch.Tensor | None) -> Iterator[tuple[K, np.ndarray]]:
-            if vectors is not None:
-                done.append(_to_numpy(vectors))
-            have = sum(len(d) for d in done)
+        def launch(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            fingerprints = input_fingerprint(inputs) if fingerprint else None
+            return self._encode(inputs), fingerprints
+
+        def finished(
+            batch: tuple[torch.Tensor, torch.Tensor | None] | None,
+        ) -> Iterator[tuple[K, np.ndarray, np.ndarray | None]]:
+            if batch is not None:
+                vectors, fingerprints = batch
+                fps = fingerprints.cpu().numpy() if fingerprints is not None else no_fingerprints
+                done.append((_to_numpy(vectors), fps))
+            have = sum(len(v) for v, _ in done)
             while waiting and waiting[0][1] <= have:
                 key, n = waiting.popleft()
-                flat = np.concatenate(done) if len(done) > 1 else done[0] if done else _empty(self.dim)
-                yield key, flat[:n]
-                done[:] = [flat[n:]]
+                if len(done) == 1:
+                    flat, fps = done[0]
+                elif done:
+                    flat, fps = np.concatenate([v for v, _ in done]), np.concatenate([f for _, f in done])
+                else:
+                    flat, fps = _empty(self.dim), no_fingerprints
+                yield key, flat[:n], fps[:n] if fingerprint else None
+                done[:] = [(flat[n:], fps[n:] if fingerprint else no_fingerprints)]
                 have -= n
 
         def take(n: int) -> torch.Tensor:
@@ -274,24 +295,26 @@ class ClipEncoder:
                 staged.append(inputs)
                 staged_n += len(inputs)
             while staged_n >= size:
-                launched = self._encode(take(size))
+                launched = launch(take(size))
                 # Fetch the previous batch only now: the GPU already has the next one queued.
                 yield from finished(in_flight)
                 in_flight = launched
             if not staged_n and in_flight is None:
                 yield from finished(None)  # empty groups at the head
         if staged_n:
-            launched = self._encode(take(staged_n))
+            launched = launch(take(staged_n))
             yield from finished(in_flight)
             in_flight = launched
         yield from finished(in_flight)
 
     def embed_tiles(
         self, tiles: Iterable[tuple[K, np.ndarray, np.ndarray]], batch_size: int | None = None
-    ) -> Iterator[tuple[K, np.ndarray]]:
+    ) -> Iterator[tuple[K, np.ndarray, np.ndarray]]:
         """Vectors of the windows of decoded tiles: ``(key, (H, W, 3) uint8 pixels, (n, 4)
-        window boxes)`` in, ``(key, (n, dim) vectors)`` out, in order. Each tile crosses to the
-        device once; its windows are resized, cut and normalised there (`windows_input`)."""
+        window boxes)`` in, ``(key, (n, dim) vectors, (n,) int64 input fingerprints)`` out, in
+        order. Each tile crosses to the device once; its windows are resized, cut and
+        normalised there (`windows_input`). Windows with equal fingerprints had identical
+        model inputs, so their vectors are identical too."""
 
         def inputs() -> Iterator[tuple[K, torch.Tensor]]:
             for key, pixels, boxes in tiles:
@@ -299,7 +322,9 @@ class ClipEncoder:
                     cut = self.transform.windows_input(self.upload(pixels), boxes)
                 yield key, cut
 
-        return self.embed_inputs(inputs(), batch_size)
+        for key, vectors, fingerprints in self._embed_groups(inputs(), batch_size, fingerprint=True):
+            assert fingerprints is not None
+            yield key, vectors, fingerprints
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
         """(n, dim) float32 unit vectors for ``images`` (e.g. uploaded queries), through the same

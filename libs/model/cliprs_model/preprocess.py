@@ -259,3 +259,34 @@ def _grid(origins: np.ndarray, rows: np.ndarray) -> tuple[int, int, int, int, in
 
 def _whole(values: float | np.ndarray) -> bool:
     return bool(np.all(np.abs(np.asarray(values) - np.rint(values)) < 1e-9))
+
+
+# Fixed pseudo-random odd multipliers, one per input element (made on first use per size and
+# device): the same on every worker and every run, so fingerprints compare across both.
+_FINGERPRINT_WEIGHTS: dict[tuple[int, torch.device], torch.Tensor] = {}
+_FINGERPRINT_ROWS = 64  # rows hashed at once: bounds the int64 temporary on a large batch
+
+
+def input_fingerprint(inputs: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash per model input ((n, ...) float32 on any device -> (n,) int64, same device).
+
+    The bits of every element times a fixed odd multiplier, summed with int64 wrap-around:
+    integer addition is exact and order-free, so the hash is the same on CPU and CUDA and in any
+    batch. Equal inputs give equal fingerprints (and so identical vectors); different inputs
+    collide with probability about 2^-64."""
+    flat = inputs.reshape(len(inputs), -1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    size = flat.shape[1]
+    key = (size, flat.device)
+    weights = _FINGERPRINT_WEIGHTS.get(key)
+    if weights is None:
+        generator = torch.Generator().manual_seed(0x5EED)
+        weights = torch.randint(-(2**62), 2**62, (size,), generator=generator, dtype=torch.int64) * 2 + 1
+        weights = _FINGERPRINT_WEIGHTS.setdefault(key, weights.to(flat.device))
+    bits = flat.contiguous().view(torch.int32)
+    out = torch.empty(len(flat), dtype=torch.int64, device=flat.device)
+    for start in range(0, len(flat), _FINGERPRINT_ROWS):
+        rows = bits[start : start + _FINGERPRINT_ROWS].to(torch.int64)
+        out[start : start + _FINGERPRINT_ROWS] = rows.mul_(weights).sum(dim=1)
+    return out

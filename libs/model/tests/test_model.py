@@ -226,7 +226,7 @@ def test_embed_tiles_and_embed_images_agree(encoder) -> None:
     rng = np.random.default_rng(8)
     tile = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     boxes = np.array([(0, 0, 256, 256), (64, 64, 192, 192), (128, 0, 256, 128)], dtype=np.int32)
-    [(key, from_tile)] = list(encoder.embed_tiles([("t", tile, boxes)]))
+    [(key, from_tile, _)] = list(encoder.embed_tiles([("t", tile, boxes)]))
     alone = encoder.embed_images([Image.fromarray(tile[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes])
     assert key == "t" and from_tile.shape == (3, encoder.dim)
     assert np.sum(from_tile * alone, axis=1).min() > 0.999

@@ -19,12 +19,13 @@ def _demo_scene() -> tuple[list[Path], object]:
 
 
 def render_demo_tiles(out: Path, tiles: Iterable[mercantile.Tile]) -> Path:
-    """Render ``tiles`` of the demo scene into ``out/{z}/{x}/{y}.png``; returns ``out``."""
+    """Render ``tiles`` of the demo scene into ``out/{z}/{x}/{y}.png`` (no-data transparent, as
+    in the demo pyramid); returns ``out``."""
     from cliprs_tiler.render import render_tile
 
     bands, stretch = _demo_scene()
     for t in tiles:
-        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch)
+        image = render_tile(bands, t.z, t.x, t.y, stretch=stretch, alpha=True)
         if image is None:
             raise ValueError(f"the demo scene does not cover tile {t}")
         path = out / str(t.z) / str(t.x) / f"{t.y}.png"

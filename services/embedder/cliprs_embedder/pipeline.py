@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from cliprs.jobs import Periodic, job_heartbeat
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.vectors import write_chunk
-from cliprs.windows import WINDOWS_PER_TILE_LIMIT, footprints, plan_windows
+from cliprs.windows import WINDOWS_PER_TILE_LIMIT, footprints, window_plan
 from cliprs_embedder import repository
 from cliprs_embedder.decode import Decoded, decode_pool, decode_tile, default_decode_workers
 from cliprs_embedder.repository import WindowRows
@@ -59,37 +58,42 @@ class TileWork:
     unit: int  # the work unit (lease) it came in
     last_of_unit: bool
     path: Path | None = None
+    # The windows embedded (those with enough valid pixels), as arrays over them:
+    index: np.ndarray | None = None  # (n,) window index in the tile's plan (the id's low part)
     boxes: np.ndarray | None = None  # (n, 4) window pixel boxes
     scales: np.ndarray | None = None
+    valid_fraction: np.ndarray | None = None
+    cloud_score: np.ndarray | None = None
+    fingerprints: np.ndarray | None = None  # (n,) int64 hashes of the model inputs
+    skipped: int = 0  # windows of the plan left out for no-data
     size: int = 0
     decode_s: float = 0.0
     error: str | None = None
 
 
-@lru_cache(maxsize=64)
-def window_plan(
-    tile_size: int, scales: tuple[float, ...], stride_ratio: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel boxes (n, 4) int32 and scales (n,) of a tile's windows, in window-index order.
-
-    Computed once per tile size and configuration; every tile reuses the arrays."""
-    windows = plan_windows(tile_size, list(scales), stride_ratio)
-    boxes = np.array([(w.x0, w.y0, w.x1, w.y1) for w in windows], dtype=np.int32).reshape(-1, 4)
-    return boxes, np.array([w.scale for w in windows], dtype=np.float64)
-
-
 def window_rows(t: TileWork) -> WindowRows:
     """A tile's window rows as column arrays, footprints computed vectorised."""
-    assert t.boxes is not None and t.scales is not None
+    assert t.index is not None and t.boxes is not None and t.scales is not None
+    assert t.valid_fraction is not None and t.cloud_score is not None and t.fingerprints is not None
     n = len(t.boxes)
     return WindowRows(
-        ids=t.id * WINDOWS_PER_TILE_LIMIT + np.arange(n, dtype=np.int64),
+        ids=window_ids(t),
         tile_ids=np.full(n, t.id, dtype=np.int64),
         z=np.full(n, t.z, dtype=np.int16),
         boxes=t.boxes,
         scale=t.scales,
         bounds=footprints(t.z, t.x, t.y, t.size, t.boxes),
+        valid_fraction=t.valid_fraction,
+        cloud_score=t.cloud_score,
+        fingerprints=t.fingerprints,
     )
+
+
+def window_ids(t: TileWork) -> np.ndarray:
+    """Ids of the tile's embedded windows: the tile's id and each window's index in the plan,
+    so skipping a window leaves a gap and never renumbers the others."""
+    assert t.index is not None
+    return t.id * WINDOWS_PER_TILE_LIMIT + t.index.astype(np.int64)
 
 
 @dataclass
@@ -157,7 +161,8 @@ class Embedder:
         pending: deque[tuple[TileWork, Future[Decoded] | None]] = deque()
         try:
             for t in tiles:
-                pending.append((t, self.pool.submit(decode_tile, t.path) if t.path else None))
+                job = (t.path, self._scales(t.z), self.settings.stride_ratio, self.core.nodata_for(t.source))
+                pending.append((t, self.pool.submit(decode_tile, *job) if t.path else None))
                 if len(pending) >= ahead:
                     t0, f = pending.popleft()
                     yield t0, f.result() if f else None
@@ -181,24 +186,32 @@ class Embedder:
                 t.decode_s = d.seconds
                 t.error = d.error
             if t.error is None:
-                assert d is not None and d.pixels is not None
+                assert d is not None and d.pixels is not None and d.valid_fraction is not None
                 t.size = d.pixels.shape[0]
-                t.boxes, t.scales = window_plan(t.size, tuple(s.scales_for_zoom(t.z)), s.stride_ratio)
+                boxes, scales = window_plan(t.size, self._scales(t.z), s.stride_ratio)
+                # Mostly no-data windows are not embedded: their vectors would describe the
+                # no-data, and identical ones would crowd every result list.
+                keep = np.flatnonzero(d.valid_fraction >= s.min_valid)
+                t.index, t.boxes, t.scales = keep, boxes[keep], scales[keep]
+                t.valid_fraction, t.cloud_score = d.valid_fraction[keep], d.cloud_score[keep]
+                t.skipped = len(boxes) - len(keep)
                 yield t, d.pixels, t.boxes
             else:
                 skipped.append(t)
+
+    def _scales(self, z: int) -> tuple[float, ...]:
+        return tuple(self.settings.scales_for_zoom(z))
 
     def _store(self, job_id: int, batch: WriteBatch) -> tuple[int, int, int]:
         """Chunks first, then rows, statuses and counters in one transaction; tiles whose file
         vanished go back to the fetch stage. Returns (tiles moved, windows, tiles sent back)."""
         start = time.perf_counter()
         for t, vectors in batch.tiles:
-            ids = t.id * WINDOWS_PER_TILE_LIMIT + np.arange(len(vectors), dtype=np.int64)
-            write_chunk(self.core.vectors_dir, t.id, ids, vectors, self.encoder.info.loaded)
+            write_chunk(self.core.vectors_dir, t.id, window_ids(t), vectors, self.encoder.info.loaded)
         rows = WindowRows.concat([window_rows(t) for t, _ in batch.tiles])
         batch.add_seconds({"write": time.perf_counter() - start})
         moved = repository.record_embedded(
-            self.engine, job_id, rows, [t.id for t, _ in batch.tiles], batch.seconds
+            self.engine, job_id, rows, {t.id: t.skipped for t, _ in batch.tiles}, batch.seconds
         )
         missing = [t.id for t in batch.failed if t.error == MISSING]
         refetch = repository.send_back_to_fetch(self.engine, missing)
@@ -290,7 +303,8 @@ class Embedder:
 
         # Writer threads: chunk fsyncs and the database's work overlap the device work.
         with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="embed-write") as writer:
-            for t, vectors in self.encoder.embed_tiles(tiles, batch_size):
+            for t, vectors, fingerprints in self.encoder.embed_tiles(tiles, batch_size):
+                t.fingerprints = fingerprints
                 batch.tiles.append((t, vectors))
                 batch.windows += len(vectors)
                 batch.add_seconds({"decode": t.decode_s})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -134,20 +134,16 @@ class WindowRows:
     boxes: np.ndarray  # (n, 4) int32 pixel boxes x0, y0, x1, y1 (x1, y1 exclusive)
     scale: np.ndarray  # (n,) float64 window side / tile side
     bounds: np.ndarray  # (n, 4) float64 west, south, east, north
+    valid_fraction: np.ndarray  # (n,) float32 share of pixels holding imagery
+    cloud_score: np.ndarray  # (n,) float32 share of valid pixels flagged as cloud
+    fingerprints: np.ndarray  # (n,) int64 hashes of the model inputs
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, keep: np.ndarray) -> WindowRows:
         """The rows where the boolean mask ``keep`` is true."""
-        return WindowRows(
-            self.ids[keep],
-            self.tile_ids[keep],
-            self.z[keep],
-            self.boxes[keep],
-            self.scale[keep],
-            self.bounds[keep],
-        )
+        return WindowRows(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
     @classmethod
     def empty(cls) -> WindowRows:
@@ -158,6 +154,9 @@ class WindowRows:
             boxes=np.zeros((0, 4), np.int32),
             scale=np.zeros(0, np.float64),
             bounds=np.zeros((0, 4), np.float64),
+            valid_fraction=np.zeros(0, np.float32),
+            cloud_score=np.zeros(0, np.float32),
+            fingerprints=np.zeros(0, np.int64),
         )
 
     @classmethod
@@ -173,6 +172,9 @@ class WindowRows:
             bounds=np.concatenate([np.reshape(p.bounds, (-1, 4)) for p in parts]).astype(
                 np.float64, copy=False
             ),
+            valid_fraction=np.concatenate([p.valid_fraction for p in parts]).astype(np.float32, copy=False),
+            cloud_score=np.concatenate([p.cloud_score for p in parts]).astype(np.float32, copy=False),
+            fingerprints=np.concatenate([p.fingerprints for p in parts]).astype(np.int64, copy=False),
         )
 
 
@@ -191,6 +193,9 @@ COPY_COLUMNS = (
     ("s", "double precision", ">f8"),
     ("e", "double precision", ">f8"),
     ("n", "double precision", ">f8"),
+    ("valid_fraction", "real", ">f4"),
+    ("cloud_score", "real", ">f4"),
+    ("fingerprint", "bigint", ">i8"),
 )
 COPY_TABLE = "embedded_windows_in"
 CREATE_COPY_TABLE = (
@@ -209,9 +214,11 @@ COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 
 INSERT_COPIED = text(
     f"""
-    INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center)
+    INSERT INTO windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center,
+                         valid_fraction, cloud_score, fingerprint)
     SELECT w.id, w.tile_id, w.z, w.x0, w.y0, w.x1, w.y1, w.scale, ST_MakeEnvelope(w.w, w.s, w.e, w.n, 4326),
-           ST_SetSRID(ST_MakePoint((w.w + w.e) / 2, (w.s + w.n) / 2), 4326)
+           ST_SetSRID(ST_MakePoint((w.w + w.e) / 2, (w.s + w.n) / 2), 4326),
+           w.valid_fraction, w.cloud_score, w.fingerprint
     FROM {COPY_TABLE} w
     ON CONFLICT (id) DO NOTHING
     """
@@ -222,8 +229,13 @@ INSERT_COPIED = text(
 LOCK_TILES = text("SELECT id FROM tiles WHERE id = ANY(:ids) FOR KEY SHARE")
 
 MARK_EMBEDDED_MANY = text(
-    "UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL, lease_until = NULL, "
-    "leased_by = NULL WHERE id = ANY(:ids) AND status = 'fetched' RETURNING id"
+    """
+    UPDATE tiles SET status = 'embedded', embedded_at = now(), error = NULL, lease_until = NULL,
+        leased_by = NULL, windows_skipped = s.skipped
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:skipped AS integer[])) AS s(id, skipped)
+    WHERE tiles.id = s.id AND tiles.status = 'fetched'
+    RETURNING tiles.id, s.skipped
+    """
 )
 
 # Counters go up as work units commit (`jobs.refresh_counts` recounts them exactly when the job
@@ -233,6 +245,7 @@ ADD_TO_JOB = text(
     UPDATE ingest_jobs SET
         tiles_embedded = tiles_embedded + :tiles,
         windows_embedded = windows_embedded + :windows,
+        windows_skipped_nodata = windows_skipped_nodata + :skipped,
         stage_seconds = (
             SELECT COALESCE(jsonb_object_agg(key, total), '{}'::jsonb) FROM (
                 SELECT key, sum(value::float8) AS total FROM (
@@ -258,6 +271,9 @@ def copy_payload(rows: WindowRows) -> bytes:
         "tile_id": rows.tile_ids,
         "z": rows.z,
         "scale": rows.scale,
+        "valid_fraction": rows.valid_fraction,
+        "cloud_score": rows.cloud_score,
+        "fingerprint": rows.fingerprints,
         **{k: rows.boxes[:, i] for i, k in enumerate(("x0", "y0", "x1", "y1"))},
         **{k: rows.bounds[:, i] for i, k in enumerate(("w", "s", "e", "n"))},
     }
@@ -284,14 +300,20 @@ def copy_rows(conn: Connection, rows: WindowRows) -> None:
 
 
 def record_embedded(
-    engine: Engine, job_id: int, rows: WindowRows, tile_ids: list[int], stage_seconds: dict[str, float]
+    engine: Engine,
+    job_id: int,
+    rows: WindowRows,
+    skipped: dict[int, int],
+    stage_seconds: dict[str, float],
 ) -> int:
     """Record a batch of embedded tiles in one transaction: their window rows (COPY; rows already
-    there are kept), the tiles embedded (their leases cleared), the job's counters and stage
-    seconds. Returns how many tiles this call moved to embedded: a tile embedded by someone else
+    there are kept), the tiles embedded (their leases cleared, with how many of their windows
+    were ``skipped`` for no-data: tile id -> count), the job's counters and stage seconds.
+    Returns how many tiles this call moved to embedded: a tile embedded by someone else
     meanwhile counts (and adds windows) once, for whoever moved it. ``stage_seconds`` is added
     whatever moved: it is time spent. Tiles without windows are legal."""
     seconds = json.dumps({k: float(v) for k, v in stage_seconds.items()})
+    tile_ids = list(skipped)
     wanted = np.union1d(np.asarray(tile_ids, dtype=np.int64), rows.tile_ids)
     with engine.begin() as conn:
         # Rows of a tile deleted meanwhile (its area removed) are dropped, not a foreign key error.
@@ -300,12 +322,25 @@ def record_embedded(
         )
         if len(present) < len(wanted):
             rows = rows.take(np.isin(rows.tile_ids, present))
-        moved = conn.execute(MARK_EMBEDDED_MANY, {"ids": [int(t) for t in tile_ids]}).scalars().all()
+        marked = conn.execute(
+            MARK_EMBEDDED_MANY,
+            {"ids": [int(t) for t in tile_ids], "skipped": [int(skipped[t]) for t in tile_ids]},
+        ).all()
+        moved = [r.id for r in marked]
         if len(rows):
             copy_rows(conn, rows)
             conn.execute(INSERT_COPIED)
         windows = int(np.isin(rows.tile_ids, np.asarray(moved, dtype=np.int64)).sum()) if moved else 0
-        conn.execute(ADD_TO_JOB, {"job": job_id, "tiles": len(moved), "windows": windows, "seconds": seconds})
+        conn.execute(
+            ADD_TO_JOB,
+            {
+                "job": job_id,
+                "tiles": len(moved),
+                "windows": windows,
+                "skipped": sum(r.skipped for r in marked),
+                "seconds": seconds,
+            },
+        )
     return len(moved)
 
 

@@ -34,6 +34,8 @@ class EmbedderSettings(BaseSettings):
     # Finer windows ("sub-segmenting") for high-zoom tiles only, where small objects are visible.
     fine_scales: list[float] = [0.25]
     fine_min_zoom: int = 17
+    # Windows with a smaller share of valid (not no-data) pixels are not embedded.
+    min_valid: float = 0.9
     # Work units: tiles a worker leases at once and streams through one pipeline; the lease
     # (seconds) is renewed every lease_s / 3 while the worker works, and another worker takes the
     # tiles over once it expires (a dead worker delays its tiles, never loses them).
@@ -53,6 +55,8 @@ class EmbedderSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> EmbedderSettings:
+        if not 0 <= self.min_valid <= 1:
+            raise ValueError(f"EMBEDDER_MIN_VALID must be within 0..1, not {self.min_valid}")
         if self.lease_tiles < 1:
             raise ValueError(f"EMBEDDER_LEASE_TILES must be at least 1, not {self.lease_tiles}")
         if not self.lease_s > 0:

@@ -11,10 +11,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cliprs.errors import InvalidInput, TooLarge, Unavailable
-from cliprs.windows import plan_windows
+from cliprs.windows import plan_windows, window_plan
 from cliprs_embedder.app import create_app
 from cliprs_embedder.images import decode_image
-from cliprs_embedder.pipeline import window_plan
 from cliprs_embedder.service import validate_texts
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
@@ -65,7 +64,7 @@ def test_batch_embedding_equals_the_online_endpoint(
     # pixels alone: the same vector up to the window borders.
     tile = real_tile.convert("RGB")
     boxes, _ = window_plan(tile.width, (1.0, 0.5), 0.25)
-    [(_, batch)] = list(encoder.embed_tiles([(0, np.asarray(tile), boxes)], batch_size=16))
+    [(_, batch, _)] = list(encoder.embed_tiles([(0, np.asarray(tile), boxes)], batch_size=16))
     crops = [tile.crop(tuple(b)) for b in boxes.tolist()]
     for i in (0, 5, 25):
         buf = io.BytesIO()

@@ -229,3 +229,56 @@ def test_a_worker_with_another_window_configuration_refuses_the_job(
     assert statuses(core_settings, tile_ids) == ["fetched"]  # nothing embedded under the wrong cut
     assert embedder.drain(job_id)["tiles"] == 1  # a worker configured as the job was does it
     assert job_row(core_settings, job_id)["window_config"] == SETTINGS.window_config()
+
+
+def test_no_data_windows_are_skipped_counted_and_quality_stored(
+    core_settings, embedder, tile_images
+) -> None:
+    # A scene edge: the left 100 px of a real tile are transparent (its RGB is left as it was);
+    # the same tile fully opaque at another place; and a tile with no imagery at all.
+    rgba = np.asarray(tile_images[TILES[0]].convert("RGBA")).copy()
+    rgba[:, :100, 3] = 0
+    images = {
+        TILES[0]: Image.fromarray(rgba, "RGBA"),
+        TILES[1]: tile_images[TILES[0]],
+        TILES[2]: Image.fromarray(np.zeros((256, 256, 4), dtype=np.uint8), "RGBA"),
+    }
+    job_id, (edge, whole, blank) = seed_tiles(core_settings, images)
+    stats = embedder.drain(job_id)
+    windows = plan_windows(256, [1.0, 0.5], 0.25)
+    valid = np.array([(w.x1 - max(w.x0, 100)) / (w.x1 - w.x0) if w.x1 > 100 else 0.0 for w in windows])
+    kept = np.flatnonzero(valid >= SETTINGS.min_valid)
+    assert 0 < len(kept) < len(windows)
+    assert stats["windows"] == len(kept) + len(windows)
+    assert statuses(core_settings, [edge, whole, blank]) == ["embedded"] * 3
+    # Rows and vectors exist for the kept windows only, under their ids in the tile's plan.
+    expected_ids = [window_id(edge, i) for i in kept] + [window_id(whole, i) for i in range(len(windows))]
+    assert window_ids_in_db(core_settings, [edge, whole, blank]) == expected_ids
+    ids, _, _ = read_chunk(core_settings.vectors_dir, edge)
+    assert ids.tolist() == [window_id(edge, i) for i in kept]
+    assert read_chunk(core_settings.vectors_dir, blank)[0].tolist() == []
+    with sync_engine(core_settings.database_url).connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, tile_id, valid_fraction, cloud_score, fingerprint FROM windows "
+                "WHERE tile_id = ANY(:t) ORDER BY id"
+            ),
+            {"t": [edge, whole]},
+        ).all()
+        skipped = dict(
+            conn.execute(
+                text("SELECT id, windows_skipped FROM tiles WHERE id = ANY(:t)"), {"t": [edge, whole, blank]}
+            ).all()
+        )
+    by_index = {(r.tile_id, r.id % 4096): r for r in rows}
+    for i in kept:
+        assert by_index[(edge, i)].valid_fraction == pytest.approx(valid[i], abs=1e-6)
+        # The same pixels at another place: the same model input, so the same fingerprint.
+        assert by_index[(edge, i)].fingerprint == by_index[(whole, i)].fingerprint
+    assert all(by_index[(whole, i)].valid_fraction == 1.0 for i in range(len(windows)))
+    assert all(0.0 <= r.cloud_score <= 1.0 for r in rows)
+    assert len({by_index[(whole, i)].fingerprint for i in range(len(windows))}) == len(windows)
+    assert skipped == {edge: len(windows) - len(kept), whole: 0, blank: len(windows)}
+    job = job_row(core_settings, job_id)
+    assert job["windows_skipped_nodata"] == 2 * len(windows) - len(kept)
+    assert job["windows_embedded"] == len(kept) + len(windows)

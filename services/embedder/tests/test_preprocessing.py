@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cliprs_embedder.pipeline import window_plan
+from cliprs.windows import window_plan
 from cliprs_model import load_encoder
 from cliprs_model.encoder import _unit
 from cliprs_model.settings import ModelSettings
@@ -49,7 +49,7 @@ def test_device_preprocessing_gives_the_processors_vectors_on_real_tiles(
         cosines = (a * b).sum(-1).cpu().numpy()
         worst.append(float(cosines.min()))
         # And the pipeline's own entry point gives the same vectors as its inputs do.
-        [(_, vectors)] = list(encoder.embed_tiles([(0, np.asarray(tile), boxes)]))
+        [(_, vectors, _)] = list(encoder.embed_tiles([(0, np.asarray(tile), boxes)]))
         assert np.allclose(vectors, b.cpu().numpy(), atol=1e-4)
     print(f"\n{device}: min cosine per tile vs the transformers processor: {[round(w, 6) for w in worst]}")
     assert min(worst) >= 0.999

@@ -80,7 +80,8 @@ def job_row(db: Engine, job_id: int):
     with db.connect() as conn:
         return conn.execute(
             text(
-                "SELECT state, tiles_fetched, tiles_failed, tiles_embedded, windows_embedded, stage_seconds "
+                "SELECT state, tiles_fetched, tiles_failed, tiles_embedded, windows_embedded, windows_skipped_nodata, "
+                "stage_seconds "
                 "FROM ingest_jobs WHERE id = :j"
             ),
             {"j": job_id},
@@ -102,6 +103,9 @@ def tile_rows(tiles: list[tuple[int, int, int, int]], size: int = 256) -> Window
                 boxes=boxes,
                 scale=scales,
                 bounds=footprints(z, x, y, size, boxes),
+                valid_fraction=np.ones(n, dtype=np.float32),
+                cloud_score=np.linspace(0, 1, n, dtype=np.float32),
+                fingerprints=np.arange(n, dtype=np.int64) - 2**62,
             )
             for t, z, x, y in tiles
         ]
@@ -259,10 +263,10 @@ def test_copy_payload_is_postgres_binary_copy() -> None:
     rows = tile_rows([(3, 14, 4749, 6339)])
     payload = repository.copy_payload(rows)
     assert payload[:11] == b"PGCOPY\n\xff\r\n\x00" and payload[-2:] == b"\xff\xff"
-    # 2 (field count) + 12 fields of 4 (length) + 8 + 8 + 2 + 4 * 4 + 5 * 8 bytes per row.
-    assert len(payload) == 19 + 26 * (2 + 12 * 4 + 74) + 2
+    # 2 (field count) + 15 fields of 4 (length) + 8 + 8 + 2 + 4 * 4 + 5 * 8 + 4 + 4 + 8 bytes per row.
+    assert len(payload) == 19 + 26 * (2 + 15 * 4 + 90) + 2
     first = payload[19:]
-    assert int.from_bytes(first[:2], "big") == 12
+    assert int.from_bytes(first[:2], "big") == 15
     assert int.from_bytes(first[2:6], "big") == 8 and int.from_bytes(first[6:14], "big") == window_id(3, 0)
 
 
@@ -281,7 +285,8 @@ def test_record_embedded_writes_rows_statuses_counters_and_is_idempotent(engine,
     tiles = [(a, 14, 4700, 6339), (b, 14, 4701, 6339)]
     rows = tile_rows(tiles)
     seconds = {"decode": 0.25, "encode": 2.0}
-    moved = repository.record_embedded(engine, job_id, rows, [a, b, empty], seconds)
+    # The empty tile's windows were all no-data; b had three skipped.
+    moved = repository.record_embedded(engine, job_id, rows, {a: 0, b: 3, empty: 26}, seconds)
     assert moved == 3
 
     with db.connect() as conn:
@@ -289,6 +294,7 @@ def test_record_embedded_writes_rows_statuses_counters_and_is_idempotent(engine,
             text(
                 """
                 SELECT w.id, w.tile_id, w.z, w.px_x0, w.px_y0, w.px_x1, w.px_y1, w.scale,
+                       w.valid_fraction, w.cloud_score, w.fingerprint,
                        ST_SRID(w.footprint) AS srid, ST_AsText(w.footprint) AS fp,
                        ST_X(w.center) AS cx, ST_Y(w.center) AS cy
                 FROM windows w WHERE w.tile_id = ANY(:t) ORDER BY w.id
@@ -298,11 +304,15 @@ def test_record_embedded_writes_rows_statuses_counters_and_is_idempotent(engine,
         ).all()
         tiles_now = conn.execute(
             text(
-                "SELECT id, status, embedded_at, error, lease_until, leased_by FROM tiles WHERE id = ANY(:t)"
+                "SELECT id, status, embedded_at, error, lease_until, leased_by, windows_skipped "
+                "FROM tiles WHERE id = ANY(:t)"
             ),
             {"t": ids},
         ).all()
     assert [r.id for r in got] == rows.ids.tolist()
+    assert [r.valid_fraction for r in got] == rows.valid_fraction.tolist()
+    assert [r.cloud_score for r in got] == pytest.approx(rows.cloud_score.tolist(), abs=1e-7)
+    assert [r.fingerprint for r in got] == rows.fingerprints.tolist()
     windows = plan_windows(256, [1.0, 0.5], 0.25)
     for r in got:
         tile_id, index = divmod(r.id, 4096)
@@ -341,18 +351,20 @@ def test_record_embedded_writes_rows_statuses_counters_and_is_idempotent(engine,
         assert t.status == "embedded" and t.embedded_at is not None and t.error is None
         assert t.lease_until is None and t.leased_by is None
     assert states[other].status == "fetched" and states[other].leased_by == "w1"
+    assert [states[t].windows_skipped for t in (a, b, empty, other)] == [0, 3, 26, None]
     job = job_row(db, job_id)
     assert (job.tiles_embedded, job.windows_embedded) == (5 + 3, 100 + 52)
+    assert job.windows_skipped_nodata == 29
     assert job.stage_seconds == {"decode": 1.75, "encode": 2.0}
 
     # The same unit again (a redelivery): no rows, no tiles moved, counters as they were; the
     # time it took is still time spent.
-    assert repository.record_embedded(engine, job_id, rows, [a, b, empty], {"write": 0.5}) == 0
+    assert repository.record_embedded(engine, job_id, rows, {a: 0, b: 3, empty: 26}, {"write": 0.5}) == 0
     with db.connect() as conn:
         count = conn.execute(text("SELECT count(*) FROM windows WHERE tile_id = ANY(:t)"), {"t": ids})
         assert count.scalar_one() == 52
     job = job_row(db, job_id)
-    assert (job.tiles_embedded, job.windows_embedded) == (8, 152)
+    assert (job.tiles_embedded, job.windows_embedded, job.windows_skipped_nodata) == (8, 152, 29)
     assert job.stage_seconds == {"decode": 1.75, "encode": 2.0, "write": 0.5}
 
 
@@ -360,9 +372,9 @@ def test_record_embedded_counts_only_the_tiles_it_moved(engine, db, seeded_areas
     _, job_id, (a, b) = seed(db, seeded_areas, ["fetched", "fetched"])
     # Another worker recorded tile b already (its lease had expired and it was taken over).
     rows_b = tile_rows([(b, 14, 4701, 6339)])
-    assert repository.record_embedded(engine, job_id, rows_b, [b], {}) == 1
+    assert repository.record_embedded(engine, job_id, rows_b, dict.fromkeys([b], 0), {}) == 1
     rows = tile_rows([(a, 14, 4700, 6339), (b, 14, 4701, 6339)])
-    assert repository.record_embedded(engine, job_id, rows, [a, b], {}) == 1
+    assert repository.record_embedded(engine, job_id, rows, dict.fromkeys([a, b], 0), {}) == 1
     job = job_row(db, job_id)
     assert (job.tiles_embedded, job.windows_embedded) == (2, 52)
     with db.connect() as conn:
@@ -376,7 +388,12 @@ def test_record_embedded_counts_only_the_tiles_it_moved(engine, db, seeded_areas
 
 def test_record_embedded_without_rows(engine, db, seeded_areas) -> None:
     _, job_id, (a,) = seed(db, seeded_areas, ["fetched"])
-    assert repository.record_embedded(engine, job_id, WindowRows.concat([]), [a], {"decode": 0.1}) == 1
+    assert (
+        repository.record_embedded(
+            engine, job_id, WindowRows.concat([]), dict.fromkeys([a], 0), {"decode": 0.1}
+        )
+        == 1
+    )
     job = job_row(db, job_id)
     assert (job.tiles_embedded, job.windows_embedded, job.stage_seconds) == (1, 0, {"decode": 0.1})
 
@@ -386,7 +403,7 @@ def test_record_embedded_skips_rows_of_deleted_tiles(engine, db, seeded_areas) -
     rows = tile_rows([(a, 14, 4700, 6339), (gone, 14, 4701, 6339)])
     with db.begin() as conn:  # the area was deleted meanwhile, say
         conn.execute(text("DELETE FROM tiles WHERE id = :t"), {"t": gone})
-    assert repository.record_embedded(engine, job_id, rows, [a, gone], {}) == 1
+    assert repository.record_embedded(engine, job_id, rows, dict.fromkeys([a, gone], 0), {}) == 1
     assert job_row(db, job_id).windows_embedded == 26
 
 
@@ -405,7 +422,7 @@ def test_copy_of_50k_rows(engine, db, seeded_areas) -> None:
         copied = conn.execute(text(f"SELECT count(*), min(id), max(id) FROM {repository.COPY_TABLE}")).one()
     assert tuple(copied) == (len(rows), rows.ids.min(), rows.ids.max())
     start = time.perf_counter()
-    assert repository.record_embedded(engine, job_id, rows, ids, {}) == len(ids)
+    assert repository.record_embedded(engine, job_id, rows, dict.fromkeys(ids, 0), {}) == len(ids)
     total_s = time.perf_counter() - start
     print(
         f"\n{engine.dialect.driver}: {len(rows)} rows, {len(payload) / 1e6:.1f} MB: payload built in "
@@ -422,14 +439,17 @@ def test_finish_drain_moves_the_job_once_and_recounts(db, seeded_areas) -> None:
     _, job_id, (a, _failed) = seed(db, seeded_areas, ["fetched", "failed"])
     assert repository.finish_drain(db, job_id) is False  # tile a still waits
     assert job_row(db, job_id).state == "embedding"
-    repository.record_embedded(db, job_id, tile_rows([(a, 14, 4700, 6339)]), [a], {})
+    repository.record_embedded(db, job_id, tile_rows([(a, 14, 4700, 6339)]), {a: 4}, {})
     with db.begin() as conn:  # counters that drifted (shared tiles, redone units)
         conn.execute(
-            text("UPDATE ingest_jobs SET tiles_embedded = 9, windows_embedded = 999 WHERE id = :j"),
+            text(
+                "UPDATE ingest_jobs SET tiles_embedded = 9, windows_embedded = 999, windows_skipped_nodata = 7 "
+                "WHERE id = :j"
+            ),
             {"j": job_id},
         )
     assert repository.finish_drain(db, job_id) is True
     job = job_row(db, job_id)
     assert (job.state, job.tiles_fetched, job.tiles_failed) == ("indexing", 1, 1)
-    assert (job.tiles_embedded, job.windows_embedded) == (1, 26)
+    assert (job.tiles_embedded, job.windows_embedded, job.windows_skipped_nodata) == (1, 26, 4)
     assert repository.finish_drain(db, job_id) is False  # moved already

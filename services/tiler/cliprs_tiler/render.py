@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import rasterio
 from PIL import Image
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rio_tiler.constants import WGS84_CRS
 from rio_tiler.errors import NoOverviewWarning
@@ -49,7 +49,9 @@ class RasterScene:
 
     ``sources`` are three single-band rasters (red, green, blue) or one raster whose first three
     bands are R, G, B, as paths or open rasterio datasets (those stay open when the scene closes).
-    ``nodata`` marks missing pixels; None means the first raster's own nodata value, else 0.
+    ``nodata`` marks missing pixels; None means the first raster's own nodata value, else its
+    internal mask or alpha band when it has one, else 0 (scenes delivered with black outside the
+    imaged swath, such as Sentinel-2's JP2s, declare no nodata).
     Not thread-safe (GDAL handles are not): open one scene per thread.
     """
 
@@ -76,8 +78,15 @@ class RasterScene:
         else:
             self.close()
             raise ValueError(_BANDS_HINT)
-        own = self._readers[0].dataset.nodata
-        self.nodata: float = nodata if nodata is not None else (own if own is not None else 0)
+        dataset = self._readers[0].dataset
+        own = dataset.nodata
+        masked = any(
+            MaskFlags.per_dataset in flags or MaskFlags.alpha in flags for flags in dataset.mask_flag_enums
+        )
+        # None lets rio-tiler read the raster's own mask or alpha band.
+        self.nodata: float | None = (
+            nodata if nodata is not None else own if own is not None else None if masked else 0
+        )
 
     def __enter__(self) -> RasterScene:
         return self
@@ -159,15 +168,21 @@ class RasterScene:
         *,
         stretch: Sequence[Limits] | None = None,
         resampling: Resampling = Resampling.bilinear,
+        alpha: bool = False,
     ) -> Image.Image | None:
-        """XYZ tile ``z/x/y`` as an RGB image (nodata black), or None when it holds no data."""
+        """XYZ tile ``z/x/y`` as an RGB image (nodata black), or with ``alpha`` an RGBA image
+        whose no-data is transparent (what the embedder reads as no-data); None when the tile
+        holds no data at all."""
         if stretch is not None and len(stretch) != 3:
             raise ValueError(f"stretch needs limits for 3 bands, got {len(stretch)}")
         image = self.read_tile(z, x, y, tile_size, resampling)
         if image is None:
             return None
         image.rescale(in_range=[_nonflat(limits) for limits in (stretch or self.stretch())])
-        return Image.fromarray(image.data_as_image())  # (H, W, 3) uint8 is RGB
+        rgb = image.data_as_image()  # (H, W, 3) uint8, no-data black
+        if not alpha:
+            return Image.fromarray(rgb)
+        return Image.fromarray(np.dstack([rgb, image.mask.astype(np.uint8)]), mode="RGBA")
 
 
 @contextmanager
@@ -198,15 +213,17 @@ def render_tile(
     stretch: Sequence[Limits] | None = None,
     nodata: float = 0,
     resampling: Resampling = Resampling.bilinear,
+    alpha: bool = False,
 ) -> Image.Image | None:
-    """Render XYZ tile ``z/x/y`` as an RGB image, or None when it holds no data at all.
+    """Render XYZ tile ``z/x/y`` as an RGB image (RGBA with transparent no-data with
+    ``alpha``), or None when it holds no data at all.
 
     ``sources``: see :class:`RasterScene` (or an open scene). Pass ``stretch`` (from
     :func:`scene_stretch`) when rendering many tiles: computing it per call makes every tile's
     brightness depend on that call, which shows as seams between tiles.
     """
     with _scene(sources, nodata) as scene:
-        return scene.render(z, x, y, tile_size, stretch=stretch, resampling=resampling)
+        return scene.render(z, x, y, tile_size, stretch=stretch, resampling=resampling, alpha=alpha)
 
 
 def percentile_stretch(

@@ -42,6 +42,7 @@ from cliprs_tiler.render import Limits, RasterScene, tile_format
 from cliprs_tiler.settings import TilerSettings
 
 _PIL_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+ALPHA_FORMATS = ("PNG", "WEBP")  # tile formats that carry transparency (the no-data mask)
 _ENV_REF = re.compile(r"\$\{(\w+)\}")
 
 
@@ -275,7 +276,9 @@ class RasterSource:
 
     One file with R, G, B as its first bands, or three single-band files (red, green, blue).
     8-bit imagery is taken as it is; anything else is stretched to its scene-wide 2–98
-    percentiles, computed once, so every tile has the same brightness (no seams).
+    percentiles, computed once, so every tile has the same brightness (no seams). No-data
+    (the raster's nodata value, mask or alpha) is transparent in PNG and WebP tiles; JPEG has no
+    alpha, so there it is black (configure ``CLIPRS_TILE_NODATA`` for such a source).
     """
 
     def __init__(self, name: str, paths: list[Path], tile_size: int = 256, fmt: str = "png"):
@@ -315,7 +318,9 @@ class RasterSource:
     def render(self, z: int, x: int, y: int) -> bytes | None:
         """The encoded tile, or None where the raster has no data."""
         scene = self._scene()
-        image = scene.render(z, x, y, self.tile_size, stretch=self._limits(scene))
+        image = scene.render(
+            z, x, y, self.tile_size, stretch=self._limits(scene), alpha=self.pil_format in ALPHA_FORMATS
+        )
         if image is None:
             return None
         buf = io.BytesIO()

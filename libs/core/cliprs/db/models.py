@@ -6,6 +6,7 @@ from datetime import datetime
 
 from geoalchemy2 import Geometry
 from sqlalchemy import (
+    REAL,
     BigInteger,
     DateTime,
     Float,
@@ -64,6 +65,8 @@ class Tile(Base):
     # An embedder worker's lease on a fetched tile: another worker takes it over once it expires.
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     leased_by: Mapped[str | None] = mapped_column(Text)
+    # Windows not embedded because they were mostly no-data (set when the tile is embedded).
+    windows_skipped: Mapped[int | None] = mapped_column(Integer)
 
 
 class AreaTile(Base):
@@ -85,6 +88,12 @@ class Window(Base):
     scale: Mapped[float] = mapped_column(Float)
     footprint = mapped_column(Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False)
     center = mapped_column(Geometry("POINT", srid=4326, spatial_index=False), nullable=False)
+    # Share of the window's pixels holding imagery, and of those the cloud detector flags
+    # (NULL: embedded before migration 0005, unknown).
+    valid_fraction: Mapped[float | None] = mapped_column(REAL)
+    cloud_score: Mapped[float | None] = mapped_column(REAL)
+    # Hash of the model input: equal fingerprints, identical vectors (search collapses them).
+    fingerprint: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class IngestJob(Base):
@@ -100,6 +109,7 @@ class IngestJob(Base):
     tiles_embedded: Mapped[int] = mapped_column(Integer, default=0)
     windows_embedded: Mapped[int] = mapped_column(Integer, default=0)
     windows_indexed: Mapped[int] = mapped_column(Integer, default=0)
+    windows_skipped_nodata: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # Seconds per pipeline stage (decode, resize, encode, write, ...), summed over work units.
     stage_seconds: Mapped[dict[str, float]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     # How the job's tiles are cut into windows (set by the first embedder worker; see 0004).

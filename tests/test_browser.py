@@ -16,13 +16,16 @@ import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 import mercantile
 import pytest
 from playwright.sync_api import sync_playwright
 from shapely.geometry import box, shape
+from sqlalchemy import text
 
+from cliprs.db.engine import sync_engine
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
 from cliprs_testing.platform import finish_job
@@ -379,6 +382,95 @@ def test_image_search_with_a_windows_pixels_finds_it(page, stack: dict, tmp_path
     assert _result_ids(page)[0] == other
 
 
+@pytest.fixture
+def marked(stack: dict, ingested: dict, pg_url: str) -> Iterator[dict]:
+    """Quality set on three windows of the ingested area, whatever the ingest measured, and the
+    measured values back afterwards: one cloudy, one half no-data, one clear, and the clear one
+    sharing its fingerprint (identical pixels) with a fourth."""
+    hits = httpx.get(
+        f"{stack['api']}/v1/search", params={"q": "farmland", "k": 4, "max_cloud": 1, "min_valid": 0}
+    )
+    cloudy, empty, clear, twin = [f["properties"]["window_id"] for f in hits.json()["features"]]
+    engine = sync_engine(pg_url)
+    columns = "cloud_score, valid_fraction, fingerprint"
+    with engine.begin() as conn:
+        before = conn.execute(
+            text(f"SELECT id, {columns} FROM windows WHERE id = ANY(:ids)"),
+            {"ids": [cloudy, empty, clear, twin]},
+        ).all()
+        conn.execute(
+            text("UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"),
+            [
+                {"id": cloudy, "c": 0.8, "v": 1.0, "f": None},
+                {"id": empty, "c": 0.0, "v": 0.5, "f": None},
+                {"id": clear, "c": 0.1, "v": 0.95, "f": 7_777_777},
+                {"id": twin, "c": 0.1, "v": 0.95, "f": 7_777_777},
+            ],
+        )
+    try:
+        yield {"cloudy": cloudy, "empty": empty, "clear": clear, "twin": twin}
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"
+                ),
+                [{"id": r.id, "c": r.cloud_score, "v": r.valid_fraction, "f": r.fingerprint} for r in before],
+            )
+
+
+def _rerun_with(page, selector: str, value: str) -> dict[str, list[str]]:
+    """Choose ``value`` in a filter control (which re-runs the search); the query string sent."""
+    with page.expect_request(lambda r: "/v1/search" in r.url or "/similar" in r.url) as request:
+        page.select_option(selector, value)
+    _wait_results(page)
+    return parse_qs(urlparse(request.value.url).query)
+
+
+def test_quality_filters_are_sent_and_hits_show_their_quality(page, stack: dict, marked: dict) -> None:
+    _search(page, "farmland")
+    # The first answer reports the API's defaults: the "Default" options name them, and every
+    # later search sends them.
+    defaults = httpx.get(f"{stack['api']}/v1/search", params={"q": "farmland", "k": 1}).json()["filter"]
+    assert page.inner_text("#max-cloud option[value='']").startswith("Default (")
+    min_valid_default = f"{round(defaults['min_valid'] * 100)} %"
+    assert page.inner_text("#min-valid option[value='']") == f"Default ({min_valid_default})"
+    ids = _result_ids(page)
+    assert ids == _api_ids(stack, q="farmland")
+    assert marked["cloudy"] not in ids and marked["empty"] not in ids  # the defaults hide them
+
+    sent = _rerun_with(page, "#max-cloud", "0.5")
+    assert sent["max_cloud"] == ["0.5"] and sent["min_valid"] == [str(defaults["min_valid"])]
+    assert _result_ids(page) == _api_ids(stack, q="farmland", max_cloud=0.5, min_valid=defaults["min_valid"])
+    assert marked["cloudy"] not in _result_ids(page)
+
+    sent = _rerun_with(page, "#min-valid", "0")
+    assert sent["max_cloud"] == ["0.5"] and sent["min_valid"] == ["0"]
+    assert _result_ids(page) == _api_ids(stack, q="farmland", max_cloud=0.5, min_valid=0)
+
+    # Everything shown: the best two hits of the marking are back, each with its quality.
+    sent = _rerun_with(page, "#max-cloud", "1")
+    assert sent["max_cloud"] == ["1"] and sent["min_valid"] == ["0"]
+    ids = _result_ids(page)
+    assert ids == _api_ids(stack, q="farmland", max_cloud=1, min_valid=0)
+    assert ids[:2] == [marked["cloudy"], marked["empty"]]
+    assert "cloud 80 % · valid 100 %" in page.inner_text(f".result[data-id='{marked['cloudy']}']")
+    assert "cloud 0 % · valid 50 %" in page.inner_text(f".result[data-id='{marked['empty']}']")
+
+    # Find similar sends them too; the window itself comes first, standing for its identical twin.
+    assert ids[2] == marked["clear"] and marked["twin"] not in ids  # the twin collapsed into it
+    with page.expect_request(lambda r: "/similar" in r.url) as request:
+        page.click(f".result[data-id='{marked['clear']}'] >> text=Find similar")
+    _wait_results(page)
+    sent = parse_qs(urlparse(request.value.url).query)
+    assert sent["max_cloud"] == ["1"] and sent["min_valid"] == ["0"]
+    first = page.locator("#results .result").first
+    assert int(first.get_attribute("data-id")) == marked["clear"]
+    assert "×1 identical" in first.inner_text() and "cloud 10 % · valid 95 %" in first.inner_text()
+    assert marked["twin"] not in _result_ids(page)
+    assert not _errors(page) and page.problems == []
+
+
 # ---------------------------------------------------------------- restricting by a drawn shape
 
 
@@ -514,6 +606,8 @@ def test_draw_a_new_area_watch_it_ingest_then_search_it(page, stack: dict) -> No
         a for a in httpx.get(f"{stack['api']}/v1/areas").json() if a["name"] == "Drawn in the browser"
     )
     assert area["status"] == "ready" and area["job"]["tiles_planned"] == expected
+    skipped = area["job"]["windows_skipped_nodata"]  # windows mostly outside the imagery
+    assert (f"{skipped:,} windows skipped (no data)" in job.inner_text()) == (skipped > 0)
     page.wait_for_selector(f".area-item[data-area-id='{area['id']}'] .badge--ready")
     tiler_paths = httpx.get(f"{stack['tiler']}/openapi.json").json()["paths"]
     if "/v1/jobs/{job_id}/progress" in tiler_paths:  # the tiler reports progress per zoom

@@ -16,6 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 from shapely.geometry import box, shape
+from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
@@ -73,12 +74,15 @@ def test_text_search_answers_geojson_with_the_new_fields(world: dict) -> None:
     for key in ("type", "features", "count", "took_ms", "index_version", "query", "model"):
         assert key in body  # the fields the web page reads
     assert body["count"] == len(body["features"]) == 5
+    s = SearchSettings()
     assert body["filter"] == {
         "strategy": "index",
         "estimated_matches": None,
         "candidates": body["filter"]["candidates"],
         "complete": True,
         "incomplete_reason": None,
+        "max_cloud": s.default_max_cloud,  # the defaults, applied
+        "min_valid": s.default_min_valid,
     }
     assert body["confidence"]["level"] in ("low", "medium", "high")
     assert body["merged"] == sum(f["properties"]["merged"] for f in body["features"])
@@ -90,6 +94,9 @@ def test_text_search_answers_geojson_with_the_new_fields(world: dict) -> None:
         assert p["image_url"] == f"http://tiler.test/windows/{p['window_id']}.png"
         assert set(p["tile"]) == {"source", "z", "x", "y"} and len(p["center"]) == 2
         assert len(p["merged_ids"]) == p["merged"]
+        # Rows embedded before quality was measured: unknown (null), and they pass the filters.
+        assert p["cloud_score"] is None and p["valid_fraction"] is None
+        assert p["identical"] == 0 and p["identical_ids"] == []
         # The National Mall: the nearest GeoNames place is in Washington or across the river.
         assert p["place"]["country"] == "US" and p["address"] == p["place"]["label"]
         assert p["place"]["distance_km"] < 10
@@ -244,3 +251,147 @@ def test_searchers_register_the_version_they_hold(world: dict) -> None:
         assert client.get(keys[0]).decode() == str(version) and 0 < client.pttl(keys[0]) <= 20_000
     finally:
         client.close()
+
+
+@pytest.fixture
+def quality(world: dict, pg_url: str) -> Iterator[dict]:
+    """Quality on some of the Mall's windows, NULL again afterwards: by window id, a cloudy one,
+    a mostly no-data one, a clear one, and three with identical pixels (one fingerprint)."""
+    ids = [int(i) for i in world["area"].ids[:6]]
+    values = {
+        ids[0]: (0.8, 1.0, None),  # cloudy
+        ids[1]: (0.0, 0.5, None),  # half no-data
+        ids[2]: (0.1, 0.95, None),  # clear
+        ids[3]: (0.0, 1.0, 42),
+        ids[4]: (0.0, 1.0, 42),
+        ids[5]: (0.0, 1.0, 42),
+    }
+    engine = sync_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"),
+            [{"id": w, "c": c, "v": v, "f": f} for w, (c, v, f) in values.items()],
+        )
+    try:
+        yield {"ids": ids}
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE windows SET cloud_score = NULL, valid_fraction = NULL, fingerprint = NULL "
+                    "WHERE id = ANY(:ids)"
+                ),
+                {"ids": ids},
+            )
+
+
+def _similar(world: dict, wid: int, **params) -> dict:
+    resp = get(world, f"/v1/windows/{wid}/similar", k=200, merge=False, address=False, **params)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_quality_filters_hide_cloudy_and_no_data_windows(world: dict, quality: dict) -> None:
+    cloudy, nodata, clear, *_ = quality["ids"]
+    n = len(world["area"].ids)
+
+    def shown(body: dict) -> dict[int, dict]:
+        return {f["properties"]["window_id"]: f["properties"] for f in body["features"]}
+
+    # Find similar to the clear window with the defaults: the cloudy and the half-empty windows
+    # are gone, every unknown (NULL) window passes, the clear one reports its quality.
+    default = _similar(world, clear)
+    hits = shown(default)
+    assert cloudy not in hits and nodata not in hits
+    assert hits[clear]["cloud_score"] == 0.1 and hits[clear]["valid_fraction"] == 0.95
+    assert default["filter"]["max_cloud"] < 0.8 and default["filter"]["min_valid"] == 0.9
+    # max_cloud=1 and min_valid=0 show everything (collapse off: every single window).
+    everything = shown(_similar(world, clear, max_cloud=1, min_valid=0, collapse=False))
+    assert {cloudy, nodata, clear} <= everything.keys() and len(everything) == min(n, 200)
+    assert everything[cloudy]["cloud_score"] == 0.8 and everything[nodata]["valid_fraction"] == 0.5
+    # Each filter on its own, inclusive at the boundary; POST and image search take them too.
+    assert cloudy in shown(_similar(world, clear, max_cloud=0.8))
+    assert cloudy not in shown(_similar(world, clear, max_cloud=0.79))
+    assert nodata in shown(_similar(world, clear, min_valid=0.5, max_cloud=1))
+    body = (
+        world["client"]
+        .post("/v1/search", json={"window_id": nodata, "k": 200, "merge": False, "min_valid": 0.6})
+        .json()
+    )
+    assert nodata not in shown(body)
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 120, 120)).save(png, format="PNG")
+    resp = world["client"].post(
+        "/v1/search/image",
+        params={"k": 200, "merge": "false", "max_cloud": 0.5, "address": "false"},
+        files={"file": ("grey.png", png.getvalue(), "image/png")},
+    )
+    assert resp.status_code == 200, resp.text
+    assert cloudy not in shown(resp.json()) and resp.json()["filter"]["max_cloud"] == 0.5
+
+
+def test_identical_windows_collapse_into_one_result(world: dict, quality: dict) -> None:
+    *_, a, b, c = quality["ids"]
+    body = _similar(world, b)
+    first = body["features"][0]["properties"]
+    # The window itself comes first and stands for the windows with identical pixels.
+    assert first["window_id"] == b and first["identical"] == 2 and sorted(first["identical_ids"]) == [a, c]
+    ids = [f["properties"]["window_id"] for f in body["features"]]
+    assert a not in ids and c not in ids and body["identical"] == 2
+    text_hits = get(world, "/v1/search", q="a parking lot", k=200, merge=False, address=False).json()
+    found = [f["properties"] for f in text_hits["features"] if f["properties"]["window_id"] in (a, b, c)]
+    assert len(found) == 1 and found[0]["identical"] == 2  # whichever ranks first, once
+    flat = _similar(world, b, collapse=False)
+    assert {a, b, c} <= {f["properties"]["window_id"] for f in flat["features"]}
+    assert "identical" not in flat["features"][0]["properties"] and flat["identical"] == 0
+    # collapse is part of the ranking: a cursor does not cross to the other setting.
+    first_page = get(world, "/v1/search", q="roofs", k=3).json()
+    other = get(world, "/v1/search", q="roofs", k=3, collapse=False, cursor=first_page["next_cursor"])
+    assert other.status_code == 400 and "another query" in other.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"max_cloud": 1.5}, "max_cloud"),
+        ({"max_cloud": -0.1}, "max_cloud"),
+        ({"min_valid": 2}, "min_valid"),
+        ({"min_valid": "lots"}, "min_valid"),
+    ],
+)
+def test_quality_filters_outside_0_1_are_refused(world: dict, params: dict, fragment: str) -> None:
+    resp = get(world, "/v1/search", q="roofs", **params)
+    assert resp.status_code == 422, resp.text
+    message = resp.json()["error"]["message"]
+    assert message.startswith(fragment) and ("within 0..1" in message or "valid number" in message)
+    body = world["client"].post("/v1/search", json={"q": "roofs", **params})
+    assert body.status_code == 422 and fragment in body.json()["error"]["message"]
+
+
+def test_jobs_report_windows_skipped_for_no_data(world: dict, pg_url: str) -> None:
+    with sync_engine(pg_url).begin() as conn:
+        job_id = make_job(conn, world["area"].area_id, state="done")
+        conn.execute(text("UPDATE ingest_jobs SET windows_skipped_nodata = 37 WHERE id = :j"), {"j": job_id})
+    try:
+        assert get(world, f"/v1/jobs/{job_id}").json()["windows_skipped_nodata"] == 37
+        listed = next(a for a in get(world, "/v1/areas").json() if a["id"] == world["area"].area_id)
+        assert listed["job"]["id"] == job_id and listed["job"]["windows_skipped_nodata"] == 37
+    finally:
+        with sync_engine(pg_url).begin() as conn:
+            conn.execute(text("DELETE FROM ingest_jobs WHERE id = :j"), {"j": job_id})
+
+
+def test_openapi_describes_the_quality_fields(world: dict) -> None:
+    doc = world["client"].get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for model, fields in (
+        ("SearchBody", ("max_cloud", "min_valid", "collapse")),
+        ("HitProperties", ("cloud_score", "valid_fraction", "identical", "identical_ids")),
+        ("FilterReport", ("max_cloud", "min_valid")),
+        ("SearchResults", ("identical",)),
+        ("Job", ("windows_skipped_nodata",)),
+    ):
+        for name in fields:
+            assert schemas[model]["properties"][name].get("description"), f"{model}.{name}"
+    params = {p["name"] for p in doc["paths"]["/v1/search"]["get"]["parameters"]}
+    assert {"max_cloud", "min_valid", "collapse"} <= params

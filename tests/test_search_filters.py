@@ -296,3 +296,134 @@ async def test_disjoint_box_and_polygon_match_nothing(world: World, pg_async_con
 def test_random_polygons_are_valid() -> None:
     rng = np.random.default_rng(0)
     assert all(shapely.is_valid(random_polygon(rng, (0, 0, 1, 1))) for _ in range(200))
+
+
+# ----------------------------------------------------------------------------- window quality
+
+
+@dataclass
+class Quality:
+    cloud: np.ndarray  # per window of the world, NaN: NULL (unknown)
+    valid: np.ndarray
+    fingerprint: np.ndarray  # 0: NULL
+
+    def keep(self, max_cloud: float, min_valid: float) -> np.ndarray:
+        """The rule of `repository.filter_where`: unknown passes (the columns are real)."""
+        cloud, valid = self.cloud.astype(np.float32), self.valid.astype(np.float32)
+        return (np.isnan(cloud) | (cloud <= np.float32(max_cloud))) & (
+            np.isnan(valid) | (valid >= np.float32(min_valid))
+        )
+
+
+@pytest.fixture
+def quality(world: World, pg_url: str) -> Iterator[Quality]:
+    """Random cloud scores and valid fractions (a tenth unknown) and fingerprints shared by
+    small groups of windows on the world's rows; NULL again afterwards (the other tests' rows)."""
+    rng = np.random.default_rng(21)
+    n = len(world.area.ids)
+    cloud = rng.uniform(0, 1, n)
+    valid = rng.choice([1.0, 1.0, 0.95, 0.9, 0.6, 0.2], n)
+    cloud[rng.random(n) < 0.1] = np.nan
+    valid[rng.random(n) < 0.1] = np.nan
+    # A fifth of the windows fall into 12 groups of "identical pixels" (spread over the ranking).
+    fingerprint = np.where(rng.random(n) < 0.2, rng.integers(1, 13, n), 0)
+    rows = [
+        {
+            "id": int(wid),
+            "c": None if np.isnan(c) else float(c),
+            "v": None if np.isnan(v) else float(v),
+            "f": int(f) or None,
+        }
+        for wid, c, v, f in zip(world.area.ids, cloud, valid, fingerprint, strict=True)
+    ]
+    engine = sync_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"),
+            rows,
+        )
+    try:
+        yield Quality(cloud, valid, fingerprint)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE windows SET cloud_score = NULL, valid_fraction = NULL, fingerprint = NULL "
+                    "WHERE id = ANY(:ids)"
+                ),
+                {"ids": world.area.ids.tolist()},
+            )
+
+
+def collapse_brute_force(world: World, q: np.ndarray, keep: np.ndarray, fp: np.ndarray, k: int) -> list[int]:
+    """The ranking of the passing windows, each fingerprint's later windows dropped."""
+    scores = world.vectors @ q
+    rows = np.flatnonzero(keep)
+    seen, out = set(), []
+    for r in rows[np.argsort(-scores[rows], kind="stable")]:
+        if fp[r] and fp[r] in seen:
+            continue
+        seen.add(fp[r])
+        out.append(int(world.area.ids[r]))
+    return out[:k]
+
+
+async def test_quality_filters_match_brute_force_without_sampling(
+    world: World, quality: Quality, pg_async_conn
+) -> None:
+    rng = np.random.default_rng(22)
+    for max_cloud, min_valid in ((0.5, 0.9), (0.2, 0.95), (1.0, 0.0), (0.05, 0.0), (1.0, 1.0)):
+        flt = HitFilter(max_cloud=max_cloud, min_valid=min_valid)
+        keep = quality.keep(max_cloud, min_valid)
+        q = query_vector(world, rng)
+        got, used = await ids_of(world, pg_async_conn, q, flt, 25, settings(), collapse=False)
+        assert got == brute_force(world, q, keep, 25), (max_cloud, min_valid)
+        # Most windows pass such filters: checked on the looked-up rows, never by sampling.
+        assert used == "index"
+    # With a geometry filter as well, both strategies agree with brute force.
+    poly = box(*extent(world)).buffer(-0.004)
+    keep = quality.keep(0.5, 0.9) & np.array([poly.intersects(f) for f in world.footprints])
+    for strategy in ("selector", "overfetch"):
+        q = query_vector(world, rng)
+        flt = HitFilter(polygon=poly, max_cloud=0.5, min_valid=0.9)
+        got, used = await ids_of(
+            world, pg_async_conn, q, flt, 20, settings(filter_strategy=strategy), collapse=False
+        )
+        assert got == brute_force(world, q, keep, 20) and used == strategy
+
+
+def tie_order(world: World, q: np.ndarray, ids: list[int]) -> list[int]:
+    """``ids`` by score, ties (synthetic windows can share a float16 vector's score) by id."""
+    scores = dict(zip(world.area.ids.tolist(), (world.vectors @ q).round(5).tolist(), strict=True))
+    return sorted(ids, key=lambda w: (-scores[w], w))
+
+
+async def test_identical_windows_collapse_on_real_rows(world: World, quality: Quality, pg_async_conn) -> None:
+    rng = np.random.default_rng(23)
+    keep = quality.keep(0.7, 0.5)
+    flt = HitFilter(max_cloud=0.7, min_valid=0.5)
+    collapsed = 0
+    for _ in range(4):
+        q = query_vector(world, rng)
+        page = await run_search(
+            world.index, pg_async_conn, SearchRequest(q, 30, flt=flt, merge=False), settings()
+        )
+        got = [h.row["id"] for h in page.hits]
+        assert tie_order(world, q, got) == tie_order(
+            world, q, collapse_brute_force(world, q, keep, quality.fingerprint, 30)
+        )
+        fp_of = dict(zip(world.area.ids.tolist(), quality.fingerprint.tolist(), strict=True))
+        for h in page.hits:  # each collapsed window passes, shares the hit's fingerprint, ranks lower
+            assert all(fp_of[w] == fp_of[h.row["id"]] != 0 for w in h.identical)
+            assert all(keep[world.area.ids == w][0] for w in h.identical)
+        assert page.identical == sum(len(h.identical) for h in page.hits)
+        collapsed += page.identical
+        # Pages concatenate to the collapsed ranking.
+        first = await run_search(
+            world.index, pg_async_conn, SearchRequest(q, 12, flt=flt, merge=False), settings()
+        )
+        second = await run_search(
+            world.index, pg_async_conn, SearchRequest(q, 18, 12, flt=flt, merge=False), settings()
+        )
+        assert [h.row["id"] for h in first.hits + second.hits] == got
+    assert collapsed > 0

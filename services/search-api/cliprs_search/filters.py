@@ -1,4 +1,5 @@
-"""Search filters (area, zoom levels, bounding box, GeoJSON polygon) and the polygon check.
+"""Search filters (area, zoom levels, bounding box, GeoJSON polygon, window quality) and the
+polygon check.
 
 A `HitFilter` says what passes; `cliprs_search.repository.filter_where` turns it into SQL.
 """
@@ -21,6 +22,10 @@ class HitFilter:
     zooms: list[int] | None = None
     bbox: BBox | None = None
     polygon: Polygon | MultiPolygon | None = None
+    # Window quality (None: not checked). A window passes with cloud_score <= max_cloud and
+    # valid_fraction >= min_valid; NULL scores (windows embedded before they were measured) pass.
+    max_cloud: float | None = None
+    min_valid: float | None = None
 
     @property
     def geometry(self) -> bool:
@@ -53,6 +58,8 @@ class HitFilter:
             "zooms": sorted(self.zooms) if self.zooms else None,
             "bbox": self.bbox.as_list() if self.bbox else None,
             "polygon": self.polygon.wkt if self.polygon is not None else None,
+            "max_cloud": self.max_cloud,
+            "min_valid": self.min_valid,
         }
 
 

@@ -21,7 +21,8 @@ BY_IDS = "SELECT * FROM windows WHERE id = ANY(:ids)"
 WINDOW_COLUMNS = (
     "w.id, w.z, w.scale, w.px_x0, w.px_y0, w.px_x1, w.px_y1, ST_AsGeoJSON(w.footprint, 7) AS footprint, "
     "ST_X(w.center) AS lon, ST_Y(w.center) AS lat, ST_XMin(w.footprint) AS x0, ST_YMin(w.footprint) AS y0, "
-    "ST_XMax(w.footprint) AS x1, ST_YMax(w.footprint) AS y1, t.source, t.z AS tz, t.x AS tx, t.y AS ty"
+    "ST_XMax(w.footprint) AS x1, ST_YMax(w.footprint) AS y1, t.source, t.z AS tz, t.x AS tx, t.y AS ty, "
+    "w.valid_fraction, w.cloud_score, w.fingerprint"
 )
 AREA_COLUMNS = (
     "a.id, a.name, a.source, a.status, a.zooms, a.created_at, "
@@ -29,7 +30,7 @@ AREA_COLUMNS = (
 )
 JOB_COLUMNS = (
     "j.id, j.area_id, j.state, j.tiles_planned, j.tiles_fetched, j.tiles_cached, j.tiles_failed, "
-    "j.tiles_embedded, j.windows_embedded, j.windows_indexed, j.stage_seconds, j.error, j.created_at, "
+    "j.tiles_embedded, j.windows_embedded, j.windows_indexed, j.windows_skipped_nodata, j.stage_seconds, j.error, j.created_at, "
     "j.updated_at, j.finished_at"
 )
 
@@ -66,6 +67,13 @@ def filter_where(flt: HitFilter) -> tuple[str, dict[str, Any]]:
     if flt.polygon is not None:
         where.append("ST_Intersects(w.footprint, ST_GeomFromText(:poly, 4326))")
         params["poly"] = flt.polygon.wkt
+    # NULL: embedded before the window's quality was measured (migration 0005); unknown passes.
+    if flt.max_cloud is not None:
+        where.append("(w.cloud_score IS NULL OR w.cloud_score <= :max_cloud)")
+        params["max_cloud"] = flt.max_cloud
+    if flt.min_valid is not None:
+        where.append("(w.valid_fraction IS NULL OR w.valid_fraction >= :min_valid)")
+        params["min_valid"] = flt.min_valid
     return (" AND ".join(where) or "TRUE"), params
 
 

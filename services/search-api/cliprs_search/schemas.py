@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, computed_field
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, computed_field, field_validator
 
 from cliprs_http.schemas import Feature, FeatureCollection, Readiness
 
@@ -43,7 +43,37 @@ class SearchOptions(BaseModel):
     merge: bool = Field(
         True, description="Merge overlapping windows that hit the same object into one result"
     )
+    collapse: bool = Field(
+        True,
+        description="Collapse windows with identical pixels (identical vectors, e.g. blank or all-black "
+        "windows) into one result, the best-ranked, which counts them in `identical`",
+    )
+    max_cloud: float | None = Field(
+        None,
+        json_schema_extra={"minimum": 0.0, "maximum": 1.0},
+        description="Highest cloud score that passes (0..1, inclusive): windows with cloud_score > max_cloud "
+        "are left out. Default: just below the detector's 'cloudy' level (SEARCH_DEFAULT_MAX_CLOUD); "
+        "1 keeps every window. Windows without a score (embedded before scoring existed) always pass",
+    )
+    min_valid: float | None = Field(
+        None,
+        json_schema_extra={"minimum": 0.0, "maximum": 1.0},
+        description="Lowest valid fraction that passes (0..1, inclusive): windows with less of their area "
+        "holding imagery (not no-data) are left out. Default SEARCH_DEFAULT_MIN_VALID (0.9); 0 keeps every "
+        "window. Windows without a fraction (embedded before it was measured) always pass",
+    )
     address: bool = Field(True, description="Name the nearest known place of each hit (reverse geocoding)")
+
+    @field_validator("max_cloud", "min_valid")
+    @classmethod
+    def _share(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # Checked here rather than with ge/le, for a message that says what the values mean.
+        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+            keep = "1" if info.field_name == "max_cloud" else "0"
+            raise ValueError(
+                f"must be within 0..1, a share of the window's pixels ({info.field_name}={keep} keeps every window)"
+            )
+        return value
 
 
 class SearchBody(SearchOptions):
@@ -128,6 +158,19 @@ class HitProperties(BaseModel):
     image_url: str = Field(..., description="The window's pixels, from the tiler")
     merged: int | None = _optional("How many overlapping windows merged into this hit (when merge=true)")
     merged_ids: list[int] | None = _optional("Their window ids")
+    identical: int | None = _optional(
+        "How many other windows with identical pixels (same fingerprint, hence the same vector and "
+        "score) among the ranked candidates collapsed into this hit, itself not counted (when collapse=true)"
+    )
+    identical_ids: list[int] | None = _optional(
+        "Their window ids (the first max_identical_ids of them, 100 by default)"
+    )
+    cloud_score: float | None = Field(
+        None, description="Share of the window's valid pixels the cloud detector flags (0..1); null: unknown"
+    )
+    valid_fraction: float | None = Field(
+        None, description="Share of the window's pixels that hold imagery, not no-data (0..1); null: unknown"
+    )
     address: str | None = _optional("The nearest place's label (when address=true and one is known)")
     place: Place | None = _optional("The nearest known place")
     pixels: list[int] | None = _optional("Heat maps: [x0, y0, x1, y1] in the tile")
@@ -150,6 +193,14 @@ class FilterReport(BaseModel):
         "list and too few of the best candidates (see incomplete_reason)",
     )
     incomplete_reason: str | None = Field(None, description="Why the page is incomplete, and what to change")
+    max_cloud: float = Field(
+        ...,
+        description="The max_cloud applied (the request's, or the default): windows scoring above it are left out",
+    )
+    min_valid: float = Field(
+        ...,
+        description="The min_valid applied (the request's, or the default): windows holding less imagery are left out",
+    )
 
 
 class Confidence(BaseModel):
@@ -169,6 +220,9 @@ class SearchResults(FeatureCollection):
     model: dict[str, Any] | None = Field(None, description="The model that embedded the query")
     next_cursor: str | None = Field(None, description="Pass as cursor for the next page; null on the last")
     merged: int = Field(..., description="Windows merged into the hits of this page")
+    identical: int = Field(
+        0, description="Windows with identical pixels collapsed into the hits of this page (collapse=true)"
+    )
     filter: FilterReport
     confidence: Confidence
     warning: str | None = None
@@ -241,6 +295,11 @@ class Job(BaseModel):
     tiles_embedded: int
     windows_embedded: int
     windows_indexed: int
+    windows_skipped_nodata: int = Field(
+        0,
+        description="Windows not embedded because too little of them holds imagery "
+        "(valid fraction under the embedder's minimum, EMBEDDER_MIN_VALID)",
+    )
     stage_seconds: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds the embedder spent per pipeline stage (decode, resize, encode, write, ...), "

@@ -1,4 +1,5 @@
-"""The search pipeline: index shards -> PostGIS filter -> minimum score -> merge -> one page.
+"""The search pipeline: index shards -> PostGIS filter -> minimum score -> collapse identical
+windows -> merge -> one page.
 
 The filter first picks the shards that can hold a passing window (their manifest entries know
 their areas, zooms and envelopes); only those are searched. Rows are checked in PostGIS when the
@@ -15,7 +16,9 @@ pass, estimated on a fresh random sample of the picked shards' windows:
   (``complete`` false and a reason) instead of silently ending the results.
 
 Without rows to check the search is plain (**index**). Candidates are walked in slices so that
-PostGIS only looks up the rows a page needs.
+PostGIS only looks up the rows a page needs. The window quality filters (``max_cloud``,
+``min_valid``) do not count as narrowing: they pass most windows, so they are checked on those
+looked-up rows like the minimum score, and a page they thin out asks the index for more.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class SearchRequest:
     min_score: float = -1.0
     merge: bool = True
     effort: SearchEffort | None = None  # scales the index's tuned search (text queries)
+    collapse: bool = True  # windows with one fingerprint (identical pixels) become one hit
+    prefer: int | None = None  # find similar: the query window represents its identical windows
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Hit:
     row: dict
     score: float
     merged: list[int] = field(default_factory=list)  # window ids merged into this hit
+    identical: list[int] = field(default_factory=list)  # window ids with identical pixels
 
 
 @dataclass
@@ -78,6 +84,10 @@ class SearchPage:
     def merged(self) -> int:
         return sum(len(h.merged) for h in self.hits)
 
+    @property
+    def identical(self) -> int:
+        return sum(len(h.identical) for h in self.hits)
+
     def describe(self) -> dict:
         return {
             "strategy": self.strategy,
@@ -89,13 +99,37 @@ class SearchPage:
 
 
 class _Ranking:
-    """The filtered candidates seen so far and the groups they form."""
+    """The filtered candidates seen so far and the groups they form.
+
+    Windows with one non-NULL fingerprint hold identical pixels, hence identical vectors and
+    scores: the first of them to pass (the best ranked, or ``req.prefer``) stands for all, and
+    the others are listed in ``identical`` instead of ``passing``, before overlaps are merged."""
 
     def __init__(self, req: SearchRequest, settings: SearchSettings, need: int):
         self.req, self.settings, self.need = req, settings, need
         self.rows: dict[int, dict | None] = {}  # None: the window does not pass (or is gone)
         self.passing: list[tuple[int, float]] = []
+        self.identical: dict[int, list[int]] = {}  # kept window id -> the windows collapsed into it
+        self._firsts: dict[int, int] = {}  # fingerprint -> its kept window's position in passing
         self.groups: list = []
+
+    def _add(self, wid: int, score: float) -> None:
+        """One passing candidate (in ranking order): kept, or collapsed into an identical one."""
+        fp = self.rows[wid].get("fingerprint") if self.req.collapse else None
+        if fp is None:  # NULL: not fingerprinted (embedded before 0005), never collapses
+            self.passing.append((wid, score))
+            return
+        at = self._firsts.get(fp)
+        if at is None:
+            self._firsts[fp] = len(self.passing)
+            self.passing.append((wid, score))
+            return
+        kept = self.passing[at][0]
+        if wid == self.req.prefer:  # the query window itself stands for its identical windows
+            self.passing[at] = (wid, self.passing[at][1])
+            self.identical[wid] = [kept, *self.identical.pop(kept, [])]
+        else:
+            self.identical.setdefault(kept, []).append(wid)
 
     def regroup(self) -> None:
         if not self.req.merge:
@@ -114,7 +148,7 @@ class _Ranking:
     async def walk(self, conn: AsyncConnection, candidates: list[tuple[int, float]], clock: _Clock) -> bool:
         """Rank ``candidates`` (best first) until the groups fill ``need``; True when the
         minimum score cut them off (nothing further down can pass)."""
-        self.passing = []
+        self.passing, self.identical, self._firsts = [], {}, {}
         if not candidates:
             self.regroup()
             return False
@@ -132,7 +166,7 @@ class _Ranking:
                     below = True
                     break
                 if self.rows[wid] is not None:
-                    self.passing.append((wid, score))
+                    self._add(wid, score)
             self.regroup()
             if self.full or below:
                 return below
@@ -243,7 +277,7 @@ async def run_search(
     for group in groups:
         wid, score = ranking.passing[group[0]]
         merged = [ranking.passing[i][0] for i in group[1:]] if req.merge else []
-        hits.append(Hit(ranking.rows[wid], score, merged))
+        hits.append(Hit(ranking.rows[wid], score, merged, ranking.identical.get(wid, [])))
     top = ranking.passing[0][1] if ranking.passing else None
     page_full = len(ranking.groups) >= req.offset + req.k
     # More pages while a group beyond this page is known, or while a full page did not use up

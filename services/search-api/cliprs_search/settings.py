@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cliprs.clouds import CLOUDY_SCORE
+
 CLASSIFY_TEMPLATE = "An aerial photograph of {label}"
+# The highest cloud score that is not "cloudy": the largest float32 below CLOUDY_SCORE (the
+# column is a real), so the inclusive max_cloud filter hides exactly the windows the detector
+# calls cloudy (cloud_score >= CLOUDY_SCORE).
+BELOW_CLOUDY = float(np.nextafter(np.float32(CLOUDY_SCORE), np.float32(0)))
 
 
 class SearchSettings(BaseSettings):
@@ -26,6 +34,16 @@ class SearchSettings(BaseSettings):
     max_query_chars: int = 1000
     max_upload_bytes: int = 20 * 1024 * 1024
     max_polygon_vertices: int = 10_000
+
+    # Window quality filters applied when a search does not set them (pass max_cloud=1 and
+    # min_valid=0 to see every window): cloudy windows (cliprs.clouds.CLOUDY_SCORE) and windows
+    # under 90 % imagery are hidden. The embedder skips windows under its own minimum valid
+    # fraction (EMBEDDER_MIN_VALID, 0.9 too); this one matters when that is lowered.
+    default_max_cloud: float = Field(BELOW_CLOUDY, ge=0.0, le=1.0)
+    default_min_valid: float = Field(0.9, ge=0.0, le=1.0)
+    # Identical windows (same fingerprint) collapsed into one hit: at most this many of their ids
+    # are listed (the count is exact).
+    max_identical_ids: int = 100
 
     # The picked shards are first asked for (offset + k) * overfetch / (the filter's estimated
     # selectivity) candidates, so that filters, the minimum score and merging still leave a full

@@ -40,6 +40,7 @@ class ResolvedOptions:
     flt: HitFilter
     min_score: float
     merge: bool
+    collapse: bool
     address: bool
     fingerprint: str
     cursor: cursors.Cursor | None
@@ -62,14 +63,24 @@ def resolve_options(
         zooms=validate_zooms(options.zoom, ctx.core.max_zoom) if options.zoom else None,
         bbox=parse_bbox(options.bbox) if options.bbox else None,
         polygon=parse_polygon(polygon, s.max_polygon_vertices) if polygon is not None else None,
+        max_cloud=s.default_max_cloud if options.max_cloud is None else options.max_cloud,
+        min_valid=s.default_min_valid if options.min_valid is None else options.min_valid,
     )
     fp = cursors.fingerprint(
-        {"query": query, "filter": flt.fingerprint(), "min": options.min_score, "merge": options.merge}
+        {
+            "query": query,
+            "filter": flt.fingerprint(),
+            "min": options.min_score,
+            "merge": options.merge,
+            "collapse": options.collapse,
+        }
     )
     cur = cursors.decode(options.cursor, fp) if options.cursor else None
     if cur and cur.offset + k > s.max_results:
         raise TooLarge(f"results are paged up to {s.max_results} deep; narrow the query or raise min_score")
-    return ResolvedOptions(k, flt, options.min_score, options.merge, options.address, fp, cur)
+    return ResolvedOptions(
+        k, flt, options.min_score, options.merge, options.collapse, options.address, fp, cur
+    )
 
 
 async def text_search(ctx: Context, q: str, options: SearchOptions) -> SearchResults:
@@ -84,7 +95,7 @@ async def similar_search(ctx: Context, window_id: int, options: SearchOptions) -
     started = time.perf_counter()
     opts = resolve_options(ctx, options, {"window_id": window_id})
     vector = window_vector(ctx, window_id)
-    return await _answer(ctx, vector, opts, started, {"window_id": window_id})
+    return await _answer(ctx, vector, opts, started, {"window_id": window_id}, prefer=window_id)
 
 
 async def body_search(ctx: Context, body: SearchBody) -> SearchResults:
@@ -97,7 +108,8 @@ async def body_search(ctx: Context, body: SearchBody) -> SearchResults:
         return await _text(ctx, q, resolve_options(ctx, body, {"q": q}, body.polygon), started)
     query = {"window_id": body.window_id}
     opts = resolve_options(ctx, body, query, body.polygon)
-    return await _answer(ctx, window_vector(ctx, body.window_id), opts, started, query)
+    vector = window_vector(ctx, body.window_id)
+    return await _answer(ctx, vector, opts, started, query, prefer=body.window_id)
 
 
 async def image_search(
@@ -150,8 +162,10 @@ async def _answer(
     text_query: bool = False,
     warnings: list[str] | None = None,
     timings: dict[str, float] | None = None,
+    prefer: int | None = None,
 ) -> SearchResults:
-    """Run the search on one index snapshot and build the GeoJSON answer."""
+    """Run the search on one index snapshot and build the GeoJSON answer (``prefer``: find
+    similar's window, which stands for the windows identical to it)."""
     s = ctx.settings
     index = ctx.index()
     async with ctx.engine.connect() as conn:
@@ -166,6 +180,8 @@ async def _answer(
                 opts.min_score,
                 opts.merge,
                 text_effort(s) if text_query else None,
+                opts.collapse,
+                prefer,
             ),
             s,
             ctx.faiss_pool,
@@ -178,7 +194,14 @@ async def _answer(
         timings["geocode"] = (time.perf_counter() - t) * 1000
     features = [
         hit_feature(
-            h.row, h.score, opts.offset + i + 1, s.tiler_public_url, h.merged if opts.merge else None, place
+            h.row,
+            h.score,
+            opts.offset + i + 1,
+            s.tiler_public_url,
+            h.merged if opts.merge else None,
+            place,
+            identical=h.identical if opts.collapse else None,
+            max_identical_ids=s.max_identical_ids,
         )
         for i, (h, place) in enumerate(zip(page.hits, places, strict=True))
     ]
@@ -221,7 +244,8 @@ async def _answer(
         model=model,
         next_cursor=next_cursor,
         merged=page.merged,
-        filter=FilterReport(**page.describe()),
+        identical=page.identical,
+        filter=FilterReport(**page.describe(), max_cloud=opts.flt.max_cloud, min_valid=opts.flt.min_valid),
         confidence=Confidence(**confidence),
         warning=" ".join(notes) if notes else None,
         timings_ms={k: round(v, 2) for k, v in timings.items()},

@@ -82,9 +82,12 @@ def hit_feature(
     merged: list[int] | None = None,
     place: Place | None = None,
     pixels: bool = False,
+    identical: list[int] | None = None,
+    max_identical_ids: int = 100,
 ) -> HitFeature:
-    """One window row as a GeoJSON feature (``merged``: windows merged into it; ``pixels``: give
-    the window's pixel box in its tile)."""
+    """One window row as a GeoJSON feature (``merged``: windows merged into it; ``identical``:
+    windows with identical pixels collapsed into it, the first ``max_identical_ids`` listed;
+    ``pixels``: give the window's pixel box in its tile)."""
     props = HitProperties(
         window_id=row["id"],
         score=round(float(score), 6),
@@ -94,12 +97,21 @@ def hit_feature(
         tile=TileRef(source=row["source"], z=row["tz"], x=row["tx"], y=row["ty"]),
         center=[round(row["lon"], 7), round(row["lat"], 7)],
         image_url=f"{tiler_url.rstrip('/')}/windows/{row['id']}.png",
+        cloud_score=_fraction(row.get("cloud_score")),
+        valid_fraction=_fraction(row.get("valid_fraction")),
     )
     if merged is not None:
         props.merged, props.merged_ids = len(merged), merged
+    if identical is not None:
+        props.identical, props.identical_ids = len(identical), identical[:max_identical_ids]
     if place is not None:
         props.place = place
         props.address = place.label
     if pixels:
         props.pixels = [row["px_x0"], row["px_y0"], row["px_x1"], row["px_y1"]]
     return HitFeature(type="Feature", id=row["id"], geometry=json.loads(row["footprint"]), properties=props)
+
+
+def _fraction(value: float | None) -> float | None:
+    """A real column's share, rounded to what float32 holds (0.9 stays 0.9, not 0.8999999762)."""
+    return None if value is None else round(float(value), 6)

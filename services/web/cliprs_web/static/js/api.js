@@ -214,9 +214,9 @@ export class SearchApi {
     return names;
   }
 
-  /** `GET /v1/search`: text to image, filtered by area and box. */
-  async search({ q, k, areaId, bbox, cursor, signal }) {
-    const url = this.url("/v1/search", { q, k, area_id: areaId, bbox, cursor });
+  /** `GET /v1/search`: text to image, filtered by area, box and window quality. */
+  async search({ q, k, areaId, bbox, cursor, maxCloud, minValid, signal }) {
+    const url = this.url("/v1/search", { q, k, area_id: areaId, bbox, cursor, max_cloud: maxCloud, min_valid: minValid });
     return collectionOf((await requestJson(url, { signal })).body, url);
   }
 
@@ -225,10 +225,12 @@ export class SearchApi {
    * GeoJSON polygon. Throws `ApiError` with status 404/405 when this API version has no such
    * endpoint.
    */
-  async searchPolygon({ q, windowId, k, areaId, polygon, cursor, signal }) {
+  async searchPolygon({ q, windowId, k, areaId, polygon, cursor, maxCloud, minValid, signal }) {
     const url = this.url("/v1/search");
     const { queryField, polygonField } = this.capabilities;
     const json = { k, [polygonField]: polygon };
+    if (maxCloud !== null && maxCloud !== undefined) json.max_cloud = maxCloud;
+    if (minValid !== null && minValid !== undefined) json.min_valid = minValid;
     if (windowId !== undefined && windowId !== null) json.window_id = Number(windowId);
     else json[queryField] = q;
     if (areaId !== null && areaId !== undefined) json.area_id = Number(areaId);
@@ -237,8 +239,8 @@ export class SearchApi {
   }
 
   /** `POST /v1/search/image`: image to image with an uploaded picture. */
-  async searchImage({ file, k, areaId, bbox, polygon, cursor, signal }) {
-    const url = this.url("/v1/search/image", { k, area_id: areaId, bbox, cursor });
+  async searchImage({ file, k, areaId, bbox, polygon, cursor, maxCloud, minValid, signal }) {
+    const url = this.url("/v1/search/image", { k, area_id: areaId, bbox, cursor, max_cloud: maxCloud, min_valid: minValid });
     const form = new FormData();
     form.append("file", file, file.name || "image");
     if (polygon) form.append("polygon", JSON.stringify(polygon));
@@ -246,9 +248,9 @@ export class SearchApi {
   }
 
   /** `GET /v1/windows/{id}/similar`: find similar to an indexed window. */
-  async similar({ windowId, k, areaId, bbox, cursor, signal }) {
+  async similar({ windowId, k, areaId, bbox, cursor, maxCloud, minValid, signal }) {
     const path = `/v1/windows/${encodeURIComponent(windowId)}/similar`;
-    const url = this.url(path, { k, area_id: areaId, bbox, cursor });
+    const url = this.url(path, { k, area_id: areaId, bbox, cursor, max_cloud: maxCloud, min_valid: minValid });
     return collectionOf((await requestJson(url, { signal })).body, url);
   }
 

@@ -356,6 +356,9 @@ export class AreaForm {
       ),
     ];
     const parts = [head, ...rows];
+    // Windows mostly outside the imagery are not embedded at all: say how many, so the counts add up.
+    const skipped = Number(job.windows_skipped_nodata) || 0;
+    if (skipped > 0) parts.push(element("p", "job__note job__skipped", `${skipped.toLocaleString()} windows skipped (no data)`));
     const stages = formatStages(job.stage_seconds);
     if (stages) parts.push(element("p", "job__note job__stages", stages));
     if (zooms.length) {

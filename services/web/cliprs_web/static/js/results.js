@@ -56,14 +56,39 @@ function scoreText(props) {
   return Number.isFinite(score) ? score.toFixed(3) : "n/a";
 }
 
-/** "zoom 14 · window 123 · 3 windows merged" */
+/** How many windows with identical pixels collapsed into this hit, or 0. */
+export function identicalCount(props) {
+  const n = Number(props?.identical);
+  return Number.isInteger(n) && n > 0 ? n : 0;
+}
+
+/** "zoom 14 · window 123 · merges 3 overlapping · ×2 identical" */
 function metaText(props, id) {
   const parts = [];
   if (props.z !== undefined) parts.push(`zoom ${props.z}`);
   parts.push(`window ${props.window_id ?? id}`);
   const merged = mergedCount(props);
   if (merged) parts.push(`merges ${merged} overlapping`);
+  const identical = identicalCount(props);
+  if (identical) parts.push(`×${identical} identical`);
   return parts.join(" · ");
+}
+
+/** A 0..1 share as a whole percent ("12 %"), or null when unknown. */
+function percent(value) {
+  if (value === null || value === undefined || value === "") return null;
+  const v = Number(value);
+  return Number.isFinite(v) ? `${Math.round(v * 100)} %` : null;
+}
+
+/** "cloud 12 % · valid 95 %": the window's quality where the API knows it, else null. */
+export function qualityText(props) {
+  const parts = [];
+  const cloud = percent(props?.cloud_score);
+  const valid = percent(props?.valid_fraction);
+  if (cloud) parts.push(`cloud ${cloud}`);
+  if (valid) parts.push(`valid ${valid}`);
+  return parts.length ? parts.join(" · ") : null;
 }
 
 function thumbnail(props, size) {
@@ -135,6 +160,8 @@ function resultItem(feature, handlers) {
   const title = element("div", "result__title");
   title.append(element("span", "result__rank", `#${rank}`), scoreLine(props));
   body.append(title, element("div", "result__meta", metaText(props, id)));
+  const quality = qualityText(props);
+  if (quality) body.append(element("div", "result__quality", quality));
   if (address) body.append(element("div", "result__address", address));
   body.append(coordsLine(props));
   const actions = element("div", "result__actions");
@@ -163,6 +190,8 @@ export function hitCard(feature, handlers) {
   title.append(element("strong", null, `#${props.rank ?? "?"}`), " ", scoreLine(props));
   head.append(thumbnail(props, 96), title);
   card.append(head, element("div", "card__meta", metaText(props, id)));
+  const quality = qualityText(props);
+  if (quality) card.append(element("div", "card__meta card__quality", quality));
   const address = addressText(props.address);
   if (address) card.append(element("div", "card__address", address));
   card.append(coordsLine(props));

@@ -1,7 +1,7 @@
 /**
  * Searching: text, image and "find similar" requests, the restriction to an area or a drawn
- * shape, the sensitivity slider (minimum score, filtering live), paging, the result list with
- * its pins, and the GeoJSON download.
+ * shape, the window quality filters (max cloud, min imagery), the sensitivity slider (minimum
+ * score, filtering live), paging, the result list with its pins, and the GeoJSON download.
  */
 
 import { ApiError } from "./api.js";
@@ -21,6 +21,17 @@ function describe(err) {
 /** Floor/ceil to 3 decimals, the slider's resolution. */
 const floor3 = (v) => Math.floor(v * 1000) / 1000;
 const ceil3 = (v) => Math.ceil(v * 1000) / 1000;
+
+/**
+ * A quality filter's default as the API reported it, for its "Default" option: "under 50 %"
+ * when it sits just below a whole percent (max cloud hides the detector's cloudy windows).
+ */
+export function defaultShareText(value) {
+  const pct = value * 100;
+  const whole = Math.round(pct);
+  if (Math.abs(pct - whole) > 1e-3) return `${pct.toFixed(1)} %`;
+  return `${pct < whole ? "under " : ""}${whole} %`;
+}
 
 /**
  * @typedef {{kind: "text", q: string} | {kind: "image", file: File} | {kind: "similar", windowId: number|string}} Query
@@ -50,6 +61,8 @@ export class SearchController {
       useView: document.getElementById("restrict-view"),
       clearShape: document.getElementById("restrict-clear"),
       restriction: document.getElementById("restriction"),
+      maxCloud: document.getElementById("max-cloud"),
+      minValid: document.getElementById("min-valid"),
       slider: document.getElementById("min-score"),
       sliderValue: document.getElementById("min-score-value"),
       status: document.getElementById("status"),
@@ -70,6 +83,8 @@ export class SearchController {
     this.threshold = null;
     this.meta = null;
     this.inFlight = null;
+    /** The API's default quality filters, learned from the first answer that applied them. */
+    this.qualityDefaults = { maxCloud: null, minValid: null };
     this.wire();
   }
 
@@ -110,6 +125,8 @@ export class SearchController {
       this.applyThreshold();
     });
     els.area.addEventListener("change", () => this.rerun());
+    els.maxCloud.addEventListener("change", () => this.rerun());
+    els.minValid.addEventListener("change", () => this.rerun());
     els.drawBox.addEventListener("click", () => this.drawShape("box", els.drawBox));
     els.drawPolygon.addEventListener("click", () => this.drawShape("polygon", els.drawPolygon));
     els.useView.addEventListener("click", () => {
@@ -203,24 +220,47 @@ export class SearchController {
   }
 
   /**
+   * The quality filters to send: the chosen values, or the API's defaults once an answer has
+   * reported them (null: not known yet, so the API applies its defaults unasked).
+   */
+  quality() {
+    const pick = (select, fallback) => (select.value === "" ? fallback : Number(select.value));
+    return {
+      maxCloud: pick(this.els.maxCloud, this.qualityDefaults.maxCloud),
+      minValid: pick(this.els.minValid, this.qualityDefaults.minValid),
+    };
+  }
+
+  /** Learn the API's defaults from an answer to a search that left them to it. */
+  learnQualityDefaults(filter, sent) {
+    const learn = (key, select, reported) => {
+      if (select.value !== "" || sent[key] !== null || !Number.isFinite(reported)) return;
+      this.qualityDefaults[key] = reported;
+      select.options[0].textContent = `Default (${defaultShareText(reported)})`;
+    };
+    learn("maxCloud", this.els.maxCloud, filter?.max_cloud);
+    learn("minValid", this.els.minValid, filter?.min_valid);
+  }
+
+  /**
    * Send the query with the current filters. A polygon goes in the JSON body of POST /v1/search
    * where the API has it; elsewhere the search falls back to the polygon's box and says so.
    */
-  async request(query, { k, cursor, signal }) {
+  async request(query, { k, cursor, signal, quality }) {
     const areaId = this.els.area.value || null;
     const shape = this.shape;
     const caps = this.api.capabilities;
     if (shape?.kind === "polygon") {
       const polygon = shape.geometry;
       if (query.kind === "image" && caps.polygonImage) {
-        return { body: await this.api.searchImage({ file: query.file, k, areaId, polygon, cursor, signal }), note: null };
+        return { body: await this.api.searchImage({ file: query.file, k, areaId, polygon, cursor, ...quality, signal }), note: null };
       }
       // null: the API's abilities are unknown, so try and fall back on 404/405.
       const viaBody = query.kind === "text" ? caps.polygonSearch !== false : query.kind === "similar" && caps.polygonSimilar;
       if (viaBody) {
         try {
           const args = query.kind === "text" ? { q: query.q } : { windowId: query.windowId };
-          return { body: await this.api.searchPolygon({ ...args, k, areaId, polygon, cursor, signal }), note: null };
+          return { body: await this.api.searchPolygon({ ...args, k, areaId, polygon, cursor, ...quality, signal }), note: null };
         } catch (err) {
           if (!(err instanceof ApiError && [404, 405].includes(err.status))) throw err;
         }
@@ -230,7 +270,7 @@ export class SearchController {
       shape?.kind === "polygon"
         ? "This search API cannot filter this search by polygon, so the polygon's bounding box was searched instead."
         : null;
-    const params = { k, areaId, bbox: shape ? bboxParam(shape.bbox) : null, cursor, signal };
+    const params = { k, areaId, bbox: shape ? bboxParam(shape.bbox) : null, cursor, ...quality, signal };
     if (query.kind === "text") return { body: await this.api.search({ ...params, q: query.q }), note };
     if (query.kind === "image") return { body: await this.api.searchImage({ ...params, file: query.file }), note };
     return { body: await this.api.similar({ ...params, windowId: query.windowId }), note };
@@ -252,8 +292,10 @@ export class SearchController {
     setStatus(els.status, `Searching for ${this.label(query)}…`);
     const started = performance.now();
     try {
-      const { body, note } = await this.request(query, { k: append ? this.k : k, cursor, signal: controller.signal });
+      const quality = this.quality();
+      const { body, note } = await this.request(query, { k: append ? this.k : k, cursor, signal: controller.signal, quality });
       if (this.inFlight !== controller) return;
+      this.learnQualityDefaults(body.filter, quality);
       this.errors.clear("search");
       const roundTrip = performance.now() - started;
       const incoming = [...body.features].sort((a, b) => (a.properties?.rank ?? 0) - (b.properties?.rank ?? 0));
@@ -398,6 +440,8 @@ export class SearchController {
       features,
       query,
       min_score: this.threshold,
+      max_cloud: this.quality().maxCloud,
+      min_valid: this.quality().minValid,
       area_id: this.els.area.value ? Number(this.els.area.value) : null,
       restricted_to: this.shape ? this.shape.geometry : null,
       model: this.meta?.model ?? null,

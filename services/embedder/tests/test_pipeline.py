@@ -231,9 +231,7 @@ def test_a_worker_with_another_window_configuration_refuses_the_job(
     assert job_row(core_settings, job_id)["window_config"] == SETTINGS.window_config()
 
 
-def test_no_data_windows_are_skipped_counted_and_quality_stored(
-    core_settings, embedder, tile_images
-) -> None:
+def test_no_data_windows_are_skipped_counted_and_quality_stored(core_settings, embedder, tile_images) -> None:
     # A scene edge: the left 100 px of a real tile are transparent (its RGB is left as it was);
     # the same tile fully opaque at another place; and a tile with no imagery at all.
     rgba = np.asarray(tile_images[TILES[0]].convert("RGBA")).copy()

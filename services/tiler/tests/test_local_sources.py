@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
+from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
 from cliprs.errors import InvalidInput
@@ -196,3 +197,58 @@ async def test_source_pool_opens_each_source_once(tmp_path: Path) -> None:
         first.db.execute("SELECT 1")
     with pytest.raises(InvalidInput, match="unknown tile source"):
         pool.get("b")
+
+
+@pytest.mark.parametrize("marking", ["nodata", "mask", "alpha"])
+async def test_raster_no_data_becomes_transparent_and_the_embedder_reads_it(
+    tmp_path: Path, marking: str
+) -> None:
+    """A raster whose west half is no-data (by a nodata value, an internal mask or an alpha
+    band) gives PNG tiles transparent there, and the decoder counts those pixels as no-data."""
+    from cliprs_embedder.decode import decode_tile
+
+    bands = np.full((3, 200, 200), 120, np.uint8)
+    bands[1] = 160
+    bands[:, :, :100] = 7  # what the no-data pixels hold: must not leak into the tile
+    path = tmp_path / "edge.tif"
+    bounds = (10.0, 45.0, 10.2, 45.2)
+    count = 4 if marking == "alpha" else 3
+    west, south, east, north = bounds
+    transform = Affine((east - west) / 200, 0.0, west, 0.0, -(north - south) / 200, north)
+    profile = dict(driver="GTiff", width=200, height=200, count=count, dtype="uint8", crs="EPSG:4326")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(
+            path, "w", transform=transform, **profile, **({"nodata": 7} if marking == "nodata" else {})
+        ) as dst:
+            dst.write(bands, indexes=[1, 2, 3])
+            valid = np.zeros((200, 200), np.uint8)
+            valid[:, 100:] = 255
+            if marking == "alpha":
+                dst.write(valid, 4)
+                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+            elif marking == "mask":
+                dst.write_mask(valid)
+    src = source(f"geotiff://{path}")
+    t = mercantile.tile(10.1, 45.1, 11)
+    try:
+        got = await src.fetch(t.z, t.x, t.y)
+    finally:
+        await src.aclose()
+    rgba = np.asarray(Image.open(io.BytesIO(got.data)))
+    assert rgba.shape == (256, 256, 4)
+    alpha = rgba[..., 3]
+    b = mercantile.bounds(t)
+    edge = round((10.1 - b.west) / (b.east - b.west) * 256)  # column of lon 10.1
+    rows = slice(
+        round((b.north - 45.19) / (b.north - b.south) * 256),
+        round((b.north - 45.01) / (b.north - b.south) * 256),
+    )
+    assert (alpha[rows, edge + 3 : edge + 20] == 255).all()  # data: opaque
+    assert (alpha[rows, : edge - 3] == 0).all()  # no-data (and off the raster): transparent
+    assert (rgba[rows, edge + 3 : edge + 20, :3] == [120, 160, 120]).all()
+    tile_file = tmp_path / "tile.png"
+    tile_file.write_bytes(got.data)
+    decoded = decode_tile(tile_file, (1.0,), 0.25)
+    assert decoded.valid_fraction is not None
+    assert decoded.valid_fraction[0] == pytest.approx((alpha >= 128).mean())
+    assert 0 < decoded.valid_fraction[0] < 0.5

@@ -8,6 +8,7 @@ from geoalchemy2 import Geometry
 from sqlalchemy import (
     REAL,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -132,3 +133,74 @@ class IndexVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # When the indexer removed the version's manifest (no searcher held it any more).
     removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Project(Base):
+    """A named investigation over one or more areas (see migration 0006)."""
+
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    query: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ProjectArea(Base):
+    __tablename__ = "project_areas"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Label(Base):
+    """A window marked positive or negative in a project."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("project_id", "window_id"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    window_id: Mapped[int] = mapped_column(ForeignKey("windows.id", ondelete="CASCADE"))
+    positive: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
+class DetectRun(Base):
+    """A classifier trained on a project's labels and run over every window of its areas."""
+
+    __tablename__ = "detect_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # queued -> running -> done | failed
+    state: Mapped[str] = mapped_column(String(20), server_default=text("'queued'"))
+    threshold: Mapped[float] = mapped_column(REAL, server_default=text("0.5"))
+    model: Mapped[dict | None] = mapped_column(JSONB)
+    histogram: Mapped[dict | None] = mapped_column(JSONB)
+    estimate: Mapped[dict | None] = mapped_column(JSONB)
+    windows_scored: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    hits: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    stage_seconds: Mapped[dict[str, float]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RunHit(Base):
+    __tablename__ = "run_hits"
+    run_id: Mapped[int] = mapped_column(ForeignKey("detect_runs.id", ondelete="CASCADE"), primary_key=True)
+    window_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    score: Mapped[float] = mapped_column(REAL)
+
+
+class RunPolygon(Base):
+    __tablename__ = "run_polygons"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("detect_runs.id", ondelete="CASCADE"), index=True)
+    z: Mapped[int] = mapped_column(SmallInteger)
+    geom = mapped_column(Geometry("MULTIPOLYGON", srid=4326), nullable=False)
+    area_m2: Mapped[float] = mapped_column(Float)
+    max_score: Mapped[float] = mapped_column(REAL)
+    mean_score: Mapped[float] = mapped_column(REAL)
+    window_count: Mapped[int] = mapped_column(Integer)
+    window_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))

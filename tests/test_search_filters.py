@@ -25,6 +25,7 @@ from cliprs_search.index import IndexHolder, LoadedIndex
 from cliprs_search.merge import merge_overlapping
 from cliprs_search.search import SearchRequest, run_search
 from cliprs_search.settings import SearchSettings
+from cliprs_testing.factories import window_quality
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
@@ -336,23 +337,8 @@ def quality(world: World, pg_url: str) -> Iterator[Quality]:
         }
         for wid, c, v, f in zip(world.area.ids, cloud, valid, fingerprint, strict=True)
     ]
-    engine = sync_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"),
-            rows,
-        )
-    try:
+    with window_quality(sync_engine(pg_url), {r["id"]: (r["c"], r["v"], r["f"]) for r in rows}):
         yield Quality(cloud, valid, fingerprint)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE windows SET cloud_score = NULL, valid_fraction = NULL, fingerprint = NULL "
-                    "WHERE id = ANY(:ids)"
-                ),
-                {"ids": world.area.ids.tolist()},
-            )
 
 
 def collapse_brute_force(world: World, q: np.ndarray, keep: np.ndarray, fp: np.ndarray, k: int) -> list[int]:

@@ -8,9 +8,10 @@ coordinates unless given, so the rows agree with each other the way the services
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from cliprs.tiles import BBox, tile_polygon_wkt
 
@@ -119,3 +120,31 @@ def make_job(conn: Connection, area_id: int, *, state: str | None = None) -> int
         text("INSERT INTO ingest_jobs (area_id, state) VALUES (:a, :s) RETURNING id"),
         {"a": area_id, "s": state},
     ).scalar_one()
+
+
+@contextmanager
+def window_quality(
+    engine: Engine, values: Mapping[int, tuple[float | None, float | None, int | None]]
+) -> Iterator[None]:
+    """Set windows' (cloud_score, valid_fraction, fingerprint), by window id, for the block;
+    each window gets back what it had before (shared rows of other tests stay as they were)."""
+    ids = [int(i) for i in values]
+    with engine.begin() as conn:
+        before = conn.execute(
+            text("SELECT id, cloud_score, valid_fraction, fingerprint FROM windows WHERE id = ANY(:ids)"),
+            {"ids": ids},
+        ).all()
+        conn.execute(SET_QUALITY, [{"id": int(w), "c": c, "v": v, "f": f} for w, (c, v, f) in values.items()])
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                SET_QUALITY,
+                [{"id": r.id, "c": r.cloud_score, "v": r.valid_fraction, "f": r.fingerprint} for r in before],
+            )
+
+
+SET_QUALITY = text(
+    "UPDATE windows SET cloud_score = :c, valid_fraction = :v, fingerprint = :f WHERE id = :id"
+)

@@ -71,6 +71,10 @@ bench-web: install infra ## Web map in headless Chromium: page weight, load time
 soak: install infra ## Ingest areas while workers are killed and Redis/PostgreSQL restarted (SOAK_ARGS="--minutes 10"): windows lost and duplicates must be 0
 	@$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
+.PHONY: bench-detect
+bench-detect: install infra ## Detect: train + score 3M synthetic windows from float16 shards (target <= 10 s) and the water precision/recall on the demo scene
+	@$(PY) benchmarks/bench_detect.py
+
 .PHONY: bench-clouds
 bench-clouds: install infra ## Cloud detector on the cloudy Landsat 8 scene: per-window precision/recall vs its BQA band, false alarms on a clear scene, ms per tile
 	@$(PY) benchmarks/bench_clouds.py

@@ -15,6 +15,11 @@ class NotFound(ClipRSError):
     """The thing asked for does not exist."""
 
 
+class Conflict(ClipRSError):
+    """The request is valid but the thing is not in a state that allows it (e.g. a run that is
+    not done yet); the message says what to wait for or do first."""
+
+
 class TooLarge(ClipRSError):
     """The request is valid but exceeds a configured limit."""
 

@@ -21,6 +21,7 @@ TASK_DELETE_AREA = "indexer.delete_area"
 TASK_REBUILD = "indexer.rebuild"
 TASK_GC = "indexer.gc"
 TASK_RETUNE = "indexer.retune"
+TASK_DETECT_RUN = "indexer.detect_run"  # args: [run_id]; train, score every window, polygons
 
 QUEUE_OF = {
     TASK_FETCH_AREA: "tiles",
@@ -30,6 +31,7 @@ QUEUE_OF = {
     TASK_REBUILD: "index",
     TASK_GC: "index",
     TASK_RETUNE: "index",
+    TASK_DETECT_RUN: "index",
 }
 
 

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cliprs.errors import ClipRSError, InvalidInput, NotFound, TooLarge, Unavailable
+from cliprs.errors import ClipRSError, Conflict, InvalidInput, NotFound, TooLarge, Unavailable
 
 log = logging.getLogger("cliprs_http")
 
@@ -33,6 +33,7 @@ RETRY_AFTER_S = 5
 ERROR_STATUS: dict[type[ClipRSError], tuple[int, str]] = {
     InvalidInput: (400, "invalid_input"),
     NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
     TooLarge: (422, "too_large"),
     Unavailable: (503, "unavailable"),
 }

@@ -26,6 +26,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     503: {"model": ErrorResponse, "description": "A dependency is unavailable; retry after Retry-After"},
 }
+# For endpoints that need a finished detection run.
+RUN_NOT_DONE: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "The run is not done (queued, running or failed): conflict"},
+}
 
 
 class Health(BaseModel):

@@ -11,6 +11,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_DELETE_AREA,
+    TASK_DETECT_RUN,
     TASK_GC,
     TASK_INDEX_AREA,
     TASK_REBUILD,
@@ -24,6 +25,7 @@ from cliprs.settings import CoreSettings
 from cliprs_indexer import repository
 from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due
 from cliprs_indexer.build import retune as retune_codec
+from cliprs_indexer.detect import run_detect
 from cliprs_indexer.maintenance import analyze_windows, garbage_collect
 from cliprs_indexer.maintenance import delete_area as delete_area_rows
 from cliprs_indexer.maintenance import rebuild as rebuild_index
@@ -129,3 +131,10 @@ def retune() -> dict:
 def gc(retries_left: int = GC_RETRIES) -> dict:
     """Remove index versions no searcher holds any more."""
     return _collect_garbage(retries_left)
+
+
+@app.task(name=TASK_DETECT_RUN, **RETRY_TRANSIENT)
+def detect_run(run_id: int) -> dict:
+    """Train the run's classifier on its project's labels, score every window of the project's
+    areas, store the scores, histogram, hits and polygons (`cliprs_indexer.detect`)."""
+    return run_detect(core, run_id)

@@ -20,7 +20,7 @@ from cliprs_search.context import Context
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.geocode import make_geocoder
 from cliprs_search.index import IndexHolder, Registration
-from cliprs_search.routes import analysis, areas, health, search
+from cliprs_search.routes import analysis, areas, exports, health, projects, runs, search
 from cliprs_search.settings import SearchSettings
 
 __all__ = ["create_app"]
@@ -102,6 +102,6 @@ def create_app(
     )
     install_error_handlers(app)
     app.state.ctx = ctx
-    for module in (search, analysis, areas, health):
+    for module in (search, analysis, areas, health, projects, exports, runs):
         app.include_router(module.router)
     return app

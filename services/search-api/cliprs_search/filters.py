@@ -19,6 +19,9 @@ from cliprs.tiles import parse_polygon as parse_area_polygon
 @dataclass
 class HitFilter:
     area_id: int | None = None
+    # Several areas (a project's): a window passes when it belongs to any of them. The index
+    # picks shards by ``area_id`` only, so a single area is best given as ``area_id``.
+    area_ids: list[int] | None = None
     zooms: list[int] | None = None
     bbox: BBox | None = None
     polygon: Polygon | MultiPolygon | None = None
@@ -53,7 +56,7 @@ class HitFilter:
 
     def fingerprint(self) -> dict:
         """What identifies the filter in a pagination cursor."""
-        return {
+        out = {
             "area": self.area_id,
             "zooms": sorted(self.zooms) if self.zooms else None,
             "bbox": self.bbox.as_list() if self.bbox else None,
@@ -61,6 +64,9 @@ class HitFilter:
             "max_cloud": self.max_cloud,
             "min_valid": self.min_valid,
         }
+        if self.area_ids:  # only when set: cursors of filters without it keep their fingerprint
+            out["areas"] = sorted(self.area_ids)
+        return out
 
 
 def parse_polygon(geojson: dict, max_vertices: int) -> Polygon | MultiPolygon:

@@ -57,6 +57,12 @@ def filter_where(flt: HitFilter) -> tuple[str, dict[str, Any]]:
             "WHERE at.tile_id = w.tile_id AND at.area_id = :area AND ST_Intersects(w.footprint, a.bbox))"
         )
         params["area"] = flt.area_id
+    if flt.area_ids:
+        where.append(
+            "EXISTS (SELECT 1 FROM area_tiles at JOIN areas a ON a.id = at.area_id "
+            "WHERE at.tile_id = w.tile_id AND at.area_id = ANY(:areas) AND ST_Intersects(w.footprint, a.bbox))"
+        )
+        params["areas"] = list(flt.area_ids)
     if flt.zooms:
         where.append("w.z = ANY(:zooms)")
         params["zooms"] = flt.zooms

@@ -1,0 +1,101 @@
+"""Detection runs: what the indexer (which scores) and the search-api (which re-thresholds) share.
+
+A run's scores (window ids and float16 probabilities) live in ``{data_dir}/runs/{run_id}.npz``;
+its histogram (``HIST_BINS`` bins on 0..1) lives in ``detect_runs.histogram``. Thresholds are
+snapped to the histogram's grid (multiples of 1/HIST_BINS, i.e. 0.001) and a window is a hit when
+its score's bin is at or above the threshold's bin, so the count the histogram gives at a
+threshold is exactly the number of rows that applying it writes to ``run_hits``.
+
+The SQL that dissolves a run's hits into ``run_polygons`` is here too, so both sides run the
+same statement (PostGIS does the geometry).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cliprs.fsutil import atomic_path
+
+HIST_BINS = 1000
+
+# Replaces a run's polygons from its current run_hits: per zoom level, hits whose footprints
+# intersect or touch form one cluster (ST_ClusterDBSCAN with one point per cluster is
+# ST_ClusterIntersecting as a window function), and each cluster's footprints are unioned into
+# one (multi)polygon; its area is measured on the spheroid (geography). Neighbouring tiles'
+# footprints are computed tile by tile, so a shared edge can differ in the last bits: clusters
+# use a tolerance of SNAP_DEG (about a millimetre) and the union snaps to that grid, so
+# touching windows merge and no hairline slivers remain.
+SNAP_DEG = 1e-8
+DELETE_POLYGONS_SQL = "DELETE FROM run_polygons WHERE run_id = :run_id"
+INSERT_POLYGONS_SQL = """
+INSERT INTO run_polygons (run_id, z, geom, area_m2, max_score, mean_score, window_count, window_ids)
+SELECT :run_id, z, geom, ST_Area(geom::geography), max_score, mean_score, window_count, window_ids
+FROM (
+    SELECT z, ST_Multi(ST_Union(ST_SnapToGrid(footprint, 1e-8))) AS geom, max(score) AS max_score,
+           avg(score) AS mean_score, count(*) AS window_count,
+           array_agg(window_id ORDER BY window_id) AS window_ids
+    FROM (
+        SELECT h.window_id, h.score, w.z, w.footprint,
+               ST_ClusterDBSCAN(w.footprint, 1e-8, 1) OVER (PARTITION BY w.z) AS cluster
+        FROM run_hits h JOIN windows w ON w.id = h.window_id
+        WHERE h.run_id = :run_id
+    ) clustered
+    GROUP BY z, cluster
+) dissolved
+"""
+
+
+def snap_threshold(threshold: float) -> float:
+    """The threshold on the histogram's grid (0.001 steps), within [0, 1]."""
+    if not math.isfinite(threshold):
+        raise ValueError("a threshold must be a finite number between 0 and 1")
+    return round(min(1.0, max(0.0, float(threshold))) * HIST_BINS) / HIST_BINS
+
+
+def bins_of(scores: np.ndarray) -> np.ndarray:
+    """Each score's histogram bin (a score of exactly 1 falls in the last bin)."""
+    b = np.floor(np.asarray(scores, dtype=np.float64) * HIST_BINS).astype(np.int64)
+    return np.clip(b, 0, HIST_BINS - 1)
+
+
+def threshold_bin(threshold: float) -> int:
+    """The first bin at or above ``threshold`` (1.0 means the last bin: scores of 0.999 and up)."""
+    return min(round(snap_threshold(threshold) * HIST_BINS), HIST_BINS - 1)
+
+
+def histogram(scores: np.ndarray) -> list[int]:
+    """Counts of scores per bin (``HIST_BINS`` bins of width 0.001 on 0..1)."""
+    return np.bincount(bins_of(scores), minlength=HIST_BINS).astype(np.int64).tolist()
+
+
+def count_at(hist: Sequence[int], threshold: float) -> int:
+    """Windows whose score is at or above ``threshold`` (snapped to the grid)."""
+    return int(sum(hist[threshold_bin(threshold) :]))
+
+
+def hits_at(ids: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scores) of the windows at or above ``threshold`` (by bin, as `count_at` counts)."""
+    keep = bins_of(scores) >= threshold_bin(threshold)
+    return np.asarray(ids)[keep], np.asarray(scores)[keep]
+
+
+def scores_path(data_dir: Path, run_id: int) -> Path:
+    return Path(data_dir) / "runs" / f"{int(run_id)}.npz"
+
+
+def write_scores(path: Path, ids: np.ndarray, scores: np.ndarray) -> None:
+    """Write a run's scores atomically: ``ids`` int64 and ``scores`` float16 (what is stored is
+    what later thresholds read, so they are rounded to float16 before anything else uses them)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, ids=np.asarray(ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float16))
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64, scores float16) of a run; FileNotFoundError when the file is gone."""
+    with np.load(path) as data:
+        return data["ids"], data["scores"]

@@ -1,0 +1,174 @@
+"""Detection runs: start one (the indexer trains and scores), read it, counts at thresholds from
+its histogram, a new threshold, and its polygons.
+
+A new threshold is applied here, synchronously: the run's scores file (`cliprs.runs`) is read,
+the hits at the new threshold replace the old ones and PostGIS dissolves them again. Reading the
+file and selecting the hits is milliseconds for a million windows; writing the hits and
+dissolving them grows with the hits (about a second per ten thousand hits on one core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from cliprs import runs
+from cliprs.errors import Conflict, InvalidInput, NotFound, Unavailable
+from cliprs.queue import TASK_DETECT_RUN, enqueue
+from cliprs_http.schemas import Feature
+from cliprs_search import runs_repository as repo
+from cliprs_search.context import Context
+from cliprs_search.runs_schemas import (
+    Run,
+    RunCounts,
+    RunPolygons,
+    RunRequest,
+    ThresholdCount,
+    ThresholdRequest,
+)
+
+MAX_THRESHOLDS = 100
+MAX_POLYGON_PAGE = 5000
+
+
+def _run(row: dict) -> Run:
+    row = dict(row)
+    for key in ("estimate", "model", "stage_seconds"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    row["stage_seconds"] = row.get("stage_seconds") or {}
+    row["threshold"] = runs.snap_threshold(row["threshold"])  # stored as real: 0.3 reads 0.30000001
+    return Run(**row)
+
+
+async def create_run(ctx: Context, project_id: int, body: RunRequest) -> Run:
+    """Check the project can be trained on, record a queued run and queue the indexer's task."""
+    async with ctx.engine.connect() as conn:
+        facts = await repo.project_facts(conn, project_id)
+    if facts is None:
+        raise NotFound(f"no project {project_id}")
+    if not facts["area_ids"]:
+        raise InvalidInput(
+            f"project {project_id} has no areas; add one (PATCH /v1/projects/{project_id} with area_ids)"
+        )
+    missing = [name for name in ("positive", "negative") if facts[name] == 0]
+    if missing:
+        raise InvalidInput(
+            f"project {project_id} has {facts['positive']} positive and {facts['negative']} negative labels; "
+            f"Detect needs at least one of each: label some {' and '.join(missing)} windows with "
+            f"POST /v1/projects/{project_id}/labels (window_id, positive)"
+        )
+    async with ctx.engine.begin() as conn:
+        run_id = await repo.insert_run(conn, project_id, runs.snap_threshold(body.threshold))
+    try:
+        await asyncio.to_thread(enqueue, ctx.celery, TASK_DETECT_RUN, [run_id])
+    except Unavailable:
+        # Nothing will ever run it: take it back, so the 503 means "nothing happened".
+        async with ctx.engine.begin() as conn:
+            await repo.delete_run(conn, run_id)
+        raise
+    return await get_run(ctx, run_id)
+
+
+async def get_run(ctx: Context, run_id: int) -> Run:
+    async with ctx.engine.connect() as conn:
+        row = await repo.run(conn, run_id)
+    if row is None:
+        raise NotFound(f"no run {run_id}")
+    return _run(row)
+
+
+def _require_done(run: Run) -> None:
+    if run.state != "done":
+        hint = (
+            f"it failed: {run.error}" if run.state == "failed" else "poll GET /v1/runs/{id} until it is done"
+        )
+        raise Conflict(f"run {run.id} is {run.state}, not done; {hint}")
+
+
+async def counts(ctx: Context, run_id: int, thresholds: list[float], with_histogram: bool) -> RunCounts:
+    """Hits at each threshold (default: 0.1, 0.2, ... 0.9) from the histogram."""
+    run = await get_run(ctx, run_id)
+    _require_done(run)
+    if len(thresholds) > MAX_THRESHOLDS:
+        raise InvalidInput(f"at most {MAX_THRESHOLDS} thresholds per request")
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise InvalidInput("thresholds are probabilities between 0 and 1")
+    async with ctx.engine.connect() as conn:
+        hist = await repo.histogram(conn, run_id)
+    if isinstance(hist, str):
+        hist = json.loads(hist)
+    wanted = thresholds or [round(0.1 * i, 1) for i in range(1, 10)]
+    return RunCounts(
+        run_id=run_id,
+        windows_scored=run.windows_scored,
+        bins=runs.HIST_BINS,
+        counts=[
+            ThresholdCount(threshold=runs.snap_threshold(t), count=runs.count_at(hist, t)) for t in wanted
+        ],
+        histogram=hist if with_histogram else None,
+    )
+
+
+async def set_threshold(ctx: Context, run_id: int, body: ThresholdRequest) -> Run:
+    """Apply a new threshold: hits and polygons re-derived from the stored scores."""
+    run = await get_run(ctx, run_id)
+    _require_done(run)
+    threshold = runs.snap_threshold(body.threshold)
+    started = time.perf_counter()
+    try:
+        ids, scores = await asyncio.to_thread(runs.read_scores, runs.scores_path(ctx.core.data_dir, run_id))
+    except FileNotFoundError:
+        raise Unavailable(
+            f"the scores of run {run_id} are not readable from this search-api's data dir; "
+            "it must share CLIPRS_DATA_DIR with the indexer"
+        ) from None
+    hit_ids, hit_scores = runs.hits_at(ids, scores, threshold)
+    async with ctx.engine.begin() as conn:
+        locked = await repo.run(conn, run_id, lock=True)  # one re-threshold of a run at a time
+        if locked is None:
+            raise NotFound(f"no run {run_id}")
+        await repo.replace_hits(conn, run_id, hit_ids, hit_scores)
+        await repo.set_threshold(conn, run_id, threshold, len(hit_ids), time.perf_counter() - started)
+    return await get_run(ctx, run_id)
+
+
+async def polygons(ctx: Context, run_id: int, limit: int, offset: int) -> RunPolygons:
+    """A page of the run's polygons as GeoJSON features, best first."""
+    run = await get_run(ctx, run_id)
+    _require_done(run)
+    if not 1 <= limit <= MAX_POLYGON_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_POLYGON_PAGE}")
+    if offset < 0:
+        raise InvalidInput("offset must be 0 or more")
+    async with ctx.engine.connect() as conn:
+        total = await repo.polygon_count(conn, run_id)
+        rows = await repo.polygons(conn, run_id, limit, offset)
+    features = [
+        Feature(
+            id=r["id"],
+            geometry=json.loads(r["geometry"]),
+            properties={
+                "polygon_id": r["id"],
+                "z": r["z"],
+                "area_m2": r["area_m2"],
+                "max_score": r["max_score"],
+                "mean_score": r["mean_score"],
+                "window_count": r["window_count"],
+                "window_ids": list(r["window_ids"]),
+                "point": [r["lon"], r["lat"]],
+            },
+        )
+        for r in rows
+    ]
+    after = offset + len(rows)
+    return RunPolygons(
+        features=features,
+        run_id=run_id,
+        threshold=run.threshold,
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=after if after < total else None,
+    )

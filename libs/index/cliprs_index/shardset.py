@@ -16,7 +16,7 @@ vectors by id and unbiased samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +89,17 @@ class ShardSet:
         area_id: int | None = None,
         zooms: Sequence[int] | None = None,
         bounds: tuple[float, float, float, float] | None = None,
+        area_ids: Collection[int] | None = None,
     ) -> list[int]:
-        """Positions of the shards that can hold a window of ``area_id``, at one of ``zooms``,
-        touching ``bounds`` (west, south, east, north); the others cannot match the filter."""
+        """Positions of the shards that can hold a window of ``area_id`` (or of one of
+        ``area_ids``), at one of ``zooms``, touching ``bounds`` (west, south, east, north); the
+        others cannot match the filter."""
         wanted = set(zooms or ())
+        areas = {area_id} if area_id is not None else set(area_ids) if area_ids is not None else None
         out = []
         for i, s in enumerate(self.shards):
             m = s.meta
-            if area_id is not None and area_id not in m.area_ids:
+            if areas is not None and areas.isdisjoint(m.area_ids):
                 continue
             if wanted and m.zooms and not wanted.intersection(m.zooms):
                 continue
@@ -105,9 +108,10 @@ class ShardSet:
             out.append(i)
         return out
 
-    def exclusive(self, picked: Sequence[int], area_id: int) -> bool:
-        """True when every picked shard holds windows of ``area_id`` only."""
-        return all(self.shards[i].meta.area_ids == [area_id] for i in picked)
+    def exclusive(self, picked: Sequence[int], area_id: int | Collection[int]) -> bool:
+        """True when every picked shard holds windows of ``area_id`` (or of those areas) only."""
+        areas = {area_id} if isinstance(area_id, int) else set(area_id)
+        return all(set(self.shards[i].meta.area_ids) <= areas for i in picked)
 
     # ---------------------------------------------------------------- search
 

@@ -298,6 +298,11 @@ def test_pick_by_area_zoom_and_bounds(written: Written) -> None:
     assert shardset.pick(area_id=3, bounds=(0.0, 0.0, 1.0, 1.0)) == []
     assert shardset.exclusive([0], 1) and shardset.exclusive([2], 3)
     assert not shardset.exclusive([0, 1], 1)
+    # Several areas (a project's): any of them.
+    assert shardset.pick(area_ids=[2, 3]) == [1, 2]
+    assert shardset.pick(area_ids=[1]) == shardset.pick(area_id=1)
+    assert shardset.pick(area_ids=[99]) == []
+    assert shardset.exclusive([1, 2], [1, 2, 3]) and not shardset.exclusive([1, 2], [2, 3])
     # A search restricted to the picked shards returns only their windows.
     got = shardset.search(written.queries[0], 50, picked=shardset.pick(area_id=3))
     assert np.isin([w for w, _ in got], written.parts[2][0]).all() and len(got) == 50

@@ -19,8 +19,7 @@ from cliprs.tiles import parse_polygon as parse_area_polygon
 @dataclass
 class HitFilter:
     area_id: int | None = None
-    # Several areas (a project's): a window passes when it belongs to any of them. The index
-    # picks shards by ``area_id`` only, so a single area is best given as ``area_id``.
+    # Several areas (a project's): a window passes when it belongs to any of them.
     area_ids: list[int] | None = None
     zooms: list[int] | None = None
     bbox: BBox | None = None
@@ -29,6 +28,13 @@ class HitFilter:
     # valid_fraction >= min_valid; NULL scores (windows embedded before they were measured) pass.
     max_cloud: float | None = None
     min_valid: float | None = None
+
+    def areas(self) -> list[int] | None:
+        """The areas a window must belong to (one of), or None when any area will do: ``area_id``
+        alone when given (it narrows a project's areas to one), else ``area_ids``."""
+        if self.area_id is not None:
+            return [self.area_id]
+        return list(self.area_ids) if self.area_ids else None
 
     @property
     def geometry(self) -> bool:

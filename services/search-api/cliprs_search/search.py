@@ -188,17 +188,14 @@ async def run_search(
     bounds = flt.bounds()
     if bounds is not None and (bounds[0] > bounds[2] or bounds[1] > bounds[3]):
         return SearchPage([], False, "empty", 0, 0, None)  # the box and the polygon are disjoint
-    picked = index.pick(flt.area_id, flt.zooms or None, bounds)
+    areas = flt.areas()
+    picked = index.pick(zooms=flt.zooms or None, bounds=bounds, area_ids=areas)
     total = index.total(picked)
     if total == 0:
         return SearchPage([], False, "empty", None, 0, None)
     # Rows need checking unless the picked shards hold only windows that pass: shards are cut by
     # space and size, so an area's windows may share shards with other areas'.
-    narrows = (
-        bool(flt.zooms)
-        or flt.geometry
-        or (flt.area_id is not None and not index.exclusive(picked, flt.area_id))
-    )
+    narrows = bool(flt.zooms) or flt.geometry or (areas is not None and not index.exclusive(picked, areas))
     need = req.offset + req.k + 1  # one more group than the page: tells whether more exist
     strategy, estimated, fraction = ("overfetch" if narrows else "index"), None, 1.0
     selector: np.ndarray | None = None

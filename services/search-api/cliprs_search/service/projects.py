@@ -27,7 +27,7 @@ from cliprs_search.projects_schemas import (
     RefineBody,
 )
 from cliprs_search.schemas import SearchResults
-from cliprs_search.service.search import _answer, resolve_options
+from cliprs_search.service.search import answer_search, resolve_options
 from cliprs_search.service.shared import validate_query
 
 # The Rocchio weights (text, mean of positives, mean of negatives): the classic relevance
@@ -268,7 +268,7 @@ async def refine(ctx: Context, project_id: int, body: RefineBody) -> SearchResul
             opts.flt.area_id = areas[0]
         else:
             opts.flt.area_ids = areas
-    return await _answer(
+    return await answer_search(
         ctx,
         vector,
         opts,

@@ -95,7 +95,7 @@ async def similar_search(ctx: Context, window_id: int, options: SearchOptions) -
     started = time.perf_counter()
     opts = resolve_options(ctx, options, {"window_id": window_id})
     vector = window_vector(ctx, window_id)
-    return await _answer(ctx, vector, opts, started, {"window_id": window_id}, prefer=window_id)
+    return await answer_search(ctx, vector, opts, started, {"window_id": window_id}, prefer=window_id)
 
 
 async def body_search(ctx: Context, body: SearchBody) -> SearchResults:
@@ -109,7 +109,7 @@ async def body_search(ctx: Context, body: SearchBody) -> SearchResults:
     query = {"window_id": body.window_id}
     opts = resolve_options(ctx, body, query, body.polygon)
     vector = window_vector(ctx, body.window_id)
-    return await _answer(ctx, vector, opts, started, query, prefer=body.window_id)
+    return await answer_search(ctx, vector, opts, started, query, prefer=body.window_id)
 
 
 async def image_search(
@@ -123,7 +123,7 @@ async def image_search(
         ctx, options, {"image": hashlib.sha256(upload.data).hexdigest()}, parse_geojson_text(polygon)
     )
     vector, info = await ctx.embedder.embed_image(upload.data, upload.filename, upload.content_type)
-    return await _answer(ctx, vector, opts, started, {"image": upload.filename}, model=info["model"])
+    return await answer_search(ctx, vector, opts, started, {"image": upload.filename}, model=info["model"])
 
 
 def text_effort(settings: SearchSettings) -> SearchEffort:
@@ -139,7 +139,7 @@ async def _text(ctx: Context, q: str, opts: ResolvedOptions, started: float) -> 
     tokens = (info.get("tokens") or [0])[0]
     if tokens > MODEL_TOKENS:
         warnings.append(f"the query is {tokens} tokens long; the model reads only the first {MODEL_TOKENS}")
-    return await _answer(
+    return await answer_search(
         ctx,
         vector,
         opts,
@@ -152,7 +152,7 @@ async def _text(ctx: Context, q: str, opts: ResolvedOptions, started: float) -> 
     )
 
 
-async def _answer(
+async def answer_search(
     ctx: Context,
     vector: np.ndarray,
     opts: ResolvedOptions,

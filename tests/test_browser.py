@@ -684,6 +684,229 @@ def test_page_tile_math_matches_mercantile(page) -> None:
     assert got == [[_mercantile_count(bb, z) for z in zooms] for bb in boxes]
 
 
+# ---------------------------------------------------------------- find all: label, refine, detect, export
+
+
+def _thumb(pg, window_id: int, positive: bool, where: str = "#results") -> None:
+    """Press a window's thumb and wait until the page shows the answer of the API."""
+    kind = "up" if positive else "down"
+    group = f"{where} .thumbs[data-window-id='{window_id}']"
+    before = pg.get_attribute(group, "data-label")
+    pg.click(f"{group} .thumb-button--{kind}")
+    pg.wait_for_function(
+        "([sel, before]) => document.querySelector(sel)?.dataset.label !== before"
+        " || !document.getElementById('errors').hidden",
+        arg=[group, before],
+    )
+    assert not _errors(pg)
+
+
+def _labels(stack: dict, project_id: int) -> dict[int, bool]:
+    resp = httpx.get(f"{stack['api']}/v1/projects/{project_id}/labels", params={"footprint": "false"})
+    assert resp.status_code == 200, resp.text
+    return {row["window_id"]: row["positive"] for row in resp.json()}
+
+
+def _count_at(histogram: list[int], threshold: float) -> int:
+    """The API's rule (cliprs.runs.count_at): bins of 0.001, a threshold's bin is round(t * 1000)."""
+    return sum(histogram[min(round(threshold * 1000), 999) :])
+
+
+def test_find_all_label_refine_detect_threshold_and_export(page, stack: dict, ingested: dict) -> None:
+    mvt: list[tuple[str, int]] = []
+    page.on("response", lambda r: mvt.append((r.url, r.status)) if ".mvt" in r.url else None)
+    # Searched in the area: a hit in a tile's overhang outside every area's box cannot be labelled.
+    page.select_option("#search-area", str(ingested["area"]["id"]))
+    _search(page, "water")
+    ids = _result_ids(page)
+    assert page.get_attribute("body", "data-project") == ""
+    assert "No project" in page.inner_text("#project-line")
+
+    # The first thumb starts a project from the search: name and query are the text.
+    _thumb(page, ids[0], True)
+    project_id = int(page.get_attribute("body", "data-project"))
+    project = httpx.get(f"{stack['api']}/v1/projects/{project_id}").json()
+    assert project["name"] == "water" and project["query"] == "water"
+    assert project["area_ids"] == [ingested["area"]["id"]]
+    for wid in ids[1:3]:
+        _thumb(page, wid, True)
+    for wid in ids[-3:]:
+        _thumb(page, wid, False)
+    assert _labels(stack, project_id) == {**dict.fromkeys(ids[:3], True), **dict.fromkeys(ids[-3:], False)}
+    # The same thumb again removes the label; the other thumb flips it.
+    _thumb(page, ids[0], True)
+    assert page.get_attribute(f"#results .thumbs[data-window-id='{ids[0]}']", "data-label") == "none"
+    assert ids[0] not in _labels(stack, project_id)
+    _thumb(page, ids[0], False)
+    assert _labels(stack, project_id)[ids[0]] is False
+    # Thumbs on the pin's card too: the list follows.
+    page.click(f".result[data-id='{ids[3]}'] >> text=Locate on map")
+    page.locator(f".maplibregl-popup .card[data-id='{ids[3]}']").wait_for(state="visible")
+    _thumb(page, ids[3], True, where=".maplibregl-popup")
+    assert (
+        page.get_attribute(f"#results .thumbs[data-window-id='{ids[3]}'] .thumb-button--up", "aria-pressed")
+        == "true"
+    )
+    labels = _labels(stack, project_id)
+    assert sorted(w for w, p in labels.items() if p) == sorted(ids[1:4])
+    assert sorted(w for w, p in labels.items() if not p) == sorted([ids[0], *ids[-3:]])
+    page.keyboard.press("Escape")
+
+    # Refine: one click, answered like a search, the same as the API's answer to the same body.
+    with page.expect_request(lambda r: r.url.endswith(f"/v1/projects/{project_id}/refine")) as sent:
+        page.click("#refine-button")
+    page.wait_for_function(
+        "() => /refined by its labels/.test(document.getElementById('status').textContent)"
+    )
+    _wait_results(page)
+    api = httpx.post(f"{stack['api']}/v1/projects/{project_id}/refine", json=json.loads(sent.value.post_data))
+    assert api.status_code == 200, api.text
+    assert _result_ids(page) == [f["properties"]["window_id"] for f in api.json()["features"]]
+    assert page.inner_text("#label-counts") == "3 ✓ · 4 ✗"
+    _screenshot(page, "test_find_all_labelled_and_refined")
+
+    # Train & detect, followed until done.
+    page.click("#tab-project")
+    assert page.locator("#label-list .label-item").count() == 7
+    page.click("#detect-start")
+    page.wait_for_selector("#run-status[data-state=done]", timeout=90_000)
+    run_id = int(page.get_attribute("#run-result", "data-run-id"))
+    run = httpx.get(f"{stack['api']}/v1/runs/{run_id}").json()
+    assert run["state"] == "done" and run["windows_scored"] > 0
+    assert f"{run['hits']:,} hit" in page.inner_text("#run-status")
+    assert "precision" in page.inner_text("#run-estimate") and "recall" in page.inner_text("#run-estimate")
+
+    # The slider counts live from the histogram: pick a threshold whose count differs.
+    hist = httpx.get(f"{stack['api']}/v1/runs/{run_id}/counts", params={"histogram": "true"}).json()[
+        "histogram"
+    ]
+    start = _count_at(hist, run["threshold"])
+    assert int(page.get_attribute("#run-count", "data-count")) == start
+    # A threshold that keeps some windows but not all, with a count unlike the current one.
+    candidates = [t / 1000 for t in range(20, 1000, 10)]
+    candidates = [
+        t
+        for t in candidates
+        if 0 < _count_at(hist, t) < run["windows_scored"] and _count_at(hist, t) != start
+    ]
+    assert candidates, (
+        f"the run's scores leave no threshold to move to: {start} hits of {run['windows_scored']}"
+    )
+    target = min(candidates, key=lambda t: abs(_count_at(hist, t) - run["windows_scored"] / 3))
+    page.focus("#run-threshold")
+    page.keyboard.press("ArrowRight")  # keyboard steps move it by 0.001
+    assert float(page.input_value("#run-threshold")) == pytest.approx(run["threshold"] + 0.001)
+    page.evaluate(
+        "(t) => { const s = document.getElementById('run-threshold'); s.value = String(t);"
+        " s.dispatchEvent(new Event('input', {bubbles: true})); }",
+        target,
+    )
+    expected = _count_at(hist, target)
+    assert int(page.get_attribute("#run-count", "data-count")) == expected
+    counted = httpx.get(f"{stack['api']}/v1/runs/{run_id}/counts", params={"threshold": target}).json()
+    assert counted["counts"][0]["count"] == expected
+    assert page.is_enabled("#run-apply")
+
+    # Apply: the run's hits become the count; the tiles of the new threshold are drawn.
+    page.click("#run-apply")
+    page.wait_for_function(
+        "(t) => document.getElementById('run-status').textContent.includes(`at ${t.toFixed(3)}`)", arg=target
+    )
+    run = httpx.get(f"{stack['api']}/v1/runs/{run_id}").json()
+    assert run["threshold"] == pytest.approx(target) and run["hits"] == expected
+    assert page.is_disabled("#run-apply")
+    _fit(page, AREA_BBOX)
+    page.wait_for_function("() => cliprs.map.loaded() && cliprs.map.areTilesLoaded()", timeout=30_000)
+    page.wait_for_function("() => cliprs.mapView.renderedDetections().length > 0", timeout=30_000)
+    fresh = [status for url, status in mvt if f"/v1/runs/{run_id}/tiles/" in url and f"t={target:.3f}" in url]
+    assert fresh and all(status == 200 for status in fresh), mvt
+    scores = page.evaluate("() => cliprs.mapView.renderedDetections().map(f => f.properties.score)")
+    assert min(scores) >= target - 1e-3
+    _screenshot(page, "test_find_all_detections")
+
+    # Exports: each button downloads the run's file.
+    total = httpx.get(f"{stack['api']}/v1/runs/{run_id}/polygons", params={"limit": 1}).json()["total"]
+    files = {}
+    for fmt in ("geojson", "gpkg", "csv"):
+        with page.expect_download() as info:
+            page.click(f"#export-{fmt}")
+        files[fmt] = Path(info.value.path())
+        assert info.value.suggested_filename.endswith(f".{fmt}")
+    assert len(json.loads(files["geojson"].read_text())["features"]) == total
+    assert len(files["csv"].read_text().strip().splitlines()) == total + 1  # header + one row a polygon
+    assert files["gpkg"].read_bytes()[:16] == b"SQLite format 3\x00"
+
+    # The detection layer goes with the box, and comes back.
+    page.uncheck("#run-layer")
+    assert not page.evaluate("() => Boolean(cliprs.map.getSource('run-detections'))")
+    page.check("#run-layer")
+    assert page.evaluate("() => Boolean(cliprs.map.getSource('run-detections'))")
+    assert not _errors(page)
+    assert page.problems == []
+
+
+def test_what_is_this_and_the_heat_map(page, stack: dict) -> None:
+    _search(page, "a creek")
+    target = _result_ids(page)[1]
+    item = page.locator(f".result[data-id='{target}']")
+    item.locator(".explain-button").click()
+    page.wait_for_selector(f".result[data-id='{target}'] .explain[data-state=done]")
+    shown = item.locator(".explain__label").all_inner_texts()
+    api = httpx.post(f"{stack['api']}/v1/classify", data={"window_id": str(target)})
+    assert api.status_code == 200, api.text
+    assert shown == [row["label"] for row in api.json()["labels"][:5]]
+    assert item.locator(".explain-button").get_attribute("aria-expanded") == "true"
+
+    item.locator(".heat-button").click()
+    page.wait_for_selector("#heatmap-info[data-state=shown]")
+    tile = page.evaluate(f"() => cliprs.search.visible.find(f => f.id === {target}).properties.tile")
+    heat = httpx.get(
+        f"{stack['api']}/v1/tiles/{tile['source']}/{tile['z']}/{tile['x']}/{tile['y']}/heatmap",
+        params={"q": "a creek", "grid": 16},
+    ).json()
+    assert page.get_attribute("#heatmap-info", "data-tile") == f"{tile['z']}/{tile['x']}/{tile['y']}"
+    corners = page.evaluate("() => cliprs.map.getSource('heatmap').coordinates")
+    w, s, e, n = heat["tile"]["bounds"]
+    assert corners == [[w, n], [e, n], [e, s], [w, s]]
+    assert f"best window {heat['best']}" in page.inner_text("#heatmap-text")
+    page.wait_for_function("() => !cliprs.map.isMoving()")
+    _screenshot(page, "test_heat_map")
+    page.click("#heatmap-clear")
+    assert not page.evaluate("() => Boolean(cliprs.map.getSource('heatmap'))")
+    assert not _errors(page) and page.problems == []
+
+
+def test_find_all_create_a_project_and_see_the_api_errors(page, stack: dict, ingested: dict) -> None:
+    """A project made with the form (name typed, the "search in" area); a label the API refuses
+    (the project was deleted meanwhile) is shown with the API's own message."""
+    page.select_option("#search-area", str(ingested["area"]["id"]))
+    _search(page, "farmland")
+    wid = _result_ids(page)[0]
+    page.click("#tab-project")
+    page.fill("#project-name", "Fields")
+    page.press("#project-name", "Enter")  # keyboard: the form submits
+    page.wait_for_function("() => document.body.dataset.project")
+    project_id = int(page.get_attribute("body", "data-project"))
+    project = httpx.get(f"{stack['api']}/v1/projects/{project_id}").json()
+    assert project == {**project, "name": "Fields", "query": "farmland", "area_ids": [ingested["area"]["id"]]}
+    assert page.input_value("#project-select") == str(project_id)
+    assert "Project “Fields”: “farmland”" in page.inner_text("#project-summary")
+    assert page.is_disabled("#detect-start")  # no labels yet
+
+    assert httpx.delete(f"{stack['api']}/v1/projects/{project_id}").status_code == 200
+    page.click("#tab-search")
+    page.click(f"#results .thumbs[data-window-id='{wid}'] .thumb-button--up")
+    page.wait_for_function(
+        "() => /Could not label window/.test(document.getElementById('errors').textContent)"
+    )
+    refused = httpx.post(
+        f"{stack['api']}/v1/projects/{project_id}/labels", json={"window_id": wid, "positive": True}
+    )
+    assert refused.status_code == 404
+    assert f"(HTTP 404) {refused.json()['error']['message']}" in _errors(page)
+    assert page.get_attribute(f"#results .thumbs[data-window-id='{wid}']", "data-label") == "none"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_artifacts() -> None:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)

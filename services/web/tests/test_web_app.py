@@ -24,12 +24,14 @@ from cliprs_web.settings import WebSettings
 
 TOKEN = "pk.eyJ1IjoidGVzdCJ9.NOT-A-REAL-TOKEN-5f3a9c"
 PAGE_MODULES = (
+    "analysis.js",
     "api.js",
     "area-form.js",
     "colors.js",
     "draw.js",
     "geo.js",
     "map-view.js",
+    "projects.js",
     "results.js",
     "search.js",
     "tiles.js",

@@ -182,7 +182,8 @@ async def add_label(ctx: Context, project_id: int, body: LabelRequest) -> Label:
             where = (
                 f"areas {', '.join(map(str, placement['area_ids']))}"
                 if placement["area_ids"]
-                else "no area (its area was removed)"
+                # Its tile overhangs an area's box but the window itself lies outside every box.
+                else "no area's box (it is in the overhang of a tile at an area's edge)"
             )
             raise InvalidInput(
                 f"window {body.window_id} lies in {where}, not in the project's areas "

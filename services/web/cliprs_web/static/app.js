@@ -1,14 +1,17 @@
 /**
  * CLIP-RS web page entry point: loads the runtime config, learns what the APIs offer, creates
- * the map, shows the fallback-model banner, and wires the search and area panels.
+ * the map, shows the fallback-model banner, and wires the search, "Find all" (projects, labels,
+ * detection runs) and area panels.
  *
  * The map is optional: if it cannot be created (no WebGL, bundle missing) the error area says
  * so and search, the result list and the area form keep working.
  */
 
 import { SearchApi, TilerApi, loadConfig } from "./js/api.js";
+import { AnalysisController } from "./js/analysis.js";
 import { AreaForm } from "./js/area-form.js";
 import { MapView } from "./js/map-view.js";
+import { ProjectController } from "./js/projects.js";
 import { SearchController } from "./js/search.js";
 import { ErrorArea, showFallbackBanner } from "./js/ui.js";
 
@@ -126,6 +129,16 @@ async function main() {
   const tiler = new TilerApi(config.tilerUrl);
   const getMap = () => state.mapView;
   const search = new SearchController({ api, errors, getMap });
+  const analysis = new AnalysisController({ api, errors, search, getMap });
+  const projects = new ProjectController({
+    api,
+    errors,
+    search,
+    getMap,
+    getAreas: () => state.areas,
+    tilerUrl: config.tilerUrl,
+    selectTab,
+  });
 
   /** Load the areas: map imagery and outlines, the "search in" list, the areas panel. */
   async function loadAreas({ refresh = [] } = {}) {
@@ -191,6 +204,7 @@ async function main() {
         mapView.fitToAreas(state.areas);
       }
       mapView.showHits(search.visible);
+      projects.drawRun();
       document.body.dataset.map = "ready";
     })
     .catch((err) => {
@@ -199,8 +213,17 @@ async function main() {
     });
 
   // For the browser console and the browser tests: the page's parts, read-only by convention.
-  globalThis.cliprs = { api, tiler, search, areaForm, get map() { return state.mapView?.map ?? null; } };
-  await areasLoaded;
+  globalThis.cliprs = {
+    api,
+    tiler,
+    search,
+    areaForm,
+    projects,
+    analysis,
+    get map() { return state.mapView?.map ?? null; },
+    get mapView() { return state.mapView; },
+  };
+  await Promise.all([areasLoaded, projects.loadProjects()]);
   document.body.dataset.ready = "true";
   // A linked search (?q=...) runs straight away.
   const linked = new URLSearchParams(window.location.search).get("q");

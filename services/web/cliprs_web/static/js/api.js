@@ -278,6 +278,113 @@ export class SearchApi {
     const { body } = await requestJson(this.url(`/v1/jobs/${encodeURIComponent(jobId)}`), { signal });
     return body;
   }
+
+  // ------------------------------------------------------------ projects, labels, refine
+
+  /** `GET /v1/projects`: every project with its area ids and label counts. */
+  async projects({ signal } = {}) {
+    const url = this.url("/v1/projects");
+    const { body } = await requestJson(url, { signal });
+    if (!Array.isArray(body)) throw new ApiError(`${url} did not answer a list of projects`, { url });
+    return body;
+  }
+
+  /** `GET /v1/projects/{id}`: one project with its runs (newest first). */
+  async project(projectId, { signal } = {}) {
+    return (await requestJson(this.url(`/v1/projects/${encodeURIComponent(projectId)}`), { signal })).body;
+  }
+
+  /** `POST /v1/projects`: a new project `{name, query, area_ids}`. */
+  async createProject({ name, query, areaIds, signal }) {
+    const json = { name, query: query || null, area_ids: areaIds };
+    return (await requestJson(this.url("/v1/projects"), { method: "POST", json, signal })).body;
+  }
+
+  /** `GET /v1/projects/{id}/labels`: the labels, oldest first, with centres and footprints. */
+  async labels(projectId, { signal } = {}) {
+    const url = this.url(`/v1/projects/${encodeURIComponent(projectId)}/labels`);
+    const { body } = await requestJson(url, { signal });
+    if (!Array.isArray(body)) throw new ApiError(`${url} did not answer a list of labels`, { url });
+    return body;
+  }
+
+  /** `POST /v1/projects/{id}/labels`: mark a window (labelling it again flips the label). */
+  async addLabel(projectId, windowId, positive, { signal } = {}) {
+    const url = this.url(`/v1/projects/${encodeURIComponent(projectId)}/labels`);
+    const json = { window_id: Number(windowId), positive: Boolean(positive), by: "web" };
+    return (await requestJson(url, { method: "POST", json, signal })).body;
+  }
+
+  /** `DELETE /v1/projects/{id}/labels/{window_id}`: remove a window's label. */
+  async removeLabel(projectId, windowId, { signal } = {}) {
+    const path = `/v1/projects/${encodeURIComponent(projectId)}/labels/${encodeURIComponent(windowId)}`;
+    return (await requestJson(this.url(path), { method: "DELETE", signal })).body;
+  }
+
+  /** `POST /v1/projects/{id}/refine`: search the project's areas with its text and labels. */
+  async refine({ projectId, k, areaId, bbox, cursor, maxCloud, minValid, signal }) {
+    const url = this.url(`/v1/projects/${encodeURIComponent(projectId)}/refine`);
+    const json = { k };
+    if (areaId !== null && areaId !== undefined) json.area_id = Number(areaId);
+    if (bbox) json.bbox = bbox;
+    if (cursor) json.cursor = cursor;
+    if (maxCloud !== null && maxCloud !== undefined) json.max_cloud = maxCloud;
+    if (minValid !== null && minValid !== undefined) json.min_valid = minValid;
+    return collectionOf((await requestJson(url, { method: "POST", json, signal })).body, url);
+  }
+
+  // ------------------------------------------------------------ detection runs and exports
+
+  /** `POST /v1/projects/{id}/runs`: start a Detect run (answers the queued run). */
+  async startRun(projectId, { threshold, signal } = {}) {
+    const url = this.url(`/v1/projects/${encodeURIComponent(projectId)}/runs`);
+    const json = threshold === undefined ? {} : { threshold };
+    return (await requestJson(url, { method: "POST", json, signal })).body;
+  }
+
+  /** `GET /v1/runs/{id}`: a run's state, hits and held-out estimate. */
+  async run(runId, { signal } = {}) {
+    return (await requestJson(this.url(`/v1/runs/${encodeURIComponent(runId)}`), { signal })).body;
+  }
+
+  /** `GET /v1/runs/{id}/counts?histogram=true`: the 1,000-bin score histogram (counts at any threshold). */
+  async runHistogram(runId, { signal } = {}) {
+    const url = this.url(`/v1/runs/${encodeURIComponent(runId)}/counts`, { histogram: "true", threshold: 0.5 });
+    const { body } = await requestJson(url, { signal });
+    if (!Array.isArray(body?.histogram)) throw new ApiError(`${url} did not answer a histogram`, { url });
+    return body;
+  }
+
+  /** `PATCH /v1/runs/{id}`: apply a new threshold (hits and polygons re-derived). */
+  async setRunThreshold(runId, threshold, { signal } = {}) {
+    const url = this.url(`/v1/runs/${encodeURIComponent(runId)}`);
+    return (await requestJson(url, { method: "PATCH", json: { threshold }, signal })).body;
+  }
+
+  /** URL of a run's export file: `geojson`, `gpkg` or `csv`. */
+  exportUrl(runId, format) {
+    return this.url(`/v1/runs/${encodeURIComponent(runId)}/export.${format}`);
+  }
+
+  /** Vector-tile URL template of a run; `t` (the threshold) makes a new threshold a new URL. */
+  runTilesUrl(runId, threshold) {
+    return `${this.baseUrl}/v1/runs/${encodeURIComponent(runId)}/tiles/{z}/{x}/{y}.mvt?t=${Number(threshold).toFixed(3)}`;
+  }
+
+  // ------------------------------------------------------------ analysis
+
+  /** `POST /v1/classify` with a window id: the default labels ranked for the window (image to text). */
+  async classify(windowId, { signal } = {}) {
+    const form = new FormData();
+    form.append("window_id", String(windowId));
+    return (await requestJson(this.url("/v1/classify"), { method: "POST", form, signal })).body;
+  }
+
+  /** `GET /v1/tiles/{source}/{z}/{x}/{y}/heatmap?q=`: every window of a tile scored against a text. */
+  async heatmap({ source, z, x, y }, q, { grid, signal } = {}) {
+    const path = `/v1/tiles/${encodeURIComponent(source)}/${z}/${x}/${y}/heatmap`;
+    return (await requestJson(this.url(path, { q, grid }), { signal })).body;
+  }
 }
 
 /** One zoom's progress, whatever the service calls the fields. */

@@ -23,6 +23,9 @@ const LAYERS = {
   hitFootprints: "hit-footprints",
   hitPins: "hit-pins",
 };
+const RUN_SOURCE = "run-detections";
+const RUN_LAYERS = { fill: "run-detections-fill", outline: "run-detections-outline", points: "run-detection-points" };
+const HEAT_SOURCE = "heatmap";
 export const SHAPE_COLORS = { search: "#ffd43b", area: "#3fd0ff" };
 
 const selectedOrHover = ["any", ["boolean", ["feature-state", "selected"], false], ["boolean", ["feature-state", "hover"], false]];
@@ -108,6 +111,16 @@ export class MapView {
         onHitHover(id);
       }
     });
+    // A detection (polygon or point) says what it is when clicked.
+    for (const layer of [RUN_LAYERS.fill, RUN_LAYERS.points]) {
+      map.on("click", layer, (event) => {
+        if (this.drawer.active || map.queryRenderedFeatures(event.point, { layers: [LAYERS.hitPins] }).length) return;
+        const feature = event.features?.[0];
+        if (feature) this.openDetectionCard(feature, event.lngLat);
+      });
+      map.on("mouseenter", layer, () => { if (!this.drawer.active) map.getCanvas().style.cursor = "pointer"; });
+      map.on("mouseleave", layer, () => { if (!this.drawer.active) map.getCanvas().style.cursor = ""; });
+    }
     map.on("mouseleave", LAYERS.hitPins, () => {
       if (this.drawer.active) return;
       map.getCanvas().style.cursor = "";
@@ -343,6 +356,94 @@ export class MapView {
     } else if (Array.isArray(center)) {
       this.map.flyTo({ center, zoom: Number(feature.properties?.z ?? this.map.getZoom()), duration: 1200 });
     }
+  }
+
+  /**
+   * Draw a detection run from its vector tiles (layers "detections": polygons, and
+   * "detection_points": polygons too small to see at a zoom), coloured by score from the
+   * run's threshold (yellow) to 1 (purple). A new `tilesUrl` (it carries the threshold)
+   * replaces the source, so tiles of the old threshold are not reused.
+   */
+  showRun(tilesUrl, threshold) {
+    const map = this.map;
+    this.clearRun();
+    const lo = Math.min(Math.max(Number(threshold) || 0, 0), 0.999);
+    const color = ["interpolate", ["linear"], ["coalesce", ["get", "score"], lo], lo, "#fde725", (lo + 1) / 2, "#21918c", 1, "#440154"];
+    map.addSource(RUN_SOURCE, { type: "vector", tiles: [tilesUrl], minzoom: 0, maxzoom: 20 });
+    map.addLayer(
+      { id: RUN_LAYERS.fill, type: "fill", source: RUN_SOURCE, "source-layer": "detections", paint: { "fill-color": color, "fill-opacity": 0.35 } },
+      LAYERS.hitFill,
+    );
+    map.addLayer(
+      { id: RUN_LAYERS.outline, type: "line", source: RUN_SOURCE, "source-layer": "detections", paint: { "line-color": color, "line-width": 1.5 } },
+      LAYERS.hitFill,
+    );
+    map.addLayer(
+      {
+        id: RUN_LAYERS.points,
+        type: "circle",
+        source: RUN_SOURCE,
+        "source-layer": "detection_points",
+        paint: {
+          "circle-color": color,
+          "circle-radius": ["interpolate", ["linear"], ["coalesce", ["get", "polygons"], 1], 1, 3, 100, 8],
+          "circle-stroke-color": "#111111",
+          "circle-stroke-width": 1,
+        },
+      },
+      LAYERS.hitFill,
+    );
+  }
+
+  /** A small card for a clicked detection: its best score, area and windows. */
+  openDetectionCard(feature, lngLat) {
+    const p = feature.properties ?? {};
+    const card = document.createElement("div");
+    card.className = "card detection-card";
+    const title = document.createElement("strong");
+    title.textContent = p.polygons > 1 ? `${p.polygons} detections` : "Detection";
+    const lines = [
+      `best score ${Number(p.score).toFixed(3)}${p.mean_score !== undefined ? ` · mean ${Number(p.mean_score).toFixed(3)}` : ""}`,
+      `${Number(p.window_count ?? 0).toLocaleString("en-US")} window(s) · zoom ${p.z ?? "?"}`,
+      `${Math.round(Number(p.area_m2 ?? 0)).toLocaleString("en-US")} m²`,
+    ];
+    card.append(title, ...lines.map((text) => Object.assign(document.createElement("div"), { className: "card__meta", textContent: text })));
+    this.closeCard();
+    this.popup = new globalThis.maplibregl.Popup({ closeButton: true, maxWidth: "260px", focusAfterOpen: false })
+      .setLngLat(lngLat)
+      .setDOMContent(card)
+      .addTo(this.map);
+  }
+
+  /** Remove the detection layer (if any). */
+  clearRun() {
+    const map = this.map;
+    for (const id of Object.values(RUN_LAYERS)) if (map.getLayer(id)) map.removeLayer(id);
+    if (map.getSource(RUN_SOURCE)) map.removeSource(RUN_SOURCE);
+  }
+
+  /** The detection features drawn in view now (for the page and the tests). */
+  renderedDetections() {
+    const layers = Object.values(RUN_LAYERS).filter((id) => this.map.getLayer(id));
+    return layers.length ? this.map.queryRenderedFeatures({ layers }) : [];
+  }
+
+  /**
+   * Draw a heat map (a canvas image as a data URL) over a tile's bounds [w, s, e, n]. An image
+   * source's corners are placed in Web Mercator, like the tile itself, so cells line up.
+   */
+  showHeatmap(dataUrl, bounds) {
+    const map = this.map;
+    this.clearHeatmap();
+    const [w, s, e, n] = bounds;
+    map.addSource(HEAT_SOURCE, { type: "image", url: dataUrl, coordinates: [[w, n], [e, n], [e, s], [w, s]] });
+    map.addLayer({ id: HEAT_SOURCE, type: "raster", source: HEAT_SOURCE, paint: { "raster-opacity": 0.85, "raster-fade-duration": 0 } }, LAYERS.hitFill);
+  }
+
+  /** Remove the heat map (if any). */
+  clearHeatmap() {
+    if (this.map.getLayer(HEAT_SOURCE)) this.map.removeLayer(HEAT_SOURCE);
+    if (this.map.getSource(HEAT_SOURCE)) this.map.removeSource(HEAT_SOURCE);
   }
 
   /** Recompute the canvas size (after the layout around the map changed, e.g. a banner). */

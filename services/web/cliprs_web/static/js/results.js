@@ -14,6 +14,10 @@ import { copyText } from "./ui.js";
  *   onLocate: (id: number|string) => void,
  *   onSimilar: (id: number|string) => void,
  *   onHover: (id: number|string|null) => void,
+ *   onLabel?: (windowId: number, positive: boolean) => void,
+ *   labelOf?: (windowId: number) => boolean|undefined,
+ *   onExplain?: (windowId: number) => Promise<object>,
+ *   onHeatmap?: (feature: object) => void,
  * }} ResultHandlers
  */
 
@@ -170,8 +174,98 @@ function resultItem(feature, handlers) {
     button("small-button", "Locate on map", () => handlers.onLocate(id, { card: true }), `Locate result ${rank} on the map`),
   );
   body.append(actions);
+  const windowId = Number(props.window_id ?? id);
+  const analysis = element("div", "result__actions result__analysis");
+  if (handlers.onLabel) analysis.append(thumbs(windowId, handlers, `result ${rank}`));
+  const explained = element("div", "explain");
+  explained.hidden = true;
+  if (handlers.onExplain) analysis.append(explainButton(windowId, handlers, explained, `result ${rank}`));
+  if (handlers.onHeatmap && props.tile) {
+    analysis.append(button("small-button heat-button", "Where in this tile?", () => handlers.onHeatmap(feature), `Where in the tile of result ${rank} is it? Heat map on the map`));
+  }
+  if (analysis.childElementCount) body.append(analysis, explained);
   item.append(main, body);
   return item;
+}
+
+/**
+ * Thumbs up / thumbs down for a window: `aria-pressed` shows its label in the current project;
+ * pressing the pressed one again removes the label (the handler decides).
+ */
+export function thumbs(windowId, handlers, what = `window ${windowId}`) {
+  const group = element("div", "thumbs");
+  group.setAttribute("role", "group");
+  group.setAttribute("aria-label", `Label ${what}`);
+  group.dataset.windowId = String(windowId);
+  const up = button("thumb-button thumb-button--up", "✓ Yes", () => handlers.onLabel(windowId, true), `Thumbs up: ${what} is what I look for`);
+  up.dataset.positive = "true";
+  up.title = "Thumbs up: this is what I look for (click again to remove)";
+  const down = button("thumb-button thumb-button--down", "✗ No", () => handlers.onLabel(windowId, false), `Thumbs down: ${what} is not what I look for`);
+  down.dataset.positive = "false";
+  down.title = "Thumbs down: this is not it (click again to remove)";
+  group.append(up, down);
+  paintThumbs(group, handlers.labelOf?.(windowId));
+  return group;
+}
+
+/** Show a label state (true: up, false: down, undefined: none) on a thumbs group. */
+export function paintThumbs(group, state) {
+  group.dataset.label = state === true ? "positive" : state === false ? "negative" : "none";
+  for (const b of group.querySelectorAll(".thumb-button")) {
+    b.setAttribute("aria-pressed", String(state !== undefined && String(state) === b.dataset.positive));
+  }
+}
+
+/** Repaint every thumbs group under `root` (list and open card) from `labelOf`. */
+export function repaintThumbs(root, labelOf) {
+  for (const group of root.querySelectorAll(".thumbs")) paintThumbs(group, labelOf(Number(group.dataset.windowId)));
+}
+
+/** "What is this?": ranks labels for the window (image to text) and lists the best five. */
+function explainButton(windowId, handlers, target, what) {
+  const btn = button("small-button explain-button", "What is this?", async () => {
+    if (!target.hidden && target.dataset.state === "done") {
+      target.hidden = true;
+      btn.setAttribute("aria-expanded", "false");
+      return;
+    }
+    target.hidden = false;
+    btn.setAttribute("aria-expanded", "true");
+    target.dataset.state = "loading";
+    target.replaceChildren(element("p", "hint", "Ranking labels for this window…"));
+    try {
+      const answer = await handlers.onExplain(windowId);
+      target.replaceChildren(explanation(answer));
+      target.dataset.state = "done";
+    } catch (err) {
+      target.replaceChildren(element("p", "note note--warning", `Could not label this window: ${err instanceof Error ? err.message : err}`));
+      target.dataset.state = "failed";
+    }
+  }, `What is ${what}? Rank labels for it`);
+  btn.setAttribute("aria-expanded", "false");
+  return btn;
+}
+
+/** The best labels of a classification as a list: label, probability bar, cosine score. */
+export function explanation(answer, top = 5) {
+  const list = element("ol", "explain__list");
+  list.setAttribute("aria-label", "Best labels for this window: probability (cosine score)");
+  for (const row of (answer?.labels ?? []).slice(0, top)) {
+    const item = element("li", "explain__item");
+    const p = Number(row.probability);
+    const meter = element("meter", "explain__meter");
+    meter.min = 0;
+    meter.max = 1;
+    meter.value = Number.isFinite(p) ? p : 0;
+    meter.setAttribute("aria-hidden", "true");
+    item.append(
+      element("span", "explain__label", row.label),
+      meter,
+      element("span", "explain__score", `${Number.isFinite(p) ? Math.round(p * 100) : "?"} % (${Number(row.score).toFixed(3)})`),
+    );
+    list.append(item);
+  }
+  return list;
 }
 
 /** Replace the list with these hits. */
@@ -195,7 +289,10 @@ export function hitCard(feature, handlers) {
   const address = addressText(props.address);
   if (address) card.append(element("div", "card__address", address));
   card.append(coordsLine(props));
-  card.append(button("small-button", "Find similar", () => handlers.onSimilar(id), `Find windows similar to result ${props.rank ?? ""}`));
+  const actions = element("div", "card__actions");
+  actions.append(button("small-button", "Find similar", () => handlers.onSimilar(id), `Find windows similar to result ${props.rank ?? ""}`));
+  if (handlers.onLabel) actions.append(thumbs(Number(props.window_id ?? id), handlers, `result ${props.rank ?? ""}`));
+  card.append(actions);
   return card;
 }
 

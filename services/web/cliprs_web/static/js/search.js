@@ -34,7 +34,8 @@ export function defaultShareText(value) {
 }
 
 /**
- * @typedef {{kind: "text", q: string} | {kind: "image", file: File} | {kind: "similar", windowId: number|string}} Query
+ * @typedef {{kind: "text", q: string} | {kind: "image", file: File} | {kind: "similar", windowId: number|string}
+ *   | {kind: "refine", projectId: number, name: string, q: string|null, areaIds: number[]}} Query
  * @typedef {{kind: "box"|"polygon", bbox: number[], geometry: object}} Shape
  */
 
@@ -85,6 +86,8 @@ export class SearchController {
     this.inFlight = null;
     /** The API's default quality filters, learned from the first answer that applied them. */
     this.qualityDefaults = { maxCloud: null, minValid: null };
+    /** Labelling and analysis handlers of each hit (thumbs, "What is this?", heat map), set by the page. */
+    this.extraHandlers = {};
     this.wire();
   }
 
@@ -197,6 +200,25 @@ export class SearchController {
     this.run({ kind: "image", file });
   }
 
+  /** Add (merge) handlers to every hit's list item and card (thumbs, "What is this?", heat map) and redraw. */
+  setResultHandlers(handlers) {
+    this.extraHandlers = { ...this.extraHandlers, ...handlers };
+    if (this.query) this.applyThreshold();
+  }
+
+  /** The text behind the current results (a text search's or a refined project's), or null. */
+  currentText() {
+    if (this.query?.kind === "text") return this.query.q;
+    if (this.query?.kind === "refine") return this.query.q;
+    const typed = this.els.input.value.trim();
+    return typed || null;
+  }
+
+  /** The chosen area of the "search in" list, or null for all areas. */
+  areaFilter() {
+    return this.els.area.value ? Number(this.els.area.value) : null;
+  }
+
   /** Find windows similar to an indexed one. */
   similar(windowId) {
     this.run({ kind: "similar", windowId });
@@ -216,6 +238,7 @@ export class SearchController {
   label(query) {
     if (query.kind === "text") return `“${query.q}”`;
     if (query.kind === "image") return `the image “${query.file.name || "upload"}”`;
+    if (query.kind === "refine") return `project “${query.name}” refined by its labels`;
     return `windows similar to window ${query.windowId}`;
   }
 
@@ -250,6 +273,13 @@ export class SearchController {
     const areaId = this.els.area.value || null;
     const shape = this.shape;
     const caps = this.api.capabilities;
+    if (query.kind === "refine") {
+      // Refine searches the project's areas: the area filter narrows only to one of them.
+      const area = areaId !== null && query.areaIds.includes(Number(areaId)) ? areaId : null;
+      const bbox = shape ? bboxParam(shape.bbox) : null;
+      const note = shape?.kind === "polygon" ? "Refine filters by box: the polygon's bounding box was searched." : null;
+      return { body: await this.api.refine({ projectId: query.projectId, k, areaId: area, bbox, cursor, ...quality, signal }), note };
+    }
     if (shape?.kind === "polygon") {
       const polygon = shape.geometry;
       if (query.kind === "image" && caps.polygonImage) {
@@ -375,6 +405,7 @@ export class SearchController {
       onLocate: (id, options) => this.locate(id, { card: true, ...options }),
       onSimilar: (id) => this.similar(id),
       onHover: (id) => this.getMap()?.hoverHit(id),
+      ...this.extraHandlers,
     };
     renderResults(els.results, this.visible, handlers);
     this.getMap()?.showHits(this.visible);
@@ -413,7 +444,7 @@ export class SearchController {
     if (!map) return;
     map.selectHit(id);
     if (fly) map.flyToHit(feature);
-    if (card) map.openCard(feature, hitCard(feature, { onSimilar: (wid) => this.similar(wid) }));
+    if (card) map.openCard(feature, hitCard(feature, { onSimilar: (wid) => this.similar(wid), ...this.extraHandlers }));
   }
 
   /** A pin was clicked: its card opens where it is, and its result is highlighted. */
@@ -429,8 +460,9 @@ export class SearchController {
   /** The shown results as a GeoJSON FeatureCollection file. */
   download() {
     if (!this.visible.length || !this.query) return;
+    const kind = this.query.kind;
     const query =
-      this.query.kind === "text" ? { text: this.query.q } : this.query.kind === "image" ? { image: this.query.file.name } : { window_id: this.query.windowId };
+      kind === "text" ? { text: this.query.q } : kind === "image" ? { image: this.query.file.name } : kind === "refine" ? { refine: this.query.projectId, text: this.query.q } : { window_id: this.query.windowId };
     const features = this.visible.map((f) => {
       const { [SCORE_NORM]: _, ...properties } = f.properties ?? {};
       return { type: "Feature", id: hitId(f), geometry: f.geometry, properties };
@@ -448,7 +480,7 @@ export class SearchController {
       index_version: this.meta?.indexVersion ?? null,
       exported_at: new Date().toISOString(),
     };
-    const name = this.query.kind === "text" ? this.query.q : this.query.kind === "image" ? `image-${this.query.file.name}` : `similar-${this.query.windowId}`;
+    const name = kind === "text" ? this.query.q : kind === "image" ? `image-${this.query.file.name}` : kind === "refine" ? `refined-${this.query.name}` : `similar-${this.query.windowId}`;
     downloadJson(data, `cliprs-${slug(name)}.geojson`);
   }
 }

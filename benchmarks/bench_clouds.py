@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform as pyplatform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import mercantile
 import numpy as np
+from machine_info import machine_info
 from PIL import Image
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -85,15 +85,6 @@ class CloudBenchSettings(BaseSettings):
     )
     timeout_s: float = Field(900, gt=0, description="how long the Landsat ingest may take")
     out: Path = Field(REPO / "benchmarks/results/clouds.json", description="where the JSON results go")
-
-
-def machine() -> dict:
-    return {
-        "cpu": pyplatform.processor() or pyplatform.machine(),
-        "cores": os.cpu_count() or 0,
-        "python": pyplatform.python_version(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
 
 
 def model_dir(options: CloudBenchSettings) -> str:
@@ -162,7 +153,7 @@ def figures(windows: dict[str, np.ndarray], truth_key: str, threshold: float) ->
 
 
 def run(options: CloudBenchSettings) -> None:
-    at_start = machine()
+    at_start = machine_info()
     with tempfile.TemporaryDirectory(prefix="cliprs-clouds-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         pg_url = stack.enter_context(throwaway_database(prefix="cliprs_clouds"))

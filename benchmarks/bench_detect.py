@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import machine_info
 
 from cliprs import runs
 from cliprs.manifest import Shard
@@ -48,15 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detect.json"
 SHARD_ROWS = 500_000
 DIM = 512
-
-
-def machine() -> dict:
-    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
-    return {
-        "cpus": os.cpu_count() or 0,
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "mem_total_bytes": int(mem[1]) * 1024,
-    }
 
 
 def write_shards(folder: Path, total: int, seed: int = 0) -> tuple[AreaWindows, np.ndarray, np.ndarray]:
@@ -153,7 +145,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="scoring threads (default min(4, CPUs))")
     parser.add_argument("--skip-water", action="store_true", help="do not run the water acceptance test")
     args = parser.parse_args()
-    at_start = machine()
+    at_start = machine_info()
     folder = Path(tempfile.mkdtemp(prefix="bench-detect-"))
     try:
         t = time.perf_counter()

@@ -68,6 +68,7 @@ import faiss
 import httpx
 import mercantile
 import numpy as np
+from machine_info import machine_info
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 from sqlalchemy import text
@@ -558,19 +559,9 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def machine() -> dict:
-    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
-    return {
-        "cpus": os.cpu_count() or 0,
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "mem_total_bytes": int(mem[1]) * 1024,
-        "faiss": faiss.__version__,
-    }
-
-
 def measure(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_tiles: list) -> dict:
     core = growth.core
-    at_start = machine()
+    at_start = machine_info(faiss=faiss.__version__)
     alone = index_alone(core, growth)
     print(
         f"index alone ({alone['shards']} shards {alone['shard_kinds']}, loaded in {alone['load_s']:.1f} s): "

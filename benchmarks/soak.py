@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform as pyplatform
 import random
 import shutil
 import signal
@@ -62,6 +61,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from machine_info import machine_info
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
@@ -433,15 +433,6 @@ def save_logs(p: dict, servers: list, to: Path) -> None:
             shutil.copy(server.log_path, to / server.log_path.name)
 
 
-def machine() -> dict:
-    return {
-        "cpu": pyplatform.processor() or pyplatform.machine(),
-        "cores": os.cpu_count() or 0,
-        "python": pyplatform.python_version(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 @contextmanager
 def infrastructure(
     options: SoakSettings, root: Path
@@ -489,7 +480,7 @@ def run(options: SoakSettings) -> None:
     unknown = set(options.faults) - set(FAULT_KINDS)
     if unknown:
         raise InvalidInput(f"--faults: unknown {sorted(unknown)}; choose among {', '.join(FAULT_KINDS)}")
-    at_start = machine()
+    at_start = machine_info()
     started_at = time.time()
     with tempfile.TemporaryDirectory(prefix="cliprs-soak-") as tmp, ExitStack() as stack:
         root = Path(tmp)

@@ -907,6 +907,43 @@ def test_find_all_create_a_project_and_see_the_api_errors(page, stack: dict, ing
     assert page.get_attribute(f"#results .thumbs[data-window-id='{wid}']", "data-label") == "none"
 
 
+def test_the_page_asks_for_a_key_when_the_api_wants_one(page, stack: dict, ingested: dict) -> None:
+    """A 401 from the search-api (simulated: this stack runs with access control off) opens the
+    key dialog with the API's message; the typed key is kept in sessionStorage and the request
+    is sent again with it."""
+    seen: list[str | None] = []
+
+    def guard(route) -> None:
+        key = route.request.headers.get("x-api-key")
+        seen.append(key)
+        if route.request.method == "POST" and key != "ck_00000000_test":
+            body = {
+                "error": {
+                    "code": "unauthorized",
+                    "message": "POST /v1/projects needs an API key with scope write",
+                }
+            }
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(body))
+        else:
+            route.continue_()
+
+    page.route(f"{stack['api']}/v1/projects", guard)
+    page.click("#tab-project")
+    page.fill("#project-name", "Keyed")
+    page.press("#project-name", "Enter")
+    page.wait_for_selector("#api-key-dialog[open]")
+    assert "needs an API key with scope write" in page.inner_text("#api-key-reason")
+    page.fill("#api-key-input", "ck_00000000_test")
+    page.click("#api-key-ok")
+    page.wait_for_function("() => document.body.dataset.project")
+    project_id = int(page.get_attribute("body", "data-project"))
+    assert httpx.get(f"{stack['api']}/v1/projects/{project_id}").json()["name"] == "Keyed"
+    assert page.evaluate("sessionStorage.getItem('cliprs.apiKey')") == "ck_00000000_test"
+    assert [k for k in seen if k] and seen[-1] == "ck_00000000_test"
+    assert not page.is_visible("#api-key-dialog")
+    httpx.delete(f"{stack['api']}/v1/projects/{project_id}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_artifacts() -> None:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)

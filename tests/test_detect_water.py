@@ -28,6 +28,9 @@ from cliprs_tools.devstack import DEMO_AREA
 from cliprs_tools.ndwi import water_fractions
 
 ZOOMS = [13, 14]
+# A source name of this module's own: tiles are shared by (source, z, x, y) across the session's
+# database, and another module's demo tiles have their vectors in another platform's data folder.
+SOURCE = "demo-water"
 LABELS_PER_CLASS = 20
 
 
@@ -38,11 +41,11 @@ def demo(
     pyramid = tmp_path_factory.mktemp("demo-water")
     render_pyramid(demo_band_paths(), pyramid, ZOOMS, progress=False)
     env = {
-        "CLIPRS_TILE_SOURCES": json.dumps({"demo": f"file://{pyramid}/{{z}}/{{x}}/{{y}}.png"}),
+        "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{pyramid}/{{z}}/{{x}}/{{y}}.png"}),
         "CLIP_MODEL": str(tiny_model_dir),
     }
     with start_platform("detect", env) as platform:
-        ingested = ingest_area(platform, {**DEMO_AREA, "zooms": ZOOMS}, timeout_s=300)
+        ingested = ingest_area(platform, {**DEMO_AREA, "zooms": ZOOMS, "source": SOURCE}, timeout_s=300)
         yield {**platform, **ingested, "pg_url": pg_url}
 
 

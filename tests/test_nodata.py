@@ -30,6 +30,11 @@ from cliprs_tools.demo import demo_band_paths, render_pyramid
 from cliprs_tools.devstack import DEMO_AREA
 
 WINDOW_SETTINGS = EmbedderSettings()  # the product's defaults: what the workers below run
+# Tiles are shared by (source, z, x, y) across the session's database: a source name of this
+# module's own keeps another module's demo tiles (embedded by another platform, whose vectors
+# live in another data folder) out of this area.
+SOURCE = "demo-nodata"
+AREA = {**DEMO_AREA, "source": SOURCE}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +48,11 @@ def pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo(start_platform, pg_url: str, tiny_model_dir: Path, pyramid: Path) -> Iterator[dict]:
     """The platform with the demo area ingested, as `make up` ingests it."""
     env = {
-        "CLIPRS_TILE_SOURCES": json.dumps({"demo": f"file://{pyramid}/{{z}}/{{x}}/{{y}}.png"}),
+        "CLIPRS_TILE_SOURCES": json.dumps({SOURCE: f"file://{pyramid}/{{z}}/{{x}}/{{y}}.png"}),
         "CLIP_MODEL": str(tiny_model_dir),
     }
     with start_platform("nodata", env) as platform:
-        yield {**platform, **ingest_area(platform, DEMO_AREA, timeout_s=300), "pg_url": pg_url}
+        yield {**platform, **ingest_area(platform, AREA, timeout_s=300), "pg_url": pg_url}
 
 
 def tile_pixels(pyramid: Path, z: int, x: int, y: int) -> np.ndarray | None:

@@ -53,9 +53,18 @@ class Unreachable(Exception):
 class Api:
     """A thin client of the search-api's REST endpoints."""
 
-    def __init__(self, base_url: str, timeout_s: float = 60.0, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s, transport=transport)
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout_s, transport=transport, headers=headers
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -399,6 +408,10 @@ class ClientCli(BaseSettings):
     api: str = Field("http://127.0.0.1:8000", description="the search-api's base URL (env CLIPRS_API)")
     json_output: bool = Field(False, alias="json", description="print the API's JSON answers as they are")
     timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one request")
+    # A key with the write scope for projects, labels and runs (`make up` prints an admin key).
+    api_key: str | None = Field(
+        None, description="API key sent as X-API-Key (env CLIPRS_API_KEY; never printed)"
+    )
 
     search: CliSubCommand[Search] = Field(description="text search")
     projects: CliSubCommand[Projects] = Field(description="create, list, show, update, delete projects")
@@ -411,7 +424,7 @@ class ClientCli(BaseSettings):
 def dispatch(cli: ClientCli, transport: httpx.BaseTransport | None = None) -> None:
     """Run the chosen command against ``cli.api``."""
     command = get_subcommand(cli)
-    api = Api(cli.api, cli.timeout_s, transport)
+    api = Api(cli.api, cli.timeout_s, transport, cli.api_key)
     out = Out(cli.json_output)
     try:
         if isinstance(command, Export):

@@ -64,6 +64,10 @@ def stack_env(ports: Ports, base: dict[str, str]) -> dict[str, str]:
         WEB_TILER_URL=f"http://{host}:{ports.tiler}",
         PYTHONUNBUFFERED="1",
     )
+    # The web page of this stack may call the API from a browser (unless the caller chose).
+    env.setdefault(
+        "SEARCH_CORS_ORIGINS", json.dumps([f"http://{host}:{ports.web}", f"http://localhost:{ports.web}"])
+    )
     return env
 
 
@@ -224,6 +228,7 @@ def follow_job(
     timeout_s: float = 240,
     poll_s: float = 0.5,
     on_update: Callable[[dict], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """Poll ``GET /v1/jobs/{id}`` until the job is done or failed; returns its last state.
 
@@ -235,23 +240,35 @@ def follow_job(
         if time.monotonic() > deadline:
             raise TimeoutError(f"ingest job {job['id']} not finished after {timeout_s:.0f} s: {job}")
         time.sleep(poll_s)
-        job = httpx.get(f"{api}/v1/jobs/{job['id']}", timeout=10).json()
+        job = httpx.get(f"{api}/v1/jobs/{job['id']}", timeout=10, headers=headers).json()
         if on_update is not None:
             on_update(job)
     return job
 
 
-def ingest(api: str, area: dict, poll_s: float = 1.0, timeout_s: float = 3600, show: bool = True) -> dict:
-    """Create an area (unless one with the same name exists) and follow its job to the end."""
+def ingest(
+    api: str,
+    area: dict,
+    poll_s: float = 1.0,
+    timeout_s: float = 3600,
+    show: bool = True,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """Create an area (unless one with the same name exists) and follow its job to the end;
+    ``headers`` carry an API key with the write scope."""
     from tqdm import tqdm
 
-    existing = [a for a in httpx.get(f"{api}/v1/areas", timeout=10).json() if a["name"] == area["name"]]
+    existing = [
+        a
+        for a in httpx.get(f"{api}/v1/areas", timeout=10, headers=headers).json()
+        if a["name"] == area["name"]
+    ]
     if existing and existing[0]["status"] == "ready":
         return existing[0]["job"]
     if existing and existing[0].get("job") and existing[0]["job"]["state"] not in ("failed", "done"):
         job = existing[0]["job"]
     else:
-        resp = httpx.post(f"{api}/v1/areas", json=area, timeout=30)
+        resp = httpx.post(f"{api}/v1/areas", json=area, timeout=30, headers=headers)
         if resp.status_code != 202:
             raise RuntimeError(f"creating the area failed: {resp.status_code} {resp.text}")
         job = resp.json()["job"]
@@ -266,7 +283,7 @@ def ingest(api: str, area: dict, poll_s: float = 1.0, timeout_s: float = 3600, s
         bar.refresh()
 
     try:
-        job = follow_job(api, job, timeout_s=timeout_s, poll_s=poll_s, on_update=progress)
+        job = follow_job(api, job, timeout_s=timeout_s, poll_s=poll_s, on_update=progress, headers=headers)
     finally:
         bar.close()
     if job["state"] == "failed":
@@ -331,15 +348,21 @@ def up(root: Path, embed_workers: int) -> None:
         print(
             "!!! Put the model in the Hugging Face cache or set CLIP_MODEL to a local folder, then `make up` again."
         )
+    from cliprs_tools.keys import local_admin_key
+
+    key = local_admin_key(core.database_url, root / ".run" / "admin-key")
+    headers = {"Authorization": f"Bearer {key}"}
     print("==> ingesting the demo area")
-    job = ingest(f"http://127.0.0.1:{ports.search}", DEMO_AREA)
+    job = ingest(f"http://127.0.0.1:{ports.search}", DEMO_AREA, headers=headers)
     print(f"==> demo area indexed: {job['windows_indexed']} windows from {job['tiles_embedded']} tiles")
     from cliprs_tools.landsat import LANDSAT_AREA
 
     print(f"==> ingesting the cloudy Landsat 8 area ({LANDSAT_AREA['name']})")
-    job = ingest(f"http://127.0.0.1:{ports.search}", LANDSAT_AREA)
+    job = ingest(f"http://127.0.0.1:{ports.search}", LANDSAT_AREA, headers=headers)
     print(f"==> Landsat area indexed: {job['windows_indexed']} windows from {job['tiles_embedded']} tiles")
     print(f"\nCLIP-RS is up:  http://127.0.0.1:{ports.web}/   (API: http://127.0.0.1:{ports.search}/docs)")
+    print(f"Admin API key (read, write, admin; also in .run/admin-key): {key}")
+    print("  the page asks for a key when you create or delete an area, label or run Detect")
 
 
 def down(root: Path) -> None:

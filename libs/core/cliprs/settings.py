@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,19 @@ class CoreSettings(BaseSettings):
     # without progress before its work is handed out again (PostGIS is the record of progress).
     reconcile_s: float = 30
     stall_s: float = 120
+    # Operations: log lines as JSON objects with the request id (or text); a Prometheus metrics
+    # server per worker process from this port (the next free one when taken; 0 = off); the
+    # longest URL an HTTP service accepts (414 in the JSON error shape beyond it).
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    max_url_bytes: int = Field(8192, ge=256)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        # Anything but "json" reads as text: a typo must not stop a service from starting.
+        return "json" if str(value).strip().lower() == "json" else "text"
 
     @field_validator("max_tiles_per_area")
     @classmethod

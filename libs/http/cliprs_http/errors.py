@@ -69,6 +69,56 @@ def _dependency_errors() -> tuple[type[BaseException], ...]:
 DEPENDENCY_ERRORS = _dependency_errors()
 
 
+INT64_MAX = 2**63 - 1
+OUT_OF_RANGE_MESSAGE = (
+    f"a number in the request is beyond the 64-bit integer range (-{INT64_MAX + 1}..{INT64_MAX}); "
+    "ids are 64-bit integers: check the id or value you sent"
+)
+
+
+def _out_of_range_errors() -> tuple[type[BaseException], ...]:
+    """Errors a number too large for the database or NumPy raises (an id beyond int64)."""
+    found: list[type[BaseException]] = [OverflowError]
+    try:
+        import sqlalchemy.exc
+
+        # asyncpg's "value out of int64 range" arrives as a DBAPIError; psycopg2's
+        # NumericValueOutOfRange as a DataError (a DBAPIError too).
+        found.append(sqlalchemy.exc.DBAPIError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+OUT_OF_RANGE_ERRORS = _out_of_range_errors()
+
+
+_OUT_OF_RANGE_SIGNS = (
+    "out of int64 range",
+    "out of int32 range",
+    "out of int16 range",
+    "out of range for type",
+    "integer out of range",
+    "bigint out of range",
+)
+
+
+def is_out_of_range(exc: BaseException) -> bool:
+    """True when ``exc`` says a number was beyond a 64-bit (or narrower) integer's range."""
+    if isinstance(exc, OverflowError):
+        return True
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).lower()
+        if any(sign in text for sign in _OUT_OF_RANGE_SIGNS):
+            return True
+        if type(exc).__name__ in ("NumericValueOutOfRange",):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__  # type: ignore[assignment]
+    return False
+
+
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
@@ -119,6 +169,14 @@ def install_error_handlers(app: FastAPI) -> None:
     # errors instead of logging them as crashes.
     for cls in DEPENDENCY_ERRORS:
         app.add_exception_handler(cls, _dependency)
+
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        if not is_out_of_range(exc):
+            return await _crash(request, exc)
+        return _answer(422, "invalid_request", OUT_OF_RANGE_MESSAGE)
+
+    for cls in OUT_OF_RANGE_ERRORS:
+        app.add_exception_handler(cls, _out_of_range)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -61,6 +61,8 @@ def run_platform(
             "CLIPRS_DATA_DIR": str(data_dir),
             "CLIPRS_REDIS_NAMESPACE": namespace,
             "HF_HUB_OFFLINE": "1",  # tests and benchmarks run on local models only
+            # Access control (keys, quotas) is off unless the caller turns it on ("on").
+            "SEARCH_AUTH": os.environ.get("SEARCH_AUTH", "off"),
             **(env or {}),
         },
     )

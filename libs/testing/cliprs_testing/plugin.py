@@ -8,6 +8,7 @@ the tiny CLIP (`cliprs_testing.model`) and the platform as processes (`cliprs_te
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -19,10 +20,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cliprs.db.engine import async_engine
 from cliprs.settings import CoreSettings
 from cliprs_testing.db import throwaway_database
+from cliprs_testing.keys import TestKey, make_test_keys
 from cliprs_testing.model import default_cache_dir, tiny_clip
 from cliprs_testing.platform import run_platform
 from cliprs_testing.redis_db import private_redis_db
 from cliprs_testing.synthetic import delete_seeded
+
+# Access control (API keys, quotas) is off in every search-api the tests start, in-process or as
+# a process, unless a test turns it on: SearchSettings(auth="on") or {"SEARCH_AUTH": "on"}.
+os.environ.setdefault("SEARCH_AUTH", "off")
+
+
+@pytest.fixture
+def api_keys(pg_url: str) -> Iterator[dict[str, TestKey]]:
+    """API keys in the test database: ``read``, ``write``, ``admin`` and ``revoked`` (each a
+    `TestKey` with ``.secret`` and ``.headers``), deleted after the test."""
+    with make_test_keys(pg_url) as keys:
+        yield keys
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from cliprs.metrics import GpuCollector
 from cliprs_embedder.routes import ROUTERS
 from cliprs_embedder.service import ModelSlot
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_http import install_error_handlers
+from cliprs_http.observability import install_observability
 from cliprs_model import ClipEncoder
 from cliprs_model.settings import ModelSettings
 
@@ -32,6 +34,7 @@ def create_app(
     app.state.settings = settings or EmbedderSettings()
     app.state.model = slot
     install_error_handlers(app)
+    install_observability(app, "embedder", [GpuCollector()])
     for router in ROUTERS:
         app.include_router(router)
     return app

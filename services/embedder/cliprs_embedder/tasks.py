@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from celery.signals import worker_ready, worker_shutdown
 
+from cliprs.metrics import start_worker_observability
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_EMBED_JOB,
@@ -41,6 +42,7 @@ def embedder() -> Embedder:
 def _at_start(**_: object) -> None:
     # Load before the first task arrives, so a slow or failing model shows up at start-up; then
     # look for work that nobody will deliver (queues lost, workers dead).
+    start_worker_observability("embedder-worker", core.redis_url)  # CLIPRS_METRICS_PORT, CLIPRS_LOG_FORMAT
     embedder()
     start_reconciler(app, core)
 

@@ -8,6 +8,7 @@ from celery.signals import worker_ready
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
+from cliprs.metrics import start_worker_observability
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_DELETE_AREA,
@@ -54,6 +55,7 @@ def _collect_garbage(retries_left: int = GC_RETRIES) -> dict:
 
 @worker_ready.connect
 def _at_start(**_: object) -> None:
+    start_worker_observability("indexer-worker", core.redis_url)  # CLIPRS_METRICS_PORT, CLIPRS_LOG_FORMAT
     start_reconciler(app, core)  # work nobody will deliver any more (queues lost, workers dead)
 
 

@@ -16,6 +16,9 @@ from cliprs.db.engine import async_engine
 from cliprs.queue import make_celery
 from cliprs.settings import CoreSettings
 from cliprs_http import install_error_handlers
+from cliprs_http.observability import install_observability
+from cliprs_search import metrics as search_metrics
+from cliprs_search.auth import install_access
 from cliprs_search.context import Context
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.geocode import make_geocoder
@@ -104,4 +107,7 @@ def create_app(
     app.state.ctx = ctx
     for module in (search, analysis, areas, health, projects, exports, runs):
         app.include_router(module.router)
+    install_access(app)  # admin endpoints, 401/403/429 answers, the audit trail
+    # Last: the outermost middleware, so every answer (audit, CORS, 401/429) has its request id and counts.
+    install_observability(app, "search-api", search_metrics.collectors(ctx))
     return app

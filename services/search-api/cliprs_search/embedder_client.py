@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 
 from cliprs.errors import ClipRSError, InvalidInput, TooLarge, Unavailable
+from cliprs_http.observability import forward_request_id
 
 # The embedder's error code -> the domain error raised here. ``invalid_request`` (a request the
 # embedder's schema refuses) is built from the caller's input, e.g. a form without the file.
@@ -41,7 +42,12 @@ class EmbedderClient:
         self, base_url: str, timeout_s: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
     ):
         # Keep-alive connections: a search must not pay a TCP handshake for its embedding.
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout_s,
+            transport=transport,
+            event_hooks={"request": [forward_request_id]},  # X-Request-ID across services
+        )
 
     async def _post(self, path: str, **kwargs) -> dict:
         try:

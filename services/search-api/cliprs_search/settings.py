@@ -26,7 +26,9 @@ class SearchSettings(BaseSettings):
     embedder_url: str = "http://127.0.0.1:8002"
     # Public base URL of the tiler, used in the image URLs of results.
     tiler_public_url: str = "http://127.0.0.1:8001"
-    cors_origins: list[str] = ["*"]
+    # Origins whose pages may call the API from a browser (CORS); the default is the web page
+    # that `make up` serves. ["*"] allows any origin.
+    cors_origins: list[str] = ["http://127.0.0.1:8080", "http://localhost:8080"]
     default_k: int = 20
     max_k: int = 200
     # How deep a cursor may page (offset + k).
@@ -114,3 +116,18 @@ class SearchSettings(BaseSettings):
     # heartbeat_s, which index versions it holds; the indexer keeps those versions' files.
     heartbeat_s: float = 5.0
     searcher_ttl_s: float = 20.0
+
+    # Access control (cliprs_search.auth). "off" turns every check and quota off (development
+    # and tests that are not about access); "on" applies the two rules below.
+    auth: Literal["on", "off"] = "on"
+    require_key_for_writes: bool = True
+    require_key_for_reads: bool = False
+    # Per-key token buckets in Redis (requests without a key share one per client address):
+    # searches (text, similar, refine, classify, heat maps) and image uploads.
+    search_rate_per_s: float = Field(5.0, gt=0)
+    search_burst: int = Field(20, ge=1)
+    upload_rate_per_s: float = Field(1.0, gt=0)
+    upload_burst: int = Field(5, ge=1)
+    # Tiles a key may plan from remote (http/https) sources per UTC day, counted when an area is
+    # created (a key's own daily_tile_budget overrides it); local sources do not count.
+    daily_tile_budget: int = Field(20_000, ge=0)

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from cliprs.metrics import QueueCollector
 from cliprs.settings import CoreSettings
 from cliprs_http import install_error_handlers
+from cliprs_http.observability import install_observability
 from cliprs_tiler.routes import health, plans, tiles
 from cliprs_tiler.service import TilerContext
 from cliprs_tiler.settings import TilerSettings
@@ -40,6 +42,7 @@ def create_app(core: CoreSettings | None = None, settings: TilerSettings | None 
         expose_headers=["ETag"],
     )
     install_error_handlers(app)
+    install_observability(app, "tiler", [QueueCollector(core.redis_url)])
     for module in (health, tiles, plans):
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@ from celery.signals import worker_ready
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.errors import Unavailable
+from cliprs.metrics import start_worker_observability
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_EMBED_JOB,
@@ -32,6 +33,7 @@ app = make_celery("cliprs-tiler", core)
 
 @worker_ready.connect
 def _at_start(**_: object) -> None:
+    start_worker_observability("tiler-worker", core.redis_url)  # CLIPRS_METRICS_PORT, CLIPRS_LOG_FORMAT
     start_reconciler(app, core)  # work nobody will deliver any more (queues lost, workers dead)
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from cliprs_http import install_error_handlers
+from cliprs_http.observability import install_observability
 from cliprs_web import __version__
 from cliprs_web.routes import router
 from cliprs_web.service import STATIC_DIR, VENDOR_FILES
@@ -32,6 +33,7 @@ def create_app(settings: WebSettings | None = None, *, static_dir: Path | None =
         "configured" if settings.mapbox_token else "not set",
     )
     install_error_handlers(app)
+    install_observability(app, "web")
     app.include_router(router)
     # Last, so the routes above win: index.html at "/", app.js, app.css, js/, vendor/.
     app.mount("/", StaticFiles(directory=app.state.static_dir, html=True), name="static")

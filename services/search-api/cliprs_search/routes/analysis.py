@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 
 from cliprs_http.schemas import ERROR_RESPONSES
+from cliprs_search.auth import SEARCH
 from cliprs_search.context import Context
 from cliprs_search.routes.deps import get_context, read_upload
 from cliprs_search.schemas import Classification, Heatmap
@@ -13,7 +14,7 @@ from cliprs_search.service import analysis
 router = APIRouter(tags=["analysis"], responses=ERROR_RESPONSES)
 
 
-@router.post("/v1/classify")
+@router.post("/v1/classify", dependencies=[Depends(SEARCH)])
 async def classify(
     file: UploadFile | None = File(None, description="A PNG, JPEG or WebP image (or give window_id)"),
     window_id: int | None = Form(None, description="An indexed window to label (instead of a file)"),
@@ -32,7 +33,7 @@ async def classify(
     return await analysis.classify(ctx, upload, window_id, labels, template)
 
 
-@router.get("/v1/tiles/{source}/{z}/{x}/{y}/heatmap")
+@router.get("/v1/tiles/{source}/{z}/{x}/{y}/heatmap", dependencies=[Depends(SEARCH)])
 async def heatmap(
     source: str,
     z: int = Path(..., ge=0, le=30),

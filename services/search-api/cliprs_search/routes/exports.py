@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from cliprs_http.schemas import ERROR_RESPONSES, RUN_NOT_DONE
+from cliprs_search.auth import READ
 from cliprs_search.context import Context
 from cliprs_search.routes.deps import get_context
 from cliprs_search.service import exports
@@ -20,7 +21,7 @@ MVT_TYPE = "application/vnd.mapbox-vector-tile"
 # matching If-None-Match answers 304 without making the tile).
 TILE_CACHE = "no-cache"
 
-router = APIRouter(tags=["runs"], responses=RESPONSES)
+router = APIRouter(tags=["runs"], responses=RESPONSES, dependencies=[Depends(READ)])
 
 
 def _matches(if_none_match: str, etag: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 
 from cliprs_http.schemas import ERROR_RESPONSES, RUN_NOT_DONE
+from cliprs_search.auth import READ, write
 from cliprs_search.context import Context
 from cliprs_search.routes.deps import get_context
 from cliprs_search.runs_schemas import Run, RunCounts, RunPolygons, RunRequest, ThresholdRequest
@@ -14,7 +15,7 @@ from cliprs_search.service import runs
 router = APIRouter(tags=["runs"], responses={**ERROR_RESPONSES, **RUN_NOT_DONE})
 
 
-@router.post("/v1/projects/{project_id}/runs", status_code=202)
+@router.post("/v1/projects/{project_id}/runs", status_code=202, dependencies=[Depends(write("run.create"))])
 async def create_run(
     project_id: int, body: RunRequest | None = None, ctx: Context = Depends(get_context)
 ) -> Run:
@@ -24,13 +25,13 @@ async def create_run(
     return await runs.create_run(ctx, project_id, body or RunRequest())
 
 
-@router.get("/v1/runs/{run_id}")
+@router.get("/v1/runs/{run_id}", dependencies=[Depends(READ)])
 async def get_run(run_id: int, ctx: Context = Depends(get_context)) -> Run:
     """A run: state, threshold, windows scored, hits, the held-out estimate and the model."""
     return await runs.get_run(ctx, run_id)
 
 
-@router.get("/v1/runs/{run_id}/counts")
+@router.get("/v1/runs/{run_id}/counts", dependencies=[Depends(READ)])
 async def run_counts(
     run_id: int,
     threshold: list[float] = Query(
@@ -45,14 +46,14 @@ async def run_counts(
     return await runs.counts(ctx, run_id, threshold, histogram)
 
 
-@router.patch("/v1/runs/{run_id}")
+@router.patch("/v1/runs/{run_id}", dependencies=[Depends(write("run.update"))])
 async def set_run_threshold(run_id: int, body: ThresholdRequest, ctx: Context = Depends(get_context)) -> Run:
     """Apply a new threshold: the hits and polygons are re-derived from the stored scores
     (synchronously; the answer is the updated run)."""
     return await runs.set_threshold(ctx, run_id, body)
 
 
-@router.get("/v1/runs/{run_id}/polygons")
+@router.get("/v1/runs/{run_id}/polygons", dependencies=[Depends(READ)])
 async def run_polygons(
     run_id: int,
     limit: int = Query(1000, description="polygons per page (at most 5,000)"),

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from cliprs_http.schemas import ERROR_RESPONSES
+from cliprs_search.auth import SEARCH, UPLOAD
 from cliprs_search.context import Context
 from cliprs_search.routes.deps import get_context, read_upload
 from cliprs_search.schemas import SearchBody, SearchOptions, SearchResults
@@ -18,7 +19,7 @@ router = APIRouter(tags=["search"], responses=ERROR_RESPONSES)
 QueryOptions = Annotated[SearchOptions, Query()]
 
 
-@router.get("/v1/search")
+@router.get("/v1/search", dependencies=[Depends(SEARCH)])
 async def search_text(
     q: Annotated[str, Query(description="What to look for, e.g. 'boats near a pier'")],
     options: QueryOptions,
@@ -32,14 +33,14 @@ async def search_text(
     return await search.text_search(ctx, q, options)
 
 
-@router.post("/v1/search")
+@router.post("/v1/search", dependencies=[Depends(SEARCH)])
 async def search_body(body: SearchBody, ctx: Context = Depends(get_context)) -> SearchResults:
     """Text to image (``q``) or find similar (``window_id``) with every filter, GeoJSON polygons
     included: the same answer as ``GET /v1/search``."""
     return await search.body_search(ctx, body)
 
 
-@router.post("/v1/search/image")
+@router.post("/v1/search/image", dependencies=[Depends(UPLOAD)])
 async def search_image(
     file: Annotated[UploadFile, File(description="A PNG, JPEG or WebP image")],
     options: QueryOptions,
@@ -51,7 +52,7 @@ async def search_image(
     return await search.image_search(ctx, upload, options, polygon)
 
 
-@router.get("/v1/windows/{window_id}/similar")
+@router.get("/v1/windows/{window_id}/similar", dependencies=[Depends(SEARCH)])
 async def search_similar(
     window_id: int, options: QueryOptions, ctx: Context = Depends(get_context)
 ) -> SearchResults:

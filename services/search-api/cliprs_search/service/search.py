@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from cliprs.errors import InvalidInput, TooLarge
+from cliprs.errors import InvalidInput, NotFound, TooLarge
 from cliprs.tiles import parse_bbox, validate_zooms
+from cliprs_http.observability import observe_search_timings
 from cliprs_index.shardset import SearchEffort
 from cliprs_search import cursor as cursors
+from cliprs_search import repository
 from cliprs_search.confidence import assess
 from cliprs_search.context import Context
 from cliprs_search.filters import HitFilter, parse_polygon
@@ -169,6 +171,8 @@ async def answer_search(
     s = ctx.settings
     index = ctx.index()
     async with ctx.engine.connect() as conn:
+        if opts.flt.area_id is not None and await repository.area(conn, opts.flt.area_id) is None:
+            raise NotFound(f"area {opts.flt.area_id} does not exist; GET /v1/areas lists the areas")
         page = await run_search(
             index,
             conn,
@@ -234,6 +238,7 @@ async def answer_search(
         if has_next
         else None
     )
+    observe_search_timings(timings)
     return SearchResults(
         type="FeatureCollection",
         features=features,

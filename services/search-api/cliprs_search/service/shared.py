@@ -32,8 +32,23 @@ class Upload:
     content_type: str
 
 
+# Control characters in a text query: tab, line feed, vertical tab, form feed and carriage return
+# are whitespace (each becomes a space); any other (Unicode category Cc: U+0000-U+001F and
+# U+007F-U+009F, NUL and ESC included) is refused with 400, naming it and where it is.
+_WHITESPACE_CONTROLS = str.maketrans({c: " " for c in "\t\n\v\f\r"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def validate_query(q: str, max_chars: int) -> str:
-    """The stripped query, or `InvalidInput` when there is nothing the model could look for."""
+    """The stripped query, or `InvalidInput` when there is nothing the model could look for
+    (or it holds a control character other than whitespace)."""
+    q = q.translate(_WHITESPACE_CONTROLS)
+    bad = _CONTROL.search(q)
+    if bad:
+        raise InvalidInput(
+            f"the query holds the control character U+{ord(bad.group()):04X} at position {bad.start() + 1}; "
+            "send plain text (tabs and line breaks are read as spaces)"
+        )
     q = q.strip()
     if not q:
         raise InvalidInput("the query is empty; describe what to look for, e.g. 'boats near a pier'")

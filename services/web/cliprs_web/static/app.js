@@ -7,13 +7,13 @@
  * so and search, the result list and the area form keep working.
  */
 
-import { SearchApi, TilerApi, loadConfig } from "./js/api.js";
+import { SearchApi, TilerApi, loadConfig, setKeyPrompt } from "./js/api.js";
 import { AnalysisController } from "./js/analysis.js";
 import { AreaForm } from "./js/area-form.js";
 import { MapView } from "./js/map-view.js";
 import { ProjectController } from "./js/projects.js";
 import { SearchController } from "./js/search.js";
-import { ErrorArea, showFallbackBanner } from "./js/ui.js";
+import { ErrorArea, keyPrompter, showFallbackBanner } from "./js/ui.js";
 
 const READINESS_RETRY_MS = 15000;
 
@@ -126,6 +126,8 @@ async function main() {
   }
   state.tilerUrl = config.tilerUrl;
   const api = new SearchApi(config.searchApiUrl);
+  // When the API answers 401/403, ask for a key and keep it for this browser session.
+  setKeyPrompt(keyPrompter(document.getElementById("api-key-dialog")));
   const tiler = new TilerApi(config.tilerUrl);
   const getMap = () => state.mapView;
   const search = new SearchController({ api, errors, getMap });

@@ -23,6 +23,47 @@ export class ApiError extends Error {
   }
 }
 
+// ------------------------------------------------------------------ API keys
+
+/** Where the page keeps the API key: for this browser session only (sessionStorage). */
+export const API_KEY_STORAGE = "cliprs.apiKey";
+/** Base URLs whose requests carry the key (the search-api; never the tiler or the page's own). */
+const keyedBases = new Set();
+/** @type {null | ((info: {status: number, message: string}) => Promise<string|null>)} */
+let keyPrompt = null;
+
+/** The stored key, or null. */
+export function storedApiKey() {
+  try {
+    return sessionStorage.getItem(API_KEY_STORAGE);
+  } catch {
+    return null;
+  }
+}
+
+/** Keep (or, with null/"", forget) the key for this browser session. */
+export function storeApiKey(key) {
+  try {
+    if (key) sessionStorage.setItem(API_KEY_STORAGE, key);
+    else sessionStorage.removeItem(API_KEY_STORAGE);
+  } catch {
+    /* storage disabled: the key lasts until the page reloads only */
+  }
+}
+
+/**
+ * Ask for a key when the API answers 401 or 403: `prompt` shows the reason and resolves to the
+ * key the user typed, or null when they cancel.
+ */
+export function setKeyPrompt(prompt) {
+  keyPrompt = prompt;
+}
+
+function keyed(url) {
+  for (const base of keyedBases) if (url.startsWith(base)) return true;
+  return false;
+}
+
 /** The message of an error answer: the platform's envelope, FastAPI's `detail`, or the status. */
 export function errorMessage(body, status, statusText = "") {
   const envelope = body?.error;
@@ -50,8 +91,25 @@ export function errorMessage(body, status, statusText = "") {
  *   `acceptStatus` lets a caller take a non-2xx answer as data (e.g. a 503 from /readyz).
  * @returns {Promise<{status: number, body: any}>}
  */
-export async function requestJson(url, { method = "GET", json, form, signal, acceptStatus = () => false } = {}) {
+export async function requestJson(url, options = {}) {
+  const { acceptStatus = () => false } = options;
+  let response = await send(url, options);
+  if ((response.status === 401 || response.status === 403) && keyed(url) && keyPrompt && !acceptStatus(response.status)) {
+    // The API wants a (better) key: ask once, keep it for the session, send the request again.
+    const body = await response.clone().json().catch(() => null);
+    const key = await keyPrompt({ status: response.status, message: errorMessage(body, response.status, response.statusText) });
+    if (key) {
+      storeApiKey(key.trim());
+      response = await send(url, options);
+    }
+  }
+  return readAnswer(url, response, acceptStatus);
+}
+
+async function send(url, { method = "GET", json, form, signal } = {}) {
   const init = { method, signal, headers: { Accept: "application/json" } };
+  const key = keyed(url) ? storedApiKey() : null;
+  if (key) init.headers["X-API-Key"] = key;
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -68,6 +126,10 @@ export async function requestJson(url, { method = "GET", json, form, signal, acc
       { url },
     );
   }
+  return response;
+}
+
+async function readAnswer(url, response, acceptStatus) {
   const text = await response.text();
   let body = null;
   try {
@@ -163,6 +225,7 @@ export class SearchApi {
   constructor(baseUrl) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.capabilities = UNKNOWN_CAPABILITIES;
+    keyedBases.add(this.baseUrl + "/");
   }
 
   /** Absolute URL of an API path with query parameters (arrays repeat; null/undefined are left out). */

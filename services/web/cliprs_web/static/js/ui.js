@@ -134,3 +134,33 @@ export function debounce(fn, ms) {
     timer = setTimeout(() => fn(...args), ms);
   };
 }
+
+/**
+ * Ask for an API key in the page's dialog (`#api-key-dialog`): shows why the API refused (its
+ * message), resolves to the typed key, or null when cancelled. Concurrent refusals share one
+ * dialog.
+ * @param {HTMLDialogElement} dialog
+ */
+export function keyPrompter(dialog) {
+  let pending = null;
+  return ({ status, message }) => {
+    if (pending) return pending;
+    const input = dialog.querySelector("input");
+    dialog.querySelector("#api-key-reason").textContent =
+      `${status === 403 ? "This key may not do that" : "The API needs a key"}: ${message}`;
+    input.value = "";
+    pending = new Promise((resolve) => {
+      dialog.addEventListener(
+        "close",
+        () => {
+          pending = null;
+          resolve(dialog.returnValue === "ok" && input.value.trim() ? input.value.trim() : null);
+        },
+        { once: true },
+      );
+    });
+    dialog.showModal();
+    input.focus();
+    return pending;
+  };
+}

@@ -1,0 +1,74 @@
+"""API keys and the audit trail, for admins."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cliprs.errors import InvalidInput, NotFound
+from cliprs_search import keys_repository as repo
+from cliprs_search.admin_schemas import ApiKeyInfo, AuditEntry, AuditPage, KeyCreate, KeyCreated
+from cliprs_search.context import Context
+
+
+async def create_key(ctx: Context, body: KeyCreate) -> KeyCreated:
+    name = body.name.strip()
+    if not name:
+        raise InvalidInput("give the key a name that says who or what it is for")
+    async with ctx.engine.begin() as conn:
+        row, secret = await conn.run_sync(
+            lambda c: repo.create_key(c, name, list(body.scopes), body.daily_tile_budget)
+        )
+    return KeyCreated(key=ApiKeyInfo(**row), secret=secret)
+
+
+async def list_keys(ctx: Context, include_revoked: bool) -> list[ApiKeyInfo]:
+    async with ctx.engine.connect() as conn:
+        rows = await conn.run_sync(repo.list_keys, include_revoked)
+    return [ApiKeyInfo(**r) for r in rows]
+
+
+async def get_key(ctx: Context, key_id: int) -> ApiKeyInfo:
+    async with ctx.engine.connect() as conn:
+        row = await conn.run_sync(repo.get_key, key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id}; GET /v1/admin/keys lists the keys")
+    return ApiKeyInfo(**row)
+
+
+async def revoke_key(ctx: Context, key_id: int) -> ApiKeyInfo:
+    """Revoke a key: every search-api process refuses it from its next request on (each request
+    looks its key up in PostgreSQL)."""
+    async with ctx.engine.begin() as conn:
+        row = await conn.run_sync(repo.revoke_key, key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id}; GET /v1/admin/keys lists the keys")
+    return ApiKeyInfo(**row)
+
+
+async def audit(
+    ctx: Context,
+    *,
+    key_id: int | None,
+    action: str | None,
+    target: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before_id: int | None,
+    limit: int,
+) -> AuditPage:
+    async with ctx.engine.connect() as conn:
+        rows = await conn.run_sync(
+            lambda c: repo.audit_entries(
+                c,
+                key_id=key_id,
+                action=action,
+                target=target,
+                since=since,
+                until=until,
+                before_id=before_id,
+                limit=limit + 1,
+            )
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AuditPage(entries=[AuditEntry(**r) for r in rows], next_before_id=rows[-1]["id"] if more else None)

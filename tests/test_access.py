@@ -14,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cliprs.settings import CoreSettings
+from cliprs_http.routing import api_routes
 from cliprs_search.app import create_app
-from cliprs_search.auth import access_of, api_routes
+from cliprs_search.auth import access_of
 from cliprs_search.keys_repository import prefix_of
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.keys import TestKey

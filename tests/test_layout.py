@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from packaging.requirements import Requirement
 from pydantic import BaseModel
+
+from cliprs_http.routing import api_routes
 
 HEAVY = {"torch", "transformers", "matplotlib"}
 LIGHT_SERVICES = ["cliprs-tiler", "cliprs-indexer", "cliprs-search", "cliprs-web"]
@@ -130,18 +131,6 @@ def _describes_a_model(annotation: object) -> bool:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return True
     return any(_describes_a_model(arg) for arg in typing.get_args(annotation))
-
-
-def api_routes(routes: list) -> list[APIRoute]:
-    """Every endpoint, descending into included routers (FastAPI keeps them nested)."""
-    found: list[APIRoute] = []
-    for route in routes:
-        if isinstance(route, APIRoute):
-            found.append(route)
-        elif hasattr(route, "original_router"):
-            found.extend(api_routes(route.original_router.routes))
-        # anything else: static mounts, OpenAPI and docs pages
-    return found
 
 
 def routes_without_response_model(app: FastAPI) -> list[str]:

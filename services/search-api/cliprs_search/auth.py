@@ -32,6 +32,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from cliprs.settings import CoreSettings
 from cliprs.tiles import check_plan_size, parse_area, validate_zooms
 from cliprs_http.errors import error_body
+from cliprs_http.routing import api_routes
 from cliprs_http.schemas import ErrorResponse
 from cliprs_search import keys_repository as repo
 from cliprs_search.quotas import Quotas, retry_after
@@ -426,17 +427,6 @@ def access_of(route: APIRoute) -> Access | None:
         if isinstance(dep.call, Access):
             return dep.call
     return None
-
-
-def api_routes(routes: list) -> list[APIRoute]:
-    """Every endpoint, descending into included routers (FastAPI keeps them nested)."""
-    found: list[APIRoute] = []
-    for route in routes:
-        if isinstance(route, APIRoute):
-            found.append(route)
-        elif hasattr(route, "original_router"):
-            found.extend(api_routes(route.original_router.routes))
-    return found
 
 
 def install_access(app: FastAPI) -> None:

@@ -149,7 +149,9 @@ def test_uvicorn_parser_errors_answer_json() -> None:
     between the app cap and that limit answers 414."""
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(make_app(), host="127.0.0.1", port=port, http="httptools", log_level="error")
+        # log_config=None: uvicorn must not reconfigure the process's logging (its dictConfig stops
+        # uvicorn.access propagating, which later tests read through the root logger).
+        uvicorn.Config(make_app(), host="127.0.0.1", port=port, http="httptools", log_config=None)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -92,6 +92,9 @@ def create_app(
             await ctx.geocoder.aclose()
         await ctx.engine.dispose()
         ctx.faiss_pool.shutdown(wait=False)
+        quotas = getattr(app.state, "quotas", None)  # made on first use by the access checks
+        if quotas is not None:
+            await quotas.aclose()
 
     app = FastAPI(
         title="CLIP-RS search API",

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 from cliprs_testing.platform import free_port
 
@@ -130,7 +131,44 @@ def _killpg(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-class PostgresInstance:
+class _ServerProcess:
+    """What both servers share: the process, whether it runs, SIGKILL of its group, and use as
+    a context manager (started on entry, closed on exit, closed too when starting fails)."""
+
+    proc: subprocess.Popen | None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while it runs."""
+        return self.proc.pid if self.running else None
+
+    def kill(self) -> None:
+        """SIGKILL the server and its process group: a crash."""
+        if self.proc is not None:
+            _killpg(self.proc)
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class PostgresInstance(_ServerProcess):
     """A PostgreSQL+PostGIS server of its own on loopback, with the platform's schema.
 
     ``url`` is ``postgresql://postgres@127.0.0.1:PORT/cliprs``; the port stays the same across
@@ -303,15 +341,6 @@ class PostgresInstance:
             upgrade(self.url)
         self._prepared = True
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while it runs."""
-        return self.proc.pid if self.running else None
-
     def stop(self, mode: str = "fast", timeout_s: float = 30) -> None:
         """Shut down: ``fast`` (roll back open transactions, disconnect everyone, checkpoint),
         ``immediate`` (abort at once; crash recovery at the next start) or ``smart``."""
@@ -320,13 +349,8 @@ class PostgresInstance:
         if self.proc is not None:
             _end(self.proc, PG_STOP_SIGNALS[mode], timeout_s)
 
-    def kill(self) -> None:
-        """SIGKILL the postmaster, and its backends with it (its process group): a crash.
-
-        The backends go too, because orphaned ones would hold the shared memory and the next
-        start would refuse to run until they noticed and exited."""
-        if self.proc is not None:
-            _killpg(self.proc)
+    # kill(): the postmaster's process group, its backends included: orphaned ones would hold
+    # the shared memory and the next start would refuse to run until they noticed and exited.
 
     def restart(self, mode: str = "fast") -> PostgresInstance:
         """Stop (``mode``) and start again on the same port; committed data is kept."""
@@ -344,18 +368,8 @@ class PostgresInstance:
             self._home = None
         self._prepared = False
 
-    def __enter__(self) -> PostgresInstance:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-class RedisInstance:
+class RedisInstance(_ServerProcess):
     """A ``redis-server`` of its own on loopback, without persistence: ``restart`` (and
     ``kill`` then ``start``) comes back empty, every queued task lost."""
 
@@ -374,14 +388,6 @@ class RedisInstance:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.running else None
 
     def start(self) -> RedisInstance:
         if self.running:
@@ -425,11 +431,6 @@ class RedisInstance:
         if self.proc is not None:
             _end(self.proc, signal.SIGTERM, timeout_s)
 
-    def kill(self) -> None:
-        """SIGKILL the server."""
-        if self.proc is not None:
-            _killpg(self.proc)
-
     def restart(self) -> RedisInstance:
         """Stop and start again on the same port, empty: every key and queued task is gone."""
         self.stop()
@@ -438,13 +439,3 @@ class RedisInstance:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisInstance:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *_: object) -> None:
-        self.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -170,29 +171,31 @@ def record_audit(
     ).scalar_one()
 
 
-def audit_entries(
-    conn: Connection,
-    *,
-    key_id: int | None = None,
-    action: str | None = None,
-    target: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    before_id: int | None = None,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Audit rows, newest first, filtered; page with ``before_id`` (the last id of a page)."""
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit rows to read (None: any); ``before_id`` pages (the last id of a page)."""
+
+    key_id: int | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+
+
+def audit_entries(conn: Connection, flt: AuditFilter, limit: int = 100) -> list[dict[str, Any]]:
+    """Audit rows passing ``flt``, newest first, at most ``limit``."""
     query = select(_audit).order_by(_audit.c.id.desc()).limit(limit)
-    if key_id is not None:
-        query = query.where(_audit.c.key_id == key_id)
-    if action is not None:
-        query = query.where(_audit.c.action == action)
-    if target is not None:
-        query = query.where(_audit.c.target == target)
-    if since is not None:
-        query = query.where(_audit.c.at >= since)
-    if until is not None:
-        query = query.where(_audit.c.at < until)
-    if before_id is not None:
-        query = query.where(_audit.c.id < before_id)
+    if flt.key_id is not None:
+        query = query.where(_audit.c.key_id == flt.key_id)
+    if flt.action is not None:
+        query = query.where(_audit.c.action == flt.action)
+    if flt.target is not None:
+        query = query.where(_audit.c.target == flt.target)
+    if flt.since is not None:
+        query = query.where(_audit.c.at >= flt.since)
+    if flt.until is not None:
+        query = query.where(_audit.c.at < flt.until)
+    if flt.before_id is not None:
+        query = query.where(_audit.c.id < flt.before_id)
     return [dict(r) for r in conn.execute(query).mappings()]

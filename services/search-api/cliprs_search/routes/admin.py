@@ -58,13 +58,5 @@ async def audit(
 ) -> AuditPage:
     """The audit trail, newest first: every write with its key, time, action, target and what
     changed."""
-    return await service.audit(
-        ctx,
-        key_id=key_id,
-        action=action,
-        target=target,
-        since=since,
-        until=until,
-        before_id=before_id,
-        limit=limit,
-    )
+    flt = service.AuditFilter(key_id, action, target, since, until, before_id)
+    return await service.audit(ctx, flt, limit)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from cliprs.errors import InvalidInput, NotFound
 from cliprs_search import keys_repository as repo
 from cliprs_search.admin_schemas import ApiKeyInfo, AuditEntry, AuditPage, KeyCreate, KeyCreated
@@ -45,30 +43,14 @@ async def revoke_key(ctx: Context, key_id: int) -> ApiKeyInfo:
     return ApiKeyInfo(**row)
 
 
-async def audit(
-    ctx: Context,
-    *,
-    key_id: int | None,
-    action: str | None,
-    target: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    before_id: int | None,
-    limit: int,
-) -> AuditPage:
+# The audit filter is a plain value the route builds and the repository reads.
+AuditFilter = repo.AuditFilter
+
+
+async def audit(ctx: Context, flt: AuditFilter, limit: int) -> AuditPage:
+    """One page of the audit trail, newest first."""
     async with ctx.engine.connect() as conn:
-        rows = await conn.run_sync(
-            lambda c: repo.audit_entries(
-                c,
-                key_id=key_id,
-                action=action,
-                target=target,
-                since=since,
-                until=until,
-                before_id=before_id,
-                limit=limit + 1,
-            )
-        )
+        rows = await conn.run_sync(lambda c: repo.audit_entries(c, flt, limit + 1))
     more = len(rows) > limit
     rows = rows[:limit]
     return AuditPage(entries=[AuditEntry(**r) for r in rows], next_before_id=rows[-1]["id"] if more else None)

@@ -5,7 +5,6 @@ in a query, and a filter naming an area that does not exist."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cliprs.settings import CoreSettings
-from cliprs_embedder.app import create_app as create_embedder
-from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_search.app import create_app
-from cliprs_search.settings import SearchSettings
-from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
+from cliprs_testing.search_app import core_for_test, index_seeded, search_api
+from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area
 
 CENTRE = (-77.036, 38.889)
 BEYOND_INT64 = 2**63  # one past the largest 64-bit id
@@ -32,24 +28,12 @@ WAY_BEYOND = 10**30
 def world(
     pg_url: str, redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict]:
-    core = CoreSettings(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("data"),
-        redis_namespace=f"hard-{uuid.uuid4().hex[:6]}",
-    )
+    core = core_for_test(pg_url, redis_url, tmp_path_factory.mktemp("data"), "hard")
     t = mercantile.tile(*CENTRE, 16)
     area = seed_area(pg_url, [t, mercantile.Tile(t.x + 1, t.y, 16)], name="hardening", source="mall")
     encoder = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu"))
-    write_area_chunks(
-        core.vectors_dir, area, clustered_unit_vectors(len(area.ids), 512, seed=5), encoder.info.loaded
-    )
-    publish_area(core, area.area_id, collect_area_vectors(core, area.area_id))
-    app = create_app(
-        core,
-        SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test"),
-        embedder_transport=httpx.ASGITransport(app=create_embedder(encoder=encoder)),
-    )
+    index_seeded(core, area, clustered_unit_vectors(len(area.ids), 512, seed=5), encoder.info.loaded)
+    app, _ = search_api(core, encoder)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield {"client": client, "area": area, "app": app}
     delete_seeded(pg_url, [area.area_id])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,20 +18,17 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from cliprs.settings import CoreSettings
-from cliprs_embedder.app import create_app as create_embedder
-from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.platform import free_port
+from cliprs_testing.search_app import core_for_test, index_seeded, search_api
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
     delete_seeded,
     seed_area,
-    write_area_chunks,
 )
 from cliprs_tools import client as cli
 
@@ -44,12 +40,7 @@ PLACES = {"A": (-75.38, 37.93), "B": (-75.62, 37.70), "C": (-75.86, 37.45)}
 def world(
     pg_url: str, redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict]:
-    core = CoreSettings(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("projects"),
-        redis_namespace=f"projects-{uuid.uuid4().hex[:6]}",
-    )
+    core = core_for_test(pg_url, redis_url, tmp_path_factory.mktemp("projects"), "projects")
     encoder = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu"))
     areas: dict[str, SeededArea] = {}
     vectors: dict[str, np.ndarray] = {}
@@ -62,15 +53,9 @@ def world(
         sizes = [len(a.ids) for a in areas.values()]
         drawn = np.split(clustered_unit_vectors(sum(sizes), 512, seed=10, group=8), np.cumsum(sizes)[:-1])
         for (key, area), v in zip(areas.items(), drawn, strict=True):
-            write_area_chunks(core.vectors_dir, area, v, encoder.info.loaded)
-            publish_area(core, area.area_id, collect_area_vectors(core, area.area_id))
+            index_seeded(core, area, v, encoder.info.loaded)
             vectors[key] = v.astype(np.float16).astype(np.float32)  # as the index stores them
-        embedder = create_embedder(encoder=encoder)
-        app = create_app(
-            core,
-            SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test"),
-            embedder_transport=httpx.ASGITransport(app=embedder),
-        )
+        app, embedder = search_api(core, encoder)
         with TestClient(app) as client, TestClient(embedder) as embed:
             yield {
                 "client": client,

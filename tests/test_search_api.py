@@ -5,7 +5,6 @@ Index and rows come from the indexer's own code, on real PostGIS and Redis."""
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +18,12 @@ from shapely.geometry import box, shape
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.settings import CoreSettings
-from cliprs_embedder.app import create_app as create_embedder
-from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.factories import make_job, window_quality
-from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area, write_area_chunks
+from cliprs_testing.search_app import core_for_test, index_seeded, search_api
+from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area
 
 CENTRE = (-77.036, 38.889)  # the National Mall
 
@@ -36,26 +32,13 @@ CENTRE = (-77.036, 38.889)  # the National Mall
 def world(
     pg_url: str, redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict]:
-    core = CoreSettings(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("data"),
-        redis_namespace=f"api-{uuid.uuid4().hex[:6]}",
-    )
+    core = core_for_test(pg_url, redis_url, tmp_path_factory.mktemp("data"), "api")
     t = mercantile.tile(*CENTRE, 16)
     tiles = [mercantile.Tile(t.x + dx, t.y + dy, 16) for dx in range(3) for dy in range(3)]
     area = seed_area(pg_url, [*tiles, mercantile.parent(t)], name="mall", source="mall")
     encoder = load_encoder(ModelSettings(model=str(tiny_model_dir), device="cpu"))
-    write_area_chunks(
-        core.vectors_dir, area, clustered_unit_vectors(len(area.ids), 512, seed=3), encoder.info.loaded
-    )
-    publish_area(core, area.area_id, collect_area_vectors(core, area.area_id))
-    embedder = create_embedder(encoder=encoder)
-    app = create_app(
-        core,
-        SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test"),
-        embedder_transport=httpx.ASGITransport(app=embedder),
-    )
+    index_seeded(core, area, clustered_unit_vectors(len(area.ids), 512, seed=3), encoder.info.loaded)
+    app, _ = search_api(core, encoder)
     world = {"client": None, "area": area, "core": core, "tile": tiles[4], "cleanup": [area.area_id]}
     with TestClient(app) as client:
         world["client"] = client

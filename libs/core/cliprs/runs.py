@@ -6,8 +6,8 @@ snapped to the histogram's grid (multiples of 1/HIST_BINS, i.e. 0.001) and a win
 its score's bin is at or above the threshold's bin, so the count the histogram gives at a
 threshold is exactly the number of rows that applying it writes to ``run_hits``.
 
-The SQL that dissolves a run's hits into ``run_polygons`` is here too, so both sides run the
-same statement (PostGIS does the geometry).
+`replace_run_polygons` dissolves a run's hits into ``run_polygons``; both sides call it, so both
+run the same statement (PostGIS does the geometry).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from cliprs.fsutil import atomic_path
 
@@ -30,8 +32,8 @@ HIST_BINS = 1000
 # use a tolerance of SNAP_DEG (about a millimetre) and the union snaps to that grid, so
 # touching windows merge and no hairline slivers remain.
 SNAP_DEG = 1e-8
-DELETE_POLYGONS_SQL = "DELETE FROM run_polygons WHERE run_id = :run_id"
-INSERT_POLYGONS_SQL = """
+_DELETE_POLYGONS_SQL = "DELETE FROM run_polygons WHERE run_id = :run_id"
+_INSERT_POLYGONS_SQL = """
 INSERT INTO run_polygons (run_id, z, geom, area_m2, max_score, mean_score, window_count, window_ids)
 SELECT :run_id, z, geom, ST_Area(geom::geography), max_score, mean_score, window_count, window_ids
 FROM (
@@ -47,6 +49,13 @@ FROM (
     GROUP BY z, cluster
 ) dissolved
 """
+
+
+def replace_run_polygons(conn: Connection, run_id: int) -> None:
+    """Replace a run's polygons with the dissolve of its current ``run_hits`` (in the caller's
+    transaction; the search-api calls it through ``AsyncConnection.run_sync``)."""
+    conn.execute(text(_DELETE_POLYGONS_SQL), {"run_id": run_id})
+    conn.execute(text(_INSERT_POLYGONS_SQL), {"run_id": run_id})
 
 
 def snap_threshold(threshold: float) -> float:

@@ -341,9 +341,7 @@ def apply_threshold(
     """Write the hits at ``threshold`` and their polygons; return the number of hits."""
     hit_ids, hit_scores = runs.hits_at(ids, scores, threshold)
     write_hits(conn, run_id, hit_ids, hit_scores)
-    conn.execute(text(runs.DELETE_POLYGONS_SQL), {"run_id": run_id})
-    if len(hit_ids):
-        conn.execute(text(runs.INSERT_POLYGONS_SQL), {"run_id": run_id})
+    runs.replace_run_polygons(conn, run_id)
     return len(hit_ids)
 
 

@@ -1,8 +1,8 @@
 """Every SQL statement of the detection-run endpoints: runs, their hits and polygons.
 
 Functions take an open connection (the caller decides the transaction) and return plain dicts;
-nothing here knows about HTTP. The polygon dissolve is `cliprs.runs`' statement, the same one the
-indexer runs after scoring.
+nothing here knows about HTTP. The polygon dissolve is `cliprs.runs.replace_run_polygons`, the same
+function the indexer calls after scoring.
 """
 
 from __future__ import annotations
@@ -80,9 +80,7 @@ async def replace_hits(conn: AsyncConnection, run_id: int, ids: np.ndarray, scor
             ),
             {"r": run_id, "ids": ids.astype(np.int64).tolist(), "scores": scores.astype(np.float32).tolist()},
         )
-    await conn.execute(text(runs.DELETE_POLYGONS_SQL), {"run_id": run_id})
-    if len(ids):
-        await conn.execute(text(runs.INSERT_POLYGONS_SQL), {"run_id": run_id})
+    await conn.run_sync(runs.replace_run_polygons, run_id)
 
 
 async def set_threshold(

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import mercantile
 import numpy as np
+import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
 from machine_info import machine_info
 from PIL import Image
 from pydantic import Field
@@ -48,7 +49,6 @@ from pydantic_settings import BaseSettings
 from cliprs.clouds import CLOUDY_SCORE, cloud_mask
 from cliprs.windows import window_fractions, window_plan
 from cliprs_testing.db import throwaway_database
-from cliprs_testing.platform import ingest_area, run_platform
 from cliprs_testing.redis_db import private_redis_db
 from cliprs_tiler.sources import RasterSource
 from cliprs_tools.cli import cli_config, run_cli
@@ -63,6 +63,7 @@ from cliprs_tools.landsat import (
     landsat_source_template,
     precision_recall,
 )
+from tests.support.platform import ingest_area, run_platform
 
 REPO = Path(__file__).resolve().parents[1]
 TRUTH = (

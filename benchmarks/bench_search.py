@@ -68,11 +68,13 @@ import faiss
 import httpx
 import mercantile
 import numpy as np
-from machine_info import machine_info
+import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
+from machine_info import finish, run_info
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 from sqlalchemy import text
 
+from cliprs import keys as key_store
 from cliprs.db.engine import sync_engine
 from cliprs.manifest import load_manifest
 from cliprs.settings import CoreSettings
@@ -87,9 +89,9 @@ from cliprs_search.service.search import text_effort
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.db import ADMIN_URL, throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
-from cliprs_testing.platform import run_platform
 from cliprs_testing.synthetic import ClusteredStream, SeededArea, seed_area, write_area_chunks
 from cliprs_tools.cli import cli_config, run_cli
+from tests.support.platform import run_platform
 
 REPO = Path(__file__).resolve().parents[1]
 HELP = __doc__  # the whole module docstring is the --help text
@@ -103,6 +105,15 @@ GOAL_P50_3M_MS, GOAL_P50_10M_MS = 25.0, 50.0
 GOAL_RECALL = 0.95
 GOAL_BYTES_PER_WINDOW = 150.0
 GOAL_SWAP_S = 5.0
+# The services run on their defaults (access control on: SEARCH_AUTH defaults to "on") but for
+# these, each recorded in the results. The search quota (5 searches/s, bursts of 20 per key)
+# would answer most of the load test's requests with 429: raised out of the way, the quota is
+# still taken from Redis on every search.
+PRODUCT_ENV = {
+    "SEARCH_AUTH": "on",  # the default, stated: the test platform starter turns it off otherwise
+    "SEARCH_SEARCH_RATE_PER_S": "1000000",
+    "SEARCH_SEARCH_BURST": "1000000",
+}
 PHRASES = [
     "boats near a pier", "a red car in a parking lot", "the Washington Monument", "a baseball field",
     "a river with a bridge", "dense residential area", "an airport runway", "a golf course", "a church",
@@ -126,6 +137,12 @@ class SearchBenchSettings(BaseSettings):
     concurrency: int = Field(8, gt=0)
     duration: float = Field(20.0, gt=0, description="seconds of concurrent load")
     swap_tiles: int = Field(1000, gt=0, description="tiles of the area added during the hot-swap test")
+    cloudy_share: float = Field(
+        0.15, ge=0, le=1, description="share of windows given a random cloud_score (the rest: 0)"
+    )
+    partial_share: float = Field(
+        0.05, ge=0, le=1, description="share of windows given a valid_fraction below 1 (the rest: 1)"
+    )
     max_tiles: int | None = Field(
         None, gt=0, description="tiles per area (default: CLIPRS_MAX_TILES_PER_AREA)"
     )
@@ -212,6 +229,32 @@ class RunningTopK:
             self.ids = np.take_along_axis(both_i, top, axis=1)
 
 
+def set_quality(database_url: str, area: SeededArea, min_valid: float, options: SearchBenchSettings) -> None:
+    """Give the area's windows the quality fields the embedder stores (``seed_area`` leaves them
+    NULL, which every filter passes): ``valid_fraction`` 1 but for ``partial_share`` of windows
+    (edges of the imagery, uniform above the embedder's ``min_valid``: it keeps no window below),
+    ``cloud_score`` 0 but for ``cloudy_share`` (uniform 0..1: the search-api's default
+    ``max_cloud`` then drops some of them), and a distinct ``fingerprint`` per window (distinct
+    model inputs: nothing to collapse, but the collapse runs)."""
+    with sync_engine(database_url).begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE windows w SET "
+                "valid_fraction = CASE WHEN random() < :partial "
+                "  THEN :min_valid + random() * (1 - :min_valid) ELSE 1 END, "
+                "cloud_score = CASE WHEN random() < :cloudy THEN random() ELSE 0 END, "
+                "fingerprint = w.id "
+                "FROM tiles t WHERE w.tile_id = t.id AND t.area_id = :area"
+            ),
+            {
+                "partial": options.partial_share,
+                "min_valid": min_valid,
+                "cloudy": options.cloudy_share,
+                "area": area.area_id,
+            },
+        )
+
+
 def text_like(images: np.ndarray, seed: int) -> np.ndarray:
     """Text-like queries from image-like ones (the modality gap; formula in the module docstring)."""
     rng = np.random.default_rng(seed)
@@ -237,6 +280,7 @@ class Growth:
     stream: ClusteredStream
     options: SearchBenchSettings
     rng: np.random.Generator
+    api_key: str = ""  # a read key of the run's database, sent with every request
     truth: RunningTopK | None = None
     image_queries: np.ndarray | None = None
     text_queries: np.ndarray | None = None
@@ -263,6 +307,7 @@ class Growth:
             scales_for_zoom=emb.scales_for_zoom,
             stride_ratio=emb.stride_ratio,
         )
+        set_quality(self.core.database_url, area, emb.min_valid, self.options)
         with (
             sync_engine(self.core.database_url)
             .connect()
@@ -394,7 +439,9 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float], int]:
+def hammer(
+    url: str, clients: int, duration_s: float, headers: dict[str, str]
+) -> tuple[float, list[float], int]:
     """(QPS, latencies ms, failures) with ``clients`` concurrent clients for ``duration_s``."""
     latencies: list[float] = []
     failures = [0]
@@ -403,7 +450,7 @@ def hammer(url: str, clients: int, duration_s: float) -> tuple[float, list[float
 
     def run(seed: int) -> None:
         i = seed
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=headers) as client:
             while time.monotonic() < stop:
                 t = time.perf_counter()
                 try:
@@ -476,14 +523,14 @@ def filters(client: httpx.Client, url: str, bounds: list[float], n: int) -> dict
     return out
 
 
-def hot_swap(url: str, growth: Growth, area: SeededArea) -> dict:
+def hot_swap(url: str, growth: Growth, area: SeededArea, headers: dict[str, str]) -> dict:
     """Index ``area`` (collect + publish) while a client searches; seconds until it is served."""
     responses: list[tuple[float, int, int | None]] = []  # (monotonic time answered, status, version)
     stop = threading.Event()
 
     def client() -> None:
         i = 0
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(timeout=60, headers=headers) as http:
             while not stop.is_set():
                 try:
                     resp = http.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": K})
@@ -521,8 +568,10 @@ def hot_swap(url: str, growth: Growth, area: SeededArea) -> dict:
 
 def end_to_end(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_tiles: list) -> dict:
     """The embedder and the search-api as processes on the built index: latency, filters, load,
-    memory, then the hot swap of one more area (``swap_tiles``; none: skipped)."""
+    memory, then the hot swap of one more area (``swap_tiles``; none: skipped). Every request
+    sends the run's API key: access control is on, as the product ships."""
     core = growth.core
+    headers = {"Authorization": f"Bearer {growth.api_key}"}
     with tempfile.TemporaryDirectory() as run_dir:
         t = time.perf_counter()
         with run_platform(
@@ -531,7 +580,7 @@ def end_to_end(growth: Growth, model_dir: Path, options: SearchBenchSettings, sw
             redis_url=core.redis_url,
             data_dir=core.data_dir,
             namespace=core.redis_namespace,
-            env={"CLIP_MODEL": str(model_dir)},
+            env={"CLIP_MODEL": str(model_dir), **PRODUCT_ENV},
             services={"embedder", "search-api"},
             ready_timeout_s=900,
             cwd=REPO,
@@ -539,17 +588,17 @@ def end_to_end(growth: Growth, model_dir: Path, options: SearchBenchSettings, sw
             out: dict = {"ready_s": time.perf_counter() - t}
             pid = platform["stack"].procs["search-api"].pid
             url = f"{platform['api']}/v1/search"
-            with httpx.Client(timeout=60) as client:
+            with httpx.Client(timeout=60, headers=headers) as client:
                 for i in range(20):  # warm-up: connections, caches
                     client.get(url, params={"q": PHRASES[i % len(PHRASES)], "k": K}).raise_for_status()
                 out["seq"] = sequential(client, url, options.queries)
                 out["filters"] = filters(client, url, growth.bounds, max(20, options.queries // 5))
-            qps, lat, failures = hammer(url, options.concurrency, options.duration)
+            qps, lat, failures = hammer(url, options.concurrency, options.duration, headers)
             out["load"] = {"qps": qps, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "failures": failures}
             out["memory"] = proc_status(pid)
             if swap_tiles:
                 area = growth.seed(swap_tiles)  # the embedder's part, before the clock starts
-                out["swap"] = hot_swap(url, growth, area)
+                out["swap"] = hot_swap(url, growth, area, headers)
                 out["memory_after_swap"] = proc_status(pid)
     garbage_collect(core, IndexerSettings(gc_min_age_s=0))
     return out
@@ -561,7 +610,14 @@ def du(path: Path) -> int:
 
 def measure(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_tiles: list) -> dict:
     core = growth.core
-    at_start = machine_info(faiss=faiss.__version__)
+    at_start = run_info(
+        options,
+        product={
+            **PRODUCT_ENV,
+            "CLIP_MODEL": f"{model_dir} (tiny CLIP on CPU: the text encoder, not the model shipped)",
+        },
+        faiss=faiss.__version__,
+    )
     alone = index_alone(core, growth)
     print(
         f"index alone ({alone['shards']} shards {alone['shard_kinds']}, loaded in {alone['load_s']:.1f} s): "
@@ -612,7 +668,7 @@ def measure(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_
         "index_bytes": index_bytes,
         "chunk_bytes": du(core.vectors_dir),
         "held_out": options.held_out,
-        "machine": {**at_start, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
+        **finish(at_start),
     }
     print(
         f"end to end (sequential): p50 {result['e2e_p50_ms']:.1f} ms, p99 {result['e2e_p99_ms']:.1f} ms "
@@ -696,6 +752,13 @@ def write_results(path: Path, results: list[dict]) -> None:
     tmp.replace(path)
 
 
+def read_key(database_url: str) -> str:
+    """A new key with scope ``read`` in the run's database, made by the core key store."""
+    with sync_engine(database_url).begin() as conn:
+        _, secret = key_store.create_key(conn, "bench-search", ["read"])
+    return secret
+
+
 def run(options: SearchBenchSettings) -> None:
     """Grow the index to each size, measure it, then print the summary."""
     sizes = [int(n) for n in options.sizes.split(",")]  # ascending (validated)
@@ -718,6 +781,7 @@ def run(options: SearchBenchSettings) -> None:
             stream=ClusteredStream(DIM, seed=options.seed, planned=sizes[-1]),
             options=options,
             rng=np.random.default_rng(options.seed + 2),
+            api_key=read_key(db_url),
         )
         budget = options.max_tiles or core.max_tiles_per_area
         started = time.perf_counter()

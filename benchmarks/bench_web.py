@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
 from playwright.sync_api import sync_playwright
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -38,11 +39,11 @@ from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
 from cliprs_testing.db import ADMIN_URL, throwaway_database
 from cliprs_testing.model import default_cache_dir, tiny_clip
-from cliprs_testing.platform import ingest_area, run_platform
 from cliprs_testing.redis_db import private_redis_db
 from cliprs_testing.tiles import render_demo_tiles
 from cliprs_tools.cli import cli_config, run_cli
 from cliprs_web.app import STATIC_DIR
+from tests.support.platform import ingest_area, run_platform
 
 REPO = Path(__file__).resolve().parents[1]
 HELP = __doc__  # the whole module docstring is the --help text

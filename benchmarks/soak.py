@@ -61,6 +61,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
 from machine_info import machine_info
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -74,10 +75,11 @@ from cliprs_index.store import tile_of
 from cliprs_testing.db import query
 from cliprs_testing.faultserver import TileServer
 from cliprs_testing.instances import PostgresInstance, RedisInstance
-from cliprs_testing.platform import ingest_area, run_platform, wait_until
+from cliprs_testing.loopback import wait_until
 from cliprs_testing.tiles import render_demo_tiles
 from cliprs_tools.cli import cli_config, run_cli
 from cliprs_tools.devstack import Ports, service_specs
+from tests.support.platform import ingest_area, run_platform
 
 REPO = Path(__file__).resolve().parents[1]
 # Inside the Sentinel-2 demo scene (lon -75.73..-75.51, lat 37.58..37.76).

@@ -28,7 +28,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs_testing.browser import CHROMIUM, CHROMIUM_ARGS
 from cliprs_testing.factories import window_quality
-from cliprs_testing.platform import finish_job
+from tests.support.platform import finish_job
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (requirements-dev.txt)"
@@ -223,7 +223,8 @@ def test_no_banner_when_the_real_model_is_loaded(browser, stack: dict, ingested:
 
     pg.route(f"{stack['api']}/readyz", real_model)
     pg.goto(stack["web"])
-    pg.wait_for_selector("body[data-ready=true][data-map=ready]")
+    # The banner starts hidden: wait until the page has handled the (rewritten) readiness answer.
+    pg.wait_for_selector("body[data-ready=true][data-map=ready][data-readiness=ready]")
     assert pg.locator("#fallback-banner").is_hidden()
     _screenshot(pg, "test_no_banner_when_the_real_model_is_loaded")
     context.close()

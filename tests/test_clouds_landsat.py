@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from cliprs.clouds import CLOUDY_SCORE
-from cliprs_testing.platform import ingest_area
 from cliprs_tools.landsat import (
     LANDSAT_AREA,
     LANDSAT_SOURCE,
@@ -20,6 +19,7 @@ from cliprs_tools.landsat import (
     landsat_source_template,
     precision_recall,
 )
+from tests.support.platform import ingest_area
 
 # The area's two coarser zooms keep the test fast (39 tiles, 465 windows, ~185 of them cloudy;
 # zoom 14 would add 1,868 windows and half a minute). `make bench-clouds` measures, at

@@ -16,7 +16,7 @@ from cliprs.settings import CoreSettings
 from cliprs_search.app import create_app as create_search_app
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.factories import make_area
-from cliprs_testing.platform import free_port
+from cliprs_testing.loopback import free_port
 from cliprs_tiler.app import create_app as create_tiler_app
 
 

@@ -22,10 +22,10 @@ import pytest
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs_testing.platform import ingest_area
 from cliprs_tools.demo import demo_band_paths, render_pyramid
 from cliprs_tools.devstack import DEMO_AREA
 from cliprs_tools.ndwi import water_fractions
+from tests.support.platform import ingest_area
 
 ZOOMS = [13, 14]
 # A source name of this module's own: tiles are shared by (source, z, x, y) across the session's

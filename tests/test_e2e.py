@@ -15,8 +15,8 @@ from PIL import Image
 from shapely.geometry import box, shape
 
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_testing.platform import finish_job
 from cliprs_tools.devstack import follow_job
+from tests.support.platform import finish_job
 
 AREA_BBOX = [-75.66, 37.66, -75.62, 37.69]  # farmland and a creek on Virginia's Eastern Shore
 AREA_ZOOMS = [13, 14]

@@ -32,7 +32,7 @@ from cliprs.vectors import read_chunk
 from cliprs.windows import plan_windows
 from cliprs_index.shardset import load_shardset
 from cliprs_index.store import tile_of
-from cliprs_testing.platform import wait_until
+from cliprs_testing.loopback import wait_until
 from cliprs_tools.devstack import Stack, follow_job
 
 AREA_BBOX = [-75.70, 37.62, -75.60, 37.70]  # 30 tiles at zoom 14 of the Sentinel-2 demo scene

@@ -55,8 +55,9 @@ from cliprs_index.store import tile_of
 from cliprs_testing.db import query
 from cliprs_testing.faultserver import TileServer
 from cliprs_testing.instances import PostgresInstance, RedisInstance
-from cliprs_testing.platform import ingest_area, run_platform, wait_until
+from cliprs_testing.loopback import wait_until
 from cliprs_tools.devstack import Ports, service_specs
+from tests.support.platform import ingest_area, run_platform
 
 AREA_BBOX = [-75.70, 37.62, -75.60, 37.70]  # 30 tiles at zoom 14 of the Sentinel-2 demo scene
 WARMUP_BBOX = [-75.70, 37.62, -75.68, 37.635]  # a few of them: the index exists before the faults

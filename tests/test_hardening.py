@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from cliprs.settings import CoreSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_testing.search_app import core_for_test, index_seeded, search_api
 from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area
+from tests.support.search_app import core_for_test, index_seeded, search_api
 
 CENTRE = (-77.036, 38.889)
 BEYOND_INT64 = 2**63  # one past the largest 64-bit id

@@ -20,13 +20,14 @@ from cliprs.manifest import Manifest, list_versions
 from cliprs.settings import CoreSettings
 from cliprs_indexer.build import apply, collect_area_vectors, publish_area
 from cliprs_indexer.settings import IndexerSettings
-from cliprs_testing.platform import run_platform, wait_until
+from cliprs_testing.loopback import wait_until
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
     seed_area,
     write_area_chunks,
 )
+from tests.support.platform import run_platform
 
 DIM = 64
 K = 10

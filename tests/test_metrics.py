@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cliprs.tiles import BBox, tiles_for_bbox
-from cliprs_testing.platform import finish_job, free_port
+from cliprs_testing.loopback import free_port
+from tests.support.platform import finish_job
 
 AREA_BBOX = [-75.66, 37.66, -75.62, 37.69]  # the e2e test's farmland and creek
 AREA_ZOOMS = [13, 14]
@@ -90,7 +91,7 @@ def worker_metrics(stack: dict) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def before(stack: dict) -> dict:
     """Every scrape before anything was ingested or searched."""
-    from cliprs_testing.platform import wait_until
+    from cliprs_testing.loopback import wait_until
 
     wait_until(lambda: set(worker_metrics(stack)) >= set(WORKERS), 60, "the workers' metrics servers")
     return {

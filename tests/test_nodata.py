@@ -25,9 +25,9 @@ from cliprs.db.engine import sync_engine
 from cliprs.vectors import read_chunk
 from cliprs.windows import window_fractions, window_plan
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_testing.platform import ingest_area
 from cliprs_tools.demo import demo_band_paths, render_pyramid
 from cliprs_tools.devstack import DEMO_AREA
+from tests.support.platform import ingest_area
 
 WINDOW_SETTINGS = EmbedderSettings()  # the product's defaults: what the workers below run
 # Tiles are shared by (source, z, x, y) across the session's database: a source name of this

@@ -22,8 +22,7 @@ from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
-from cliprs_testing.platform import free_port
-from cliprs_testing.search_app import core_for_test, index_seeded, search_api
+from cliprs_testing.loopback import free_port
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
@@ -31,6 +30,7 @@ from cliprs_testing.synthetic import (
     seed_area,
 )
 from cliprs_tools import client as cli
+from tests.support.search_app import core_for_test, index_seeded, search_api
 
 # Three places of Virginia's Eastern Shore, one area each (A and B in projects, C outside them).
 PLACES = {"A": (-75.38, 37.93), "B": (-75.62, 37.70), "C": (-75.86, 37.45)}

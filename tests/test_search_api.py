@@ -22,8 +22,8 @@ from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.factories import make_job, window_quality
-from cliprs_testing.search_app import core_for_test, index_seeded, search_api
 from cliprs_testing.synthetic import clustered_unit_vectors, delete_seeded, seed_area
+from tests.support.search_app import core_for_test, index_seeded, search_api
 
 CENTRE = (-77.036, 38.889)  # the National Mall
 

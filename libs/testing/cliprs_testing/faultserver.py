@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from cliprs_testing.platform import free_port
+from cliprs_testing.loopback import free_port
 
 TILE_SIZE = 256
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from cliprs_testing.platform import free_port
+from cliprs_testing.loopback import free_port
 
 # How ``stop`` asks PostgreSQL to shut down (the signals pg_ctl sends for each mode).
 PG_STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete
 
+from cliprs import keys as repo
 from cliprs.db.engine import sync_engine
 from cliprs.db.models import ApiKey
-from cliprs_search import keys_repository as repo
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,17 @@
 
 Fixtures talk to the real PostgreSQL+PostGIS and Redis on loopback (``CLIPRS_TEST_DATABASE_URL``,
 ``CLIPRS_TEST_REDIS_URL``), create what they need and remove it afterwards: a throwaway database
-per test session (`cliprs_testing.db`), a Redis database of its own (`cliprs_testing.redis_db`),
-the tiny CLIP (`cliprs_testing.model`) and the platform as processes (`cliprs_testing.platform`).
+per test session (`cliprs_testing.db`), a Redis database of its own (`cliprs_testing.redis_db`)
+and the tiny CLIP (`cliprs_testing.model`). The platform as processes (``start_platform``) needs
+the services, so it is a fixture of the cross-service tests (``tests/conftest.py``), not of this
+plugin, which depends on no service and no tool.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,6 @@ from cliprs.settings import CoreSettings
 from cliprs_testing.db import throwaway_database
 from cliprs_testing.keys import TestKey, make_test_keys
 from cliprs_testing.model import default_cache_dir, tiny_clip
-from cliprs_testing.platform import run_platform
 from cliprs_testing.redis_db import private_redis_db
 from cliprs_testing.synthetic import delete_seeded
 
@@ -99,32 +99,3 @@ def seeded_areas(pg_url: str) -> Iterator[list[int]]:
     yield area_ids
     if area_ids:
         delete_seeded(pg_url, area_ids)
-
-
-@pytest.fixture(scope="session")
-def start_platform(
-    pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[..., AbstractContextManager[dict]]:
-    """Start the platform's services as real processes on free loopback ports.
-
-    ``with start_platform("name", {ENV: value}, embed_workers=1, with_web=False) as p:`` gives
-    ``p["api"]``, ``p["tiler"]``, ``p["web"]``, ``p["stack"]`` (the `Stack`) and ``p["data_dir"]``;
-    everything is stopped when the block ends. ``name`` prefixes the Redis namespace of that
-    stack; further keyword arguments go to `run_platform` (``services``, ``health_only``, ...).
-    """
-
-    @contextmanager
-    def start(name: str, env: dict[str, str], **options: object) -> Iterator[dict]:
-        run_dir = tmp_path_factory.mktemp(f"run-{name}")
-        with run_platform(
-            run_dir,
-            database_url=pg_url,
-            redis_url=redis_url,
-            data_dir=run_dir / "data",
-            namespace=f"{name}-{uuid.uuid4().hex[:8]}",
-            env=env,
-            **options,
-        ) as platform:
-            yield platform
-
-    return start

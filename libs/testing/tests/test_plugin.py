@@ -12,7 +12,7 @@ from sqlalchemy import text
 from cliprs.db.engine import sync_engine
 from cliprs_testing.db import TEMPLATE_PREFIX, migrations_hash, throwaway_database
 from cliprs_testing.factories import link_tiles, make_area, make_job, make_tile, make_window
-from cliprs_testing.platform import wait_until
+from cliprs_testing.loopback import wait_until
 from cliprs_testing.redis_db import LOCK_KEY, private_redis_db
 
 

@@ -19,7 +19,7 @@ from cliprs.manifest import Codec, Manifest, Shard, held_versions, manifest_path
 from cliprs_index.store import CodecPlan, train_codec, write_codec
 from cliprs_index.store import write_shard as write_shard_files
 from cliprs_search.index import IndexHolder, LoadedIndex, Registration
-from cliprs_testing.platform import wait_until
+from cliprs_testing.loopback import wait_until
 
 DIM = 8
 MODEL = "test/tiny-clip"

@@ -1,29 +1,23 @@
 """The platform as real processes on free loopback ports, for the cross-service tests and the
 benchmarks: one starter on top of `cliprs_tools.devstack` (the same `Stack` and service list
-that `make up` runs)."""
+that `make up` runs). It lives beside the tests, not in the testing lib, because it starts the
+services and the tools' stack: the lib stays below them."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
+from cliprs_testing.loopback import free_port
 from cliprs_tools.devstack import Ports, Stack, follow_job, service_specs, stack_env
 
 # What an ingest failure report shows: the logs of the processes an area goes through.
 INGEST_LOGS = ("tiler-worker", "embedder-worker-1", "indexer-worker")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -107,19 +101,3 @@ def ingest_area(platform: dict, area: dict, timeout_s: float = 240) -> dict:
         raise RuntimeError(f"creating the area failed: {resp.status_code} {resp.text}")
     body = resp.json()
     return {"area": body["area"], "job": finish_job(platform, body["job"], timeout_s)}
-
-
-def wait_until(
-    condition: Callable[[], object],
-    timeout_s: float,
-    what: str,
-    poll_s: float = 0.05,
-    details: Callable[[], str] | None = None,
-) -> None:
-    """Poll ``condition`` until it is true; raise TimeoutError naming ``what`` (and, when given,
-    what ``details`` says then, e.g. log tails) if it never is."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}" + (f"\n{details()}" if details else ""))
-        time.sleep(poll_s)

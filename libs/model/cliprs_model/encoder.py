@@ -244,68 +244,26 @@ class ClipEncoder:
         The next batch is launched before the previous one's vectors are fetched, so a GPU's
         queue never drains while the host waits."""
         size = batch_size or self.batch_size
-        waiting: deque[tuple[K, int]] = deque()  # groups not yet yielded, with their sizes
-        staged: list[torch.Tensor] = []  # inputs not yet in a batch
-        staged_n = 0
-        done: list[tuple[np.ndarray, np.ndarray]] = []  # vectors and fingerprints not yet handed out
+        regroup = _Regrouper(self.dim, fingerprint)
         in_flight: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        no_fingerprints = np.zeros(0, dtype=np.int64)
 
         def launch(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            fingerprints = input_fingerprint(inputs) if fingerprint else None
-            return self._encode(inputs), fingerprints
-
-        def finished(
-            batch: tuple[torch.Tensor, torch.Tensor | None] | None,
-        ) -> Iterator[tuple[K, np.ndarray, np.ndarray | None]]:
-            if batch is not None:
-                vectors, fingerprints = batch
-                fps = fingerprints.cpu().numpy() if fingerprints is not None else no_fingerprints
-                done.append((_to_numpy(vectors), fps))
-            have = sum(len(v) for v, _ in done)
-            while waiting and waiting[0][1] <= have:
-                key, n = waiting.popleft()
-                if len(done) == 1:
-                    flat, fps = done[0]
-                elif done:
-                    flat, fps = np.concatenate([v for v, _ in done]), np.concatenate([f for _, f in done])
-                else:
-                    flat, fps = _empty(self.dim), no_fingerprints
-                yield key, flat[:n], fps[:n] if fingerprint else None
-                done[:] = [(flat[n:], fps[n:] if fingerprint else no_fingerprints)]
-                have -= n
-
-        def take(n: int) -> torch.Tensor:
-            nonlocal staged_n
-            parts, need = [], n
-            while need:
-                head = staged[0]
-                parts.append(head[:need])
-                if len(head) <= need:
-                    staged.pop(0)
-                else:
-                    staged[0] = head[need:]
-                need -= len(parts[-1])
-            staged_n -= n
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
+            return self._encode(inputs), input_fingerprint(inputs) if fingerprint else None
 
         for key, inputs in groups:
-            waiting.append((key, len(inputs)))
-            if len(inputs):
-                staged.append(inputs)
-                staged_n += len(inputs)
-            while staged_n >= size:
-                launched = launch(take(size))
+            regroup.add(key, inputs)
+            while regroup.staged_n >= size:
+                launched = launch(regroup.take(size))
                 # Fetch the previous batch only now: the GPU already has the next one queued.
-                yield from finished(in_flight)
+                yield from regroup.finished(in_flight)
                 in_flight = launched
-            if not staged_n and in_flight is None:
-                yield from finished(None)  # empty groups at the head
-        if staged_n:
-            launched = launch(take(staged_n))
-            yield from finished(in_flight)
+            if not regroup.staged_n and in_flight is None:
+                yield from regroup.finished(None)  # empty groups at the head
+        if regroup.staged_n:
+            launched = launch(regroup.take(regroup.staged_n))
+            yield from regroup.finished(in_flight)
             in_flight = launched
-        yield from finished(in_flight)
+        yield from regroup.finished(in_flight)
 
     def embed_tiles(
         self, tiles: Iterable[tuple[K, np.ndarray, np.ndarray]], batch_size: int | None = None
@@ -385,6 +343,61 @@ def _unit(feats: Any) -> torch.Tensor:
         feats = feats.pooler_output
     feats = feats.float()
     return feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class _Regrouper:
+    """Cuts groups of inputs into fixed-size batches, and hands the batches' vectors back per
+    group, in order, as soon as a group's last input is embedded."""
+
+    def __init__(self, dim: int, fingerprint: bool):
+        self.dim, self.fingerprint = dim, fingerprint
+        self.waiting: deque[tuple[Any, int]] = deque()  # groups not yet handed out, with their sizes
+        self.staged: list[torch.Tensor] = []  # inputs not yet in a batch
+        self.staged_n = 0
+        self.done: list[tuple[np.ndarray, np.ndarray]] = []  # vectors and fingerprints not yet handed out
+        self.no_fingerprints = np.zeros(0, dtype=np.int64)
+
+    def add(self, key: Any, inputs: torch.Tensor) -> None:
+        self.waiting.append((key, len(inputs)))
+        if len(inputs):
+            self.staged.append(inputs)
+            self.staged_n += len(inputs)
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next ``n`` staged inputs as one batch (spanning group boundaries)."""
+        parts, need = [], n
+        while need:
+            head = self.staged[0]
+            parts.append(head[:need])
+            if len(head) <= need:
+                self.staged.pop(0)
+            else:
+                self.staged[0] = head[need:]
+            need -= len(parts[-1])
+        self.staged_n -= n
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def finished(
+        self, batch: tuple[torch.Tensor, torch.Tensor | None] | None
+    ) -> Iterator[tuple[Any, np.ndarray, np.ndarray | None]]:
+        """Fetch ``batch`` (vectors, fingerprints) from the device, then yield every group it completes."""
+        if batch is not None:
+            vectors, fingerprints = batch
+            fps = fingerprints.cpu().numpy() if fingerprints is not None else self.no_fingerprints
+            self.done.append((_to_numpy(vectors), fps))
+        have = sum(len(v) for v, _ in self.done)
+        while self.waiting and self.waiting[0][1] <= have:
+            key, n = self.waiting.popleft()
+            if len(self.done) == 1:
+                flat, fps = self.done[0]
+            elif self.done:
+                flat = np.concatenate([v for v, _ in self.done])
+                fps = np.concatenate([f for _, f in self.done])
+            else:
+                flat, fps = _empty(self.dim), self.no_fingerprints
+            yield key, flat[:n], fps[:n] if self.fingerprint else None
+            self.done[:] = [(flat[n:], fps[n:] if self.fingerprint else self.no_fingerprints)]
+            have -= n
 
 
 def _to_numpy(vectors: torch.Tensor) -> np.ndarray:

@@ -26,56 +26,67 @@ def slug(name: str) -> str:
 def markdown(reports: Sequence[ModelReport]) -> str:
     """The comparison tables and the worst failures of each model."""
     lines = ["# CLIP evaluation", ""]
-    cls = [r for r in reports if r.classification]
-    if cls:
-        c0 = cls[0].classification
-        ks = list(c0["topk_accuracy"])
-        lines += [
-            f"## Zero-shot scene classification ({c0['dataset']}: {c0['images']} images, "
-            f"{len(c0['categories'])} categories)",
-            "",
-            "| model | " + " | ".join(f"top-{k} %" for k in ks) + " |",
-            "|---|" + "---:|" * len(ks),
-        ]
-        for r in cls:
-            acc = r.classification["topk_accuracy"]
-            lines.append(f"| {_label(r)} | " + " | ".join(f"{acc[k]:.1f}" for k in ks) + " |")
-        lines += [
-            "",
-            "Multilabel, the top k categories predicted (macro over categories):",
-            "",
-            "| model | k | precision % | recall % | F1 % | Hamming loss |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in cls:
-            for k, m in r.classification["multilabel"].items():
-                lines.append(
-                    f"| {_label(r)} | {k} | {m['precision']:.1f} | {m['recall']:.1f} | {m['f1']:.1f} | "
-                    f"{m['hamming_loss']:.4f} |"
-                )
-        lines.append("")
-    ret = [r for r in reports if r.retrieval]
-    if ret:
-        r0 = ret[0].retrieval
-        ks = list(r0["text_to_image"])
-        lines += [
-            f"## Cross-modal retrieval ({r0['dataset']}: {r0['images']} images, {r0['captions']} captions)",
-            "",
-            "| model | "
-            + " | ".join(f"T→I R@{k}" for k in ks)
-            + " | "
-            + " | ".join(f"I→T R@{k}" for k in ks)
-            + " | mR |",
-            "|---|" + "---:|" * (2 * len(ks) + 1),
-        ]
-        for r in ret:
-            t2i, i2t = r.retrieval["text_to_image"], r.retrieval["image_to_text"]
-            cells = (
-                [f"{t2i[k]:.1f}" for k in ks] + [f"{i2t[k]:.1f}" for k in ks] + [f"{r.retrieval['mR']:.1f}"]
+    lines += _classification_tables([r for r in reports if r.classification])
+    lines += _retrieval_table([r for r in reports if r.retrieval])
+    lines += _failure_lists(reports)
+    return "\n".join(lines)
+
+
+def _classification_tables(cls: Sequence[ModelReport]) -> list[str]:
+    if not cls:
+        return []
+    c0 = cls[0].classification
+    ks = list(c0["topk_accuracy"])
+    lines = [
+        f"## Zero-shot scene classification ({c0['dataset']}: {c0['images']} images, "
+        f"{len(c0['categories'])} categories)",
+        "",
+        "| model | " + " | ".join(f"top-{k} %" for k in ks) + " |",
+        "|---|" + "---:|" * len(ks),
+    ]
+    for r in cls:
+        acc = r.classification["topk_accuracy"]
+        lines.append(f"| {_label(r)} | " + " | ".join(f"{acc[k]:.1f}" for k in ks) + " |")
+    lines += [
+        "",
+        "Multilabel, the top k categories predicted (macro over categories):",
+        "",
+        "| model | k | precision % | recall % | F1 % | Hamming loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in cls:
+        for k, m in r.classification["multilabel"].items():
+            lines.append(
+                f"| {_label(r)} | {k} | {m['precision']:.1f} | {m['recall']:.1f} | {m['f1']:.1f} | "
+                f"{m['hamming_loss']:.4f} |"
             )
-            lines.append(f"| {_label(r)} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Failures (worst first; every one is in failures/)", ""]
+    return [*lines, ""]
+
+
+def _retrieval_table(ret: Sequence[ModelReport]) -> list[str]:
+    if not ret:
+        return []
+    r0 = ret[0].retrieval
+    ks = list(r0["text_to_image"])
+    lines = [
+        f"## Cross-modal retrieval ({r0['dataset']}: {r0['images']} images, {r0['captions']} captions)",
+        "",
+        "| model | "
+        + " | ".join(f"T→I R@{k}" for k in ks)
+        + " | "
+        + " | ".join(f"I→T R@{k}" for k in ks)
+        + " | mR |",
+        "|---|" + "---:|" * (2 * len(ks) + 1),
+    ]
+    for r in ret:
+        t2i, i2t = r.retrieval["text_to_image"], r.retrieval["image_to_text"]
+        cells = [f"{t2i[k]:.1f}" for k in ks] + [f"{i2t[k]:.1f}" for k in ks] + [f"{r.retrieval['mR']:.1f}"]
+        lines.append(f"| {_label(r)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _failure_lists(reports: Sequence[ModelReport]) -> list[str]:
+    lines = ["## Failures (worst first; every one is in failures/)", ""]
     for r in reports:
         for task, items in r.failures.items():
             lines.append(f"### {r.model}: {task.replace('_', ' ')} ({len(items)} failed)")
@@ -87,7 +98,7 @@ def markdown(reports: Sequence[ModelReport]) -> str:
                 rank = f.get("rank_of_label") or f.get("rank")
                 lines.append(f"- `{query}`: wanted {_short(want)} (rank {rank}); got {top}")
             lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _top(failure: dict) -> list:

@@ -38,6 +38,10 @@ def build_tiny_clip(out_dir: Path, seed: int = 0, vocab_cache: Path | None = Non
     return out_dir
 
 
+# Both towers: two layers of width 64 (what makes the model tiny).
+TINY_TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+
+
 def _build(out_dir: Path, seed: int, vocab_cache: Path | None) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -45,24 +49,14 @@ def _build(out_dir: Path, seed: int, vocab_cache: Path | None) -> None:
     write_hf_vocab(find_bpe_file(vocab_cache or out_dir.parent / "wheels"), tmp)
     config = CLIPConfig(
         text_config=dict(
+            **TINY_TOWER,
             vocab_size=VOCAB_SIZE,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
             max_position_embeddings=77,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=49407,
         ),
-        vision_config=dict(
-            image_size=224,
-            patch_size=32,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-        ),
+        vision_config=dict(**TINY_TOWER, image_size=224, patch_size=32),
         projection_dim=512,
     )
     torch.manual_seed(seed)

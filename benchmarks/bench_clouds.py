@@ -48,11 +48,11 @@ from pydantic_settings import BaseSettings
 
 from cliprs.clouds import CLOUDY_SCORE, cloud_mask
 from cliprs.windows import window_fractions, window_plan
+from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.db import throwaway_database
 from cliprs_testing.redis_db import private_redis_db
 from cliprs_tiler.sources import RasterSource
 from cliprs_tools.cli import cli_config, run_cli
-from cliprs_tools.demo import demo_band_paths
 from cliprs_tools.devstack import DEMO_AREA
 from cliprs_tools.landsat import (
     LANDSAT_AREA,

@@ -79,12 +79,12 @@ from cliprs_model import ClipEncoder, ModelInfo, load_encoder
 from cliprs_model.encoder import available_cpus
 from cliprs_model.loader import resolve_device
 from cliprs_model.settings import ModelSettings
+from cliprs_raster.render import render_tile, scene_stretch
+from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.db import throwaway_database
 from cliprs_testing.factories import make_area, make_job, make_tile
 from cliprs_testing.model import default_cache_dir, tiny_clip
-from cliprs_tiler.render import render_tile, scene_stretch
 from cliprs_tools.cli import cli_config, run_cli
-from cliprs_tools.demo import demo_band_paths
 
 try:
     import psutil

@@ -34,6 +34,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
+from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.db import throwaway_database
 from cliprs_testing.factories import make_area, make_job
 from cliprs_testing.faultserver import TileServer
@@ -41,7 +42,6 @@ from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import RasterSource, XyzSource, check_image
 from cliprs_tools.cli import cli_config, run_cli
-from cliprs_tools.demo import demo_band_paths
 
 
 def plan(n: int) -> list[mercantile.Tile]:

@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs_tools.demo import demo_band_paths, render_pyramid
+from cliprs_raster.samples import demo_band_paths
+from cliprs_tools.demo import render_pyramid
 from cliprs_tools.devstack import DEMO_AREA
 from cliprs_tools.ndwi import water_fractions
 from tests.support.platform import ingest_area

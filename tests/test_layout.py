@@ -33,6 +33,7 @@ SHIPPED = {
     "cliprs_http": {"torch", "transformers", "matplotlib"},
     "cliprs_index": {"torch", "transformers", "matplotlib", "fastapi", "starlette"},
     "cliprs_model": {"matplotlib", "fastapi"},
+    "cliprs_raster": {"torch", "transformers", "matplotlib", "fastapi", "starlette"},
     "cliprs_tiler": {"torch", "transformers", "matplotlib"},
     "cliprs_embedder": {"matplotlib"},
     "cliprs_indexer": {"torch", "transformers", "matplotlib", "fastapi"},

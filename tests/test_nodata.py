@@ -25,7 +25,8 @@ from cliprs.db.engine import sync_engine
 from cliprs.vectors import read_chunk
 from cliprs.windows import window_fractions, window_plan
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_tools.demo import demo_band_paths, render_pyramid
+from cliprs_raster.samples import demo_band_paths
+from cliprs_tools.demo import render_pyramid
 from cliprs_tools.devstack import DEMO_AREA
 from tests.support.platform import ingest_area
 

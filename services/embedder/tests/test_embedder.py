@@ -18,8 +18,8 @@ from cliprs_embedder.service import validate_texts
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
-from cliprs_tiler.render import render_tile
-from cliprs_tools.demo import demo_band_paths
+from cliprs_raster.render import render_tile
+from cliprs_raster.samples import demo_band_paths
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from cliprs_embedder.pipeline import Embedder, WindowConfigMismatch
 from cliprs_embedder.settings import EmbedderSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
+from cliprs_raster.render import render_tile, scene_stretch
+from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.factories import make_area, make_job, make_tile
-from cliprs_tiler.render import render_tile, scene_stretch
-from cliprs_tools.demo import demo_band_paths
 
 TILES = [(14, 4749, 6339), (14, 4750, 6339), (13, 2374, 3169)]
 SETTINGS = EmbedderSettings(window_scales=[1.0, 0.5], stride_ratio=0.25, lease_s=2.0)

@@ -14,8 +14,8 @@ from cliprs.windows import window_plan
 from cliprs_model import load_encoder
 from cliprs_model.encoder import _unit
 from cliprs_model.settings import ModelSettings
-from cliprs_tiler.render import render_tile, scene_stretch
-from cliprs_tools.demo import demo_band_paths
+from cliprs_raster.render import render_tile, scene_stretch
+from cliprs_raster.samples import demo_band_paths
 
 # Sentinel-2 demo tiles (farmland, town, marsh, water) at 256 and 512 px.
 TILES = [(14, 4749, 6339, 256), (13, 2374, 3169, 256), (14, 4750, 6340, 512)]

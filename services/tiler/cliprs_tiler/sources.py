@@ -38,7 +38,7 @@ from tenacity.wait import wait_base
 
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
-from cliprs_tiler.render import Limits, RasterScene, tile_format
+from cliprs_raster.render import Limits, RasterScene, tile_format
 from cliprs_tiler.settings import TilerSettings
 
 _PIL_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}

@@ -23,6 +23,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs.tiles import parse_polygon, tiles_for_area, zorder
+from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.factories import make_area, make_job, make_window
 from cliprs_testing.faultserver import Fault, TileServer
 from cliprs_tiler.app import create_app
@@ -30,7 +31,6 @@ from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.repository import job_with_area
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import RasterSource
-from cliprs_tools.demo import demo_band_paths
 
 TOKEN = "pk.sekrit-token-4242"
 # A triangle over the Sentinel-2 scene: fewer tiles than its bounding box needs.

@@ -17,8 +17,9 @@ from rasterio.transform import Affine
 
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
+from cliprs_raster.render import render_tile, scene_stretch
+from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.faultserver import make_tile
-from cliprs_tiler.render import render_tile, scene_stretch
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import (
     MBTilesSource,
@@ -28,7 +29,6 @@ from cliprs_tiler.sources import (
     TileNotFound,
     open_source,
 )
-from cliprs_tools.demo import demo_band_paths
 
 SETTINGS = TilerSettings()
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cliprs.keys import prefix_of
 from cliprs.settings import CoreSettings
 from cliprs_http.routing import api_routes
+from cliprs_search.access import access_of
 from cliprs_search.app import create_app
-from cliprs_search.auth import access_of
-from cliprs_search.keys_repository import prefix_of
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.keys import TestKey
 from cliprs_testing.synthetic import delete_seeded

@@ -18,9 +18,9 @@ import socket
 import sys
 from pathlib import Path
 
+from cliprs import keys as repo
 from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
-from cliprs_search import keys_repository as repo
 
 
 def _actor() -> str:

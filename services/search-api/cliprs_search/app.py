@@ -1,5 +1,6 @@
-"""The public REST gateway (versioned under /v1): builds the app's context and includes the
-routers of `cliprs_search.routes` (search, analysis, areas and jobs, health)."""
+"""The public REST gateway: builds the app's context and includes the routers of
+`cliprs_search.routes` (search, zero-shot, areas and jobs, projects, runs and exports, admin)
+under the API's version prefix, and health at the root."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import faiss
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from cliprs.db.engine import async_engine
 from cliprs.queue import make_celery
@@ -18,12 +20,13 @@ from cliprs.settings import CoreSettings
 from cliprs_http import install_error_handlers
 from cliprs_http.observability import install_observability
 from cliprs_search import metrics as search_metrics
-from cliprs_search.auth import install_access
+from cliprs_search.access import install_access
+from cliprs_search.access.quotas import Quotas
 from cliprs_search.context import Context
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.geocode import make_geocoder
 from cliprs_search.index import IndexHolder, Registration
-from cliprs_search.routes import analysis, areas, exports, health, projects, runs, search
+from cliprs_search.routes import API_ROUTERS, health
 from cliprs_search.settings import SearchSettings
 
 __all__ = ["create_app"]
@@ -64,7 +67,14 @@ def build_context(
         engine=async_engine(core.database_url),
         embedder=EmbedderClient(settings.embedder_url, transport=embedder_transport),
         celery=make_celery("cliprs-search", core),
+        quotas=Quotas(core.redis_url, core.redis_namespace),
     )
+
+
+def operation_id(route: APIRoute) -> str:
+    """A stable OpenAPI operation id, ``<tag>-<handler name>`` (e.g. ``search-search_text``):
+    it does not change with the path or the method, so generated clients keep their names."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
 def create_app(
@@ -92,9 +102,7 @@ def create_app(
             await ctx.geocoder.aclose()
         await ctx.engine.dispose()
         ctx.faiss_pool.shutdown(wait=False)
-        quotas = getattr(app.state, "quotas", None)  # made on first use by the access checks
-        if quotas is not None:
-            await quotas.aclose()
+        await ctx.quotas.aclose()
 
     app = FastAPI(
         title="CLIP-RS search API",
@@ -102,15 +110,17 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
     )
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
     )
     install_error_handlers(app)
     app.state.ctx = ctx
-    for module in (search, analysis, areas, health, projects, exports, runs):
-        app.include_router(module.router)
-    install_access(app)  # admin endpoints, 401/403/429 answers, the audit trail
+    for router in API_ROUTERS:
+        app.include_router(router)  # each under routes.deps.API_PREFIX
+    app.include_router(health.router)
+    install_access(app)  # 401/403/429 answers and the audit trail (the rules are on the routers)
     # Last: the outermost middleware, so every answer (audit, CORS, 401/429) has its request id and counts.
     install_observability(app, "search-api", search_metrics.collectors(ctx))
     return app

@@ -1,5 +1,5 @@
 """What every request needs, built once per app: settings, the index holder, the database engine,
-the embedder client, the Celery client and the geocoder."""
+the embedder client, the Celery client, the quotas and the geocoder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cliprs.errors import Unavailable
 from cliprs.settings import CoreSettings
+from cliprs_search.access.quotas import Quotas
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.geocode import Geocoder
 from cliprs_search.index import IndexHolder, LoadedIndex
@@ -27,6 +28,7 @@ class Context:
     engine: AsyncEngine
     embedder: EmbedderClient
     celery: Celery
+    quotas: Quotas  # Redis, connected on first use
     geocoder: Geocoder | None = None
     # FAISS runs on these threads, each limited to settings.faiss_threads OpenMP threads (the
     # limit is per calling thread, so it must be set on the threads that search).

@@ -20,7 +20,7 @@ import numpy as np
 from aiolimiter import AsyncLimiter
 from cachetools import LRUCache
 
-from cliprs_search.schemas import Place
+from cliprs_search.schemas.search import Place
 from cliprs_search.settings import SearchSettings
 
 log = logging.getLogger("cliprs.search.geocode")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs_search import repository
-from cliprs_search.schemas import Job
+from cliprs_search.repository import areas as repository
+from cliprs_search.schemas.areas import Job
 from cliprs_testing.factories import make_area, make_job
 
 

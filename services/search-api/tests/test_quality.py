@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from cliprs.clouds import CLOUDY_SCORE
-from cliprs_search.filters import HitFilter
-from cliprs_search.repository import filter_where
-from cliprs_search.schemas import SearchOptions
-from cliprs_search.search import SearchRequest, _Clock, _Ranking
+from cliprs_search.ranking.filters import HitFilter
+from cliprs_search.ranking.pipeline import SearchRequest, _Clock, _Ranking
+from cliprs_search.repository.search import filter_where
+from cliprs_search.schemas.search import SearchOptions
 from cliprs_search.service.shared import hit_feature
 from cliprs_search.settings import SearchSettings
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import Header, Path, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from cliprs_http.schemas import ERROR_RESPONSES, RUN_NOT_DONE
-from cliprs_search.auth import READ
-from cliprs_search.context import Context
-from cliprs_search.routes.deps import get_context
+from cliprs_http.schemas import RUN_NOT_DONE
+from cliprs_search.access import READ
+from cliprs_search.routes.deps import CtxDep, api_router
 from cliprs_search.service import exports
 from cliprs_search.service.exports import CsvRows, RunVersion
 
-RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, **RUN_NOT_DONE}
 MVT_TYPE = "application/vnd.mapbox-vector-tile"
 # Tiles change when the run's threshold does: clients may keep them but must revalidate (a
 # matching If-None-Match answers 304 without making the tile).
 TILE_CACHE = "no-cache"
 
-router = APIRouter(tags=["runs"], responses=RESPONSES, dependencies=[Depends(READ)])
+router = api_router("runs", READ, RUN_NOT_DONE)
 
 
 def _matches(if_none_match: str, etag: str) -> bool:
@@ -35,11 +31,11 @@ def _download_headers(run: RunVersion, filename: str) -> dict[str, str]:
 
 
 @router.get(
-    "/v1/runs/{run_id}/export.geojson",
+    "/runs/{run_id}/export.geojson",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/geo+json": {}}, "description": "A FeatureCollection"}},
 )
-async def export_geojson(run_id: int, ctx: Context = Depends(get_context)) -> Response:
+async def export_geojson(run_id: int, ctx: CtxDep) -> Response:
     """The run's polygons as a GeoJSON FeatureCollection (streamed): each feature's properties
     are polygon_id, run_id, project_id, z, area_m2, max_score, mean_score and window_count; the
     collection's ``run`` member names the run and its threshold."""
@@ -52,18 +48,18 @@ async def export_geojson(run_id: int, ctx: Context = Depends(get_context)) -> Re
 
 
 @router.get(
-    "/v1/runs/{run_id}/export.csv",
+    "/runs/{run_id}/export.csv",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "CSV with a header row"}},
 )
 async def export_csv(
     run_id: int,
+    ctx: CtxDep,
     rows: CsvRows = Query(
         "polygons",
         description="polygons: one row per polygon with its centroid's lon/lat, properties and "
         "bounding box; windows: one row per hit window with its centre, score and polygon_id",
     ),
-    ctx: Context = Depends(get_context),
 ) -> Response:
     """The run as CSV (streamed), one row per polygon or per hit window."""
     run = await exports.finished_run(ctx, run_id)
@@ -76,11 +72,11 @@ async def export_csv(
 
 
 @router.get(
-    "/v1/runs/{run_id}/export.gpkg",
+    "/runs/{run_id}/export.gpkg",
     response_class=FileResponse,
     responses={200: {"content": {"application/geopackage+sqlite3": {}}, "description": "A GeoPackage"}},
 )
-async def export_gpkg(run_id: int, ctx: Context = Depends(get_context)) -> Response:
+async def export_gpkg(run_id: int, ctx: CtxDep) -> Response:
     """The run's polygons as a GeoPackage (layer ``detections``, EPSG:4326, the GeoJSON's
     properties). A GeoPackage is an SQLite file and cannot be streamed as it is written: it is
     written to a temporary file first (batch by batch), then sent and deleted."""
@@ -95,7 +91,7 @@ async def export_gpkg(run_id: int, ctx: Context = Depends(get_context)) -> Respo
 
 
 @router.get(
-    "/v1/runs/{run_id}/tiles/{z}/{x}/{y}.mvt",
+    "/runs/{run_id}/tiles/{z}/{x}/{y}.mvt",
     response_class=Response,
     responses={
         200: {"content": {MVT_TYPE: {}}, "description": "A Mapbox vector tile (empty when nothing is in it)"},
@@ -104,11 +100,11 @@ async def export_gpkg(run_id: int, ctx: Context = Depends(get_context)) -> Respo
 )
 async def run_tile(
     run_id: int,
+    ctx: CtxDep,
     z: int = Path(..., ge=0),
     x: int = Path(..., ge=0),
     y: int = Path(..., ge=0),
     if_none_match: str | None = Header(None),
-    ctx: Context = Depends(get_context),
 ) -> Response:
     """The run's detections as a Mapbox vector tile: layer ``detections`` holds the polygons
     (feature id = polygon id; score = max score, mean_score, area_m2, window_count, z), layer

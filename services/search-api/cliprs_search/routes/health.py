@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import Depends
 from fastapi.responses import JSONResponse
 
 from cliprs_http import health_router, readiness
-from cliprs_search.context import Context
-from cliprs_search.routes.deps import get_context
-from cliprs_search.schemas import SearchReadiness
+from cliprs_search.routes.deps import CtxDep
+from cliprs_search.schemas.health import SearchReadiness
 from cliprs_search.service.health import readiness_checks
 
 
-async def readyz(ctx: Context = Depends(get_context)) -> JSONResponse:
+async def readyz(ctx: CtxDep) -> JSONResponse:
     """Ready when the database, Redis and the embedder (itself ready) answer; also reports the
     live index version and the geocoder."""
     checks, model = await readiness_checks(ctx)

@@ -8,9 +8,11 @@ from dataclasses import asdict
 from cliprs.errors import InvalidInput, NotFound, Unavailable
 from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA, enqueue
 from cliprs.tiles import area_wkt, check_plan_size, parse_area, validate_zooms
-from cliprs_search import repository
+from cliprs_search.access import Principal
+from cliprs_search.access.budget import spend_tile_budget
 from cliprs_search.context import Context
-from cliprs_search.schemas import (
+from cliprs_search.repository import areas as repository
+from cliprs_search.schemas.areas import (
     Area,
     AreaCreated,
     AreaDeletion,
@@ -43,8 +45,10 @@ async def get_job(ctx: Context, job_id: int) -> Job:
     return Job(**row)
 
 
-async def create_area(ctx: Context, request: AreaRequest) -> AreaCreated:
-    """Create an area and queue its ingestion (fetch, embed, index)."""
+async def create_area(ctx: Context, request: AreaRequest, caller: Principal) -> AreaCreated:
+    """Create an area and queue its ingestion (fetch, embed, index). Tiles from a remote source
+    are taken from the caller's daily budget once the plan is checked, and given back when the
+    creation then fails."""
     core = ctx.core
     area = parse_area(bbox=request.bbox, polygon=request.polygon)
     zooms = validate_zooms(request.zooms, core.max_zoom)
@@ -52,10 +56,23 @@ async def create_area(ctx: Context, request: AreaRequest) -> AreaCreated:
         known = ", ".join(sorted(core.tile_sources))
         raise InvalidInput(f"unknown tile source {request.source!r}; configured sources: {known}")
     planned = check_plan_size(area, zooms, core.max_tiles_per_area)
+    template = core.tile_sources[request.source]
+    spent = await spend_tile_budget(ctx.quotas, ctx.settings, caller, template, planned)
+    try:
+        return await _start_ingest(ctx, request, area_wkt(area), zooms, planned)
+    except Exception:  # any failure: nothing will fetch these tiles
+        if spent is not None:
+            await spent.refund()
+        raise
+
+
+async def _start_ingest(
+    ctx: Context, request: AreaRequest, wkt: str, zooms: list[int], planned: int
+) -> AreaCreated:
+    """The area's row and its job, and the fetch task queued; the area is taken back when the
+    queue is down."""
     async with ctx.engine.begin() as conn:
-        area_id = await repository.insert_area(
-            conn, request.name.strip(), area_wkt(area), zooms, request.source
-        )
+        area_id = await repository.insert_area(conn, request.name.strip(), wkt, zooms, request.source)
         job_id = await repository.insert_job(conn, area_id, planned)
     try:
         await asyncio.to_thread(enqueue, ctx.celery, TASK_FETCH_AREA, [job_id])

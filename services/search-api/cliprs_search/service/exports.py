@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 
 from cliprs.errors import Conflict, InvalidInput, NotFound
-from cliprs_search import exports_repository as repo
 from cliprs_search.context import Context
+from cliprs_search.repository import exports as repo
 
 # The deepest tile zoom served (windows go to z20 with the finer levels; tiles deeper than that
 # would only magnify them).

@@ -8,8 +8,8 @@ from typing import Any
 
 from cliprs.errors import Unavailable
 from cliprs_http import Check, redis_ping
-from cliprs_search import repository
 from cliprs_search.context import Context
+from cliprs_search.repository import health as repository
 
 
 async def readiness_checks(ctx: Context) -> tuple[dict[str, Check], dict[str, Any] | None]:

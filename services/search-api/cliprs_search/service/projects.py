@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from cliprs.errors import InvalidInput, NotFound
-from cliprs_search import projects_repository as repo
 from cliprs_search.context import Context
-from cliprs_search.projects_schemas import (
+from cliprs_search.repository import projects as repo
+from cliprs_search.schemas.projects import (
     Label,
     LabelRequest,
     Project,
@@ -26,8 +27,8 @@ from cliprs_search.projects_schemas import (
     ProjectUpdate,
     RefineBody,
 )
-from cliprs_search.schemas import SearchResults
-from cliprs_search.service.search import answer_search, resolve_options
+from cliprs_search.schemas.search import SearchResults
+from cliprs_search.service.search import Query, answer_search, resolve_options
 from cliprs_search.service.shared import validate_query
 
 # The Rocchio weights (text, mean of positives, mean of negatives): the classic relevance
@@ -214,70 +215,92 @@ async def refine(ctx: Context, project_id: int, body: RefineBody) -> SearchResul
     async with ctx.engine.connect() as conn:
         project = await _project(conn, project_id, runs=False)
         positive_ids, negative_ids = await repo.label_ids(conn, project_id)
-    areas = project.area_ids
-    if not areas:
-        raise InvalidInput(
-            f"project {project_id} has no areas to search; add some (PATCH /v1/projects/{project_id} with area_ids)"
-        )
-    if body.area_id is not None and body.area_id not in areas:
-        raise InvalidInput(
-            f"area {body.area_id} is not one of the project's areas ({', '.join(map(str, areas))}); "
-            "leave area_id out to search them all"
-        )
+    areas = _areas_to_search(project, body)
     text = body.q if body.q is not None else project.query
     if text is not None:
         text = validate_query(text, ctx.settings.max_query_chars)
-
-    index = ctx.index()
-    # Labelled windows missing from the index (an area being re-indexed) cannot add a vector.
-    pos_found, positives = index.vectors_of(positive_ids)
-    neg_found, negatives = index.vectors_of(negative_ids)
-    warnings = []
-    missing = len(positive_ids) + len(negative_ids) - len(pos_found) - len(neg_found)
-    if missing:
-        warnings.append(f"{missing} labelled window(s) are not in the index and were left out of the query")
+    labels = _labelled_vectors(ctx, positive_ids, negative_ids)
     use_text = text is not None and body.a > 0
-    labelled = len(pos_found) + len(neg_found) > 0
     # Checked before embedding: a request that cannot build a query fails without the embedder.
-    check_direction(use_text, len(pos_found), body.a, body.b)
-
-    timings: dict[str, float] = {}
-    model = None
-    text_vector = None
-    if use_text:
-        t = time.perf_counter()
-        text_vector, info = await ctx.embedder.embed_text(text)
-        timings["embed"] = (time.perf_counter() - t) * 1000
-        model = info["model"]
-    vector = rocchio(text_vector, positives, negatives, body.a, body.b, body.c)
-
-    query = {
+    check_direction(use_text, len(labels.pos_found), body.a, body.b)
+    query = await _refine_query(ctx, body, text if use_text else None, labels, started)
+    query.echo = {
         "refine": project_id,
         "q": text,
-        "positives": len(pos_found),
-        "negatives": len(neg_found),
+        "positives": len(labels.pos_found),
+        "negatives": len(labels.neg_found),
         "weights": {"a": body.a, "b": body.b, "c": body.c},
     }
     # The cursor must break when the labels, weights, text or areas change: all make the vector.
     digest = hashlib.sha256(
-        f"{sorted(pos_found.tolist())}|{sorted(neg_found.tolist())}|{areas}".encode()
+        f"{sorted(labels.pos_found.tolist())}|{sorted(labels.neg_found.tolist())}|{areas}".encode()
     ).hexdigest()[:16]
-    opts = resolve_options(ctx, body, {**query, "labels": digest})
+    opts = resolve_options(ctx, body, {**query.echo, "labels": digest})
     if body.area_id is None:
         # One area takes the index's per-area shard picking; several are filtered on the rows.
         if len(areas) == 1:
             opts.flt.area_id = areas[0]
         else:
             opts.flt.area_ids = areas
-    return await answer_search(
-        ctx,
-        vector,
-        opts,
-        started,
-        query,
-        model,
-        # Without labels this is the text search: the text's effort and its low-score warning.
-        text_query=use_text and not labelled,
-        warnings=warnings,
-        timings=timings,
+    return await answer_search(ctx, query, opts)
+
+
+def _areas_to_search(project: Project, body: RefineBody) -> list[int]:
+    """The project's areas, or `InvalidInput` when it has none or ``area_id`` is not one."""
+    areas = project.area_ids
+    if not areas:
+        raise InvalidInput(
+            f"project {project.id} has no areas to search; add some (PATCH /v1/projects/{project.id} with area_ids)"
+        )
+    if body.area_id is not None and body.area_id not in areas:
+        raise InvalidInput(
+            f"area {body.area_id} is not one of the project's areas ({', '.join(map(str, areas))}); "
+            "leave area_id out to search them all"
+        )
+    return areas
+
+
+@dataclass
+class _Labelled:
+    """The labelled windows found in the index (ids and vectors) and how many were not."""
+
+    pos_found: np.ndarray
+    positives: np.ndarray
+    neg_found: np.ndarray
+    negatives: np.ndarray
+    missing: int
+
+
+def _labelled_vectors(ctx: Context, positive_ids: list[int], negative_ids: list[int]) -> _Labelled:
+    """The labelled windows' stored vectors; those missing from the index (an area being
+    re-indexed) cannot add a vector."""
+    index = ctx.index()
+    pos_found, positives = index.vectors_of(positive_ids)
+    neg_found, negatives = index.vectors_of(negative_ids)
+    missing = len(positive_ids) + len(negative_ids) - len(pos_found) - len(neg_found)
+    return _Labelled(pos_found, positives, neg_found, negatives, missing)
+
+
+async def _refine_query(
+    ctx: Context, body: RefineBody, text: str | None, labels: _Labelled, started: float
+) -> Query:
+    """The Rocchio vector of the text (embedded when given) and the labels, as a search query."""
+    warnings = []
+    if labels.missing:
+        warnings.append(
+            f"{labels.missing} labelled window(s) are not in the index and were left out of the query"
+        )
+    timings: dict[str, float] = {}
+    model = None
+    text_vector = None
+    if text is not None:
+        t = time.perf_counter()
+        text_vector, info = await ctx.embedder.embed_text(text)
+        timings["embed"] = (time.perf_counter() - t) * 1000
+        model = info["model"]
+    vector = rocchio(text_vector, labels.positives, labels.negatives, body.a, body.b, body.c)
+    labelled = len(labels.pos_found) + len(labels.neg_found) > 0
+    # Without labels this is the text search: the text's effort and its low-score warning.
+    return Query(
+        vector, {}, started, model, text=text is not None and not labelled, warnings=warnings, timings=timings
     )

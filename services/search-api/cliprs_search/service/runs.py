@@ -17,9 +17,9 @@ from cliprs import runs
 from cliprs.errors import Conflict, InvalidInput, NotFound, Unavailable
 from cliprs.queue import TASK_DETECT_RUN, enqueue
 from cliprs_http.schemas import Feature
-from cliprs_search import runs_repository as repo
 from cliprs_search.context import Context
-from cliprs_search.runs_schemas import (
+from cliprs_search.repository import runs as repo
+from cliprs_search.schemas.runs import (
     Run,
     RunCounts,
     RunPolygons,

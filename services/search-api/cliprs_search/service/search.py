@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,13 +13,22 @@ from cliprs.errors import InvalidInput, NotFound, TooLarge
 from cliprs.tiles import parse_bbox, validate_zooms
 from cliprs_http.observability import observe_search_timings
 from cliprs_index.shardset import SearchEffort
-from cliprs_search import cursor as cursors
-from cliprs_search import repository
-from cliprs_search.confidence import assess
 from cliprs_search.context import Context
-from cliprs_search.filters import HitFilter, parse_polygon
-from cliprs_search.schemas import Confidence, FilterReport, SearchBody, SearchOptions, SearchResults
-from cliprs_search.search import SearchRequest, run_search
+from cliprs_search.index import LoadedIndex
+from cliprs_search.ranking import cursor as cursors
+from cliprs_search.ranking.confidence import assess
+from cliprs_search.ranking.filters import HitFilter, parse_polygon
+from cliprs_search.ranking.pipeline import SearchPage, SearchRequest, run_search
+from cliprs_search.repository import areas as areas_repo
+from cliprs_search.schemas.search import (
+    Confidence,
+    FilterReport,
+    HitFeature,
+    Place,
+    SearchBody,
+    SearchOptions,
+    SearchResults,
+)
 from cliprs_search.service.shared import (
     Upload,
     check_upload_size,
@@ -85,6 +94,21 @@ def resolve_options(
     )
 
 
+@dataclass
+class Query:
+    """What a search looks for: its vector, how the answer names it, and what embedding it
+    already told (model, warnings, timings)."""
+
+    vector: np.ndarray
+    echo: str | dict[str, Any]  # the answer's ``query``
+    started: float  # time.perf_counter() when the request arrived
+    model: dict[str, Any] | None = None  # the embedder's model, when it embedded the query
+    text: bool = False  # a text query: the text's search effort and its low-score warning
+    prefer: int | None = None  # find similar's window, standing for the windows identical to it
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 async def text_search(ctx: Context, q: str, options: SearchOptions) -> SearchResults:
     """Text to image (``GET /v1/search``)."""
     started = time.perf_counter()
@@ -97,7 +121,7 @@ async def similar_search(ctx: Context, window_id: int, options: SearchOptions) -
     started = time.perf_counter()
     opts = resolve_options(ctx, options, {"window_id": window_id})
     vector = window_vector(ctx, window_id)
-    return await answer_search(ctx, vector, opts, started, {"window_id": window_id}, prefer=window_id)
+    return await answer_search(ctx, Query(vector, {"window_id": window_id}, started, prefer=window_id), opts)
 
 
 async def body_search(ctx: Context, body: SearchBody) -> SearchResults:
@@ -111,7 +135,7 @@ async def body_search(ctx: Context, body: SearchBody) -> SearchResults:
     query = {"window_id": body.window_id}
     opts = resolve_options(ctx, body, query, body.polygon)
     vector = window_vector(ctx, body.window_id)
-    return await answer_search(ctx, vector, opts, started, query, prefer=body.window_id)
+    return await answer_search(ctx, Query(vector, query, started, prefer=body.window_id), opts)
 
 
 async def image_search(
@@ -125,7 +149,7 @@ async def image_search(
         ctx, options, {"image": hashlib.sha256(upload.data).hexdigest()}, parse_geojson_text(polygon)
     )
     vector, info = await ctx.embedder.embed_image(upload.data, upload.filename, upload.content_type)
-    return await answer_search(ctx, vector, opts, started, {"image": upload.filename}, model=info["model"])
+    return await answer_search(ctx, Query(vector, {"image": upload.filename}, started, info["model"]), opts)
 
 
 def text_effort(settings: SearchSettings) -> SearchEffort:
@@ -141,62 +165,83 @@ async def _text(ctx: Context, q: str, opts: ResolvedOptions, started: float) -> 
     tokens = (info.get("tokens") or [0])[0]
     if tokens > MODEL_TOKENS:
         warnings.append(f"the query is {tokens} tokens long; the model reads only the first {MODEL_TOKENS}")
-    return await answer_search(
-        ctx,
-        vector,
-        opts,
-        started,
-        q,
-        info["model"],
-        text_query=True,
-        warnings=warnings,
-        timings={"embed": embed_ms},
+    query = Query(
+        vector, q, started, info["model"], text=True, warnings=warnings, timings={"embed": embed_ms}
+    )
+    return await answer_search(ctx, query, opts)
+
+
+async def answer_search(ctx: Context, query: Query, opts: ResolvedOptions) -> SearchResults:
+    """Rank on one index snapshot, then build the GeoJSON answer: the hits with their places,
+    how confident the ranking is, what the caller should know, and the next page's cursor."""
+    index = ctx.index()
+    page = await rank(ctx, index, query, opts)
+    timings = {**query.timings, **page.timings}
+    places = await find_places(ctx, opts, page, timings)
+    confidence, low = assess(
+        query.vector,
+        page.top_score,
+        index.sample_vectors(),
+        ctx.settings.low_score if query.text else None,
+        ctx.settings.low_z,
+        ctx.settings.high_z,
+    )
+    features = hit_features(ctx.settings, opts, page, places)
+    observe_search_timings(timings)
+    return SearchResults(
+        type="FeatureCollection",
+        features=features,
+        count=len(features),
+        index_version=index.version,
+        took_ms=round((time.perf_counter() - query.started) * 1000, 1),
+        query=query.echo,
+        model=query.model,
+        next_cursor=next_cursor(ctx.settings, opts, page, index),
+        merged=page.merged,
+        identical=page.identical,
+        filter=FilterReport(**page.describe(), max_cloud=opts.flt.max_cloud, min_valid=opts.flt.min_valid),
+        confidence=Confidence(**confidence),
+        warning=notes(query, opts, index, page, low),
+        timings_ms={k: round(v, 2) for k, v in timings.items()},
     )
 
 
-async def answer_search(
-    ctx: Context,
-    vector: np.ndarray,
-    opts: ResolvedOptions,
-    started: float,
-    query: str | dict[str, Any],
-    model: dict[str, Any] | None = None,
-    text_query: bool = False,
-    warnings: list[str] | None = None,
-    timings: dict[str, float] | None = None,
-    prefer: int | None = None,
-) -> SearchResults:
-    """Run the search on one index snapshot and build the GeoJSON answer (``prefer``: find
-    similar's window, which stands for the windows identical to it)."""
-    s = ctx.settings
-    index = ctx.index()
+async def rank(ctx: Context, index: LoadedIndex, query: Query, opts: ResolvedOptions) -> SearchPage:
+    """The page of the ranking (`cliprs_search.ranking`); `NotFound` for an unknown area."""
+    request = SearchRequest(
+        query.vector,
+        opts.k,
+        opts.offset,
+        opts.flt,
+        opts.min_score,
+        opts.merge,
+        text_effort(ctx.settings) if query.text else None,
+        opts.collapse,
+        query.prefer,
+    )
     async with ctx.engine.connect() as conn:
-        if opts.flt.area_id is not None and await repository.area(conn, opts.flt.area_id) is None:
+        if opts.flt.area_id is not None and await areas_repo.area(conn, opts.flt.area_id) is None:
             raise NotFound(f"area {opts.flt.area_id} does not exist; GET /v1/areas lists the areas")
-        page = await run_search(
-            index,
-            conn,
-            SearchRequest(
-                vector,
-                opts.k,
-                opts.offset,
-                opts.flt,
-                opts.min_score,
-                opts.merge,
-                text_effort(s) if text_query else None,
-                opts.collapse,
-                prefer,
-            ),
-            s,
-            ctx.faiss_pool,
-        )
-    timings = {**(timings or {}), **page.timings}
-    places: list = [None] * len(page.hits)
-    if opts.address and ctx.geocoder is not None and page.hits:
-        t = time.perf_counter()
-        places = await ctx.geocoder.reverse([(h.row["lon"], h.row["lat"]) for h in page.hits])
-        timings["geocode"] = (time.perf_counter() - t) * 1000
-    features = [
+        return await run_search(index, conn, request, ctx.settings, ctx.faiss_pool)
+
+
+async def find_places(
+    ctx: Context, opts: ResolvedOptions, page: SearchPage, timings: dict[str, float]
+) -> list[Place | None]:
+    """Each hit's nearest known place (reverse geocoding), when asked for and available."""
+    if not (opts.address and ctx.geocoder is not None and page.hits):
+        return [None] * len(page.hits)
+    t = time.perf_counter()
+    places = await ctx.geocoder.reverse([(h.row["lon"], h.row["lat"]) for h in page.hits])
+    timings["geocode"] = (time.perf_counter() - t) * 1000
+    return places
+
+
+def hit_features(
+    s: SearchSettings, opts: ResolvedOptions, page: SearchPage, places: list[Place | None]
+) -> list[HitFeature]:
+    """The page's hits as GeoJSON features, ranked from the page's offset."""
+    return [
         hit_feature(
             h.row,
             h.score,
@@ -209,49 +254,34 @@ async def answer_search(
         )
         for i, (h, place) in enumerate(zip(page.hits, places, strict=True))
     ]
-    confidence, low = assess(
-        vector,
-        page.top_score,
-        index.sample_vectors(),
-        s.low_score if text_query else None,
-        s.low_z,
-        s.high_z,
-    )
-    notes = [
-        *(warnings or []),
+
+
+def notes(
+    query: Query, opts: ResolvedOptions, index: LoadedIndex, page: SearchPage, low: str | None
+) -> str | None:
+    """The answer's warning: what embedding said, a low confidence, a short page, an index that
+    changed between pages, or a query embedded by another model than the index's."""
+    said = [
+        *query.warnings,
         *([low] if low else []),
         *([page.incomplete_reason] if page.incomplete_reason else []),
     ]
     if opts.cursor and opts.cursor.version != index.version:
-        notes.append(
+        said.append(
             f"the index changed since the previous page (version {opts.cursor.version} -> {index.version}); "
             "results may repeat or skip"
         )
+    model = query.model
     if model is not None and index.manifest.model_id and model.get("loaded") != index.manifest.model_id:
-        notes.append(
+        said.append(
             f"the index holds vectors of {index.manifest.model_id!r} but the query was embedded with "
             f"{model.get('loaded')!r}; scores are not comparable"
         )
-    has_next = page.has_more and opts.offset + 2 * opts.k <= s.max_results
-    next_cursor = (
-        cursors.encode(cursors.Cursor(opts.offset + opts.k, index.version, opts.fingerprint))
-        if has_next
-        else None
-    )
-    observe_search_timings(timings)
-    return SearchResults(
-        type="FeatureCollection",
-        features=features,
-        count=len(features),
-        index_version=index.version,
-        took_ms=round((time.perf_counter() - started) * 1000, 1),
-        query=query,
-        model=model,
-        next_cursor=next_cursor,
-        merged=page.merged,
-        identical=page.identical,
-        filter=FilterReport(**page.describe(), max_cloud=opts.flt.max_cloud, min_valid=opts.flt.min_valid),
-        confidence=Confidence(**confidence),
-        warning=" ".join(notes) if notes else None,
-        timings_ms={k: round(v, 2) for k, v in timings.items()},
-    )
+    return " ".join(said) if said else None
+
+
+def next_cursor(s: SearchSettings, opts: ResolvedOptions, page: SearchPage, index: LoadedIndex) -> str | None:
+    """The cursor of the next page, while the ranking continues within ``max_results``."""
+    if not (page.has_more and opts.offset + 2 * opts.k <= s.max_results):
+        return None
+    return cursors.encode(cursors.Cursor(opts.offset + opts.k, index.version, opts.fingerprint))

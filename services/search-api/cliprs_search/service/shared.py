@@ -11,7 +11,7 @@ import numpy as np
 
 from cliprs.errors import InvalidInput, NotFound, TooLarge
 from cliprs_search.context import Context
-from cliprs_search.schemas import HitFeature, HitProperties, Place, TileRef
+from cliprs_search.schemas.search import HitFeature, HitProperties, Place, TileRef
 
 _MEANINGFUL = re.compile(r"\w", re.UNICODE)
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cliprs_search.schemas import SearchOptions
+from cliprs_search.schemas.search import SearchOptions
 
 
 def _absent_when_none(value: Any) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
@@ -113,3 +113,25 @@ class Quotas:
 def retry_after(seconds: float) -> int:
     """Whole seconds for a Retry-After header (at least 1)."""
     return max(1, math.ceil(seconds))
+
+
+# ----------------------------------------------------------------------------- the tile budget
+
+
+@dataclass
+class TileSpend:
+    """Tiles taken from a caller's daily budget, to give back when the work is not done."""
+
+    quotas: Quotas
+    who: str
+    tiles: int
+
+    async def refund(self) -> None:
+        await self.quotas.refund_tiles(self.who, self.tiles)
+
+
+def seconds_to_midnight() -> int:
+    """Whole seconds until the daily budgets start again (midnight UTC; at least 1)."""
+    now = datetime.now(UTC)
+    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((tomorrow - now).total_seconds()))

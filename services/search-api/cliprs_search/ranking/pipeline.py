@@ -37,10 +37,10 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cliprs_index.shardset import SearchEffort
-from cliprs_search import repository
-from cliprs_search.filters import HitFilter
 from cliprs_search.index import LoadedIndex
-from cliprs_search.merge import merge_overlapping
+from cliprs_search.ranking.filters import HitFilter
+from cliprs_search.ranking.merge import merge_overlapping
+from cliprs_search.repository import search as repository
 from cliprs_search.settings import SearchSettings
 
 
@@ -145,6 +145,16 @@ class _Ranking:
     def full(self) -> bool:
         return len(self.groups) >= self.need
 
+    def hits(self, offset: int, k: int) -> list[Hit]:
+        """The groups ``offset`` .. ``offset + k`` as hits: the kept window, the windows merged
+        into it and those identical to it."""
+        hits = []
+        for group in self.groups[offset : offset + k]:
+            wid, score = self.passing[group[0]]
+            merged = [self.passing[i][0] for i in group[1:]] if self.req.merge else []
+            hits.append(Hit(self.rows[wid], score, merged, self.identical.get(wid, [])))
+        return hits
+
     async def walk(self, conn: AsyncConnection, candidates: list[tuple[int, float]], clock: _Clock) -> bool:
         """Rank ``candidates`` (best first) until the groups fill ``need``; True when the
         minimum score cut them off (nothing further down can pass)."""
@@ -182,116 +192,184 @@ async def run_search(
 ) -> SearchPage:
     """One page (``req.offset`` .. ``+ req.k``) of the merged, filtered ranking for a vector;
     the index is searched on ``executor`` (default: the event loop's)."""
-    loop = asyncio.get_running_loop()
     flt = req.flt
-    clock = _Clock()
     bounds = flt.bounds()
     if bounds is not None and (bounds[0] > bounds[2] or bounds[1] > bounds[3]):
         return SearchPage([], False, "empty", 0, 0, None)  # the box and the polygon are disjoint
-    areas = flt.areas()
-    picked = index.pick(zooms=flt.zooms or None, bounds=bounds, area_ids=areas)
+    picked = index.pick(zooms=flt.zooms or None, bounds=bounds, area_ids=flt.areas())
     total = index.total(picked)
     if total == 0:
         return SearchPage([], False, "empty", None, 0, None)
-    # Rows need checking unless the picked shards hold only windows that pass: shards are cut by
-    # space and size, so an area's windows may share shards with other areas'.
-    narrows = bool(flt.zooms) or flt.geometry or (areas is not None and not index.exclusive(picked, areas))
-    need = req.offset + req.k + 1  # one more group than the page: tells whether more exist
-    strategy, estimated, fraction = ("overfetch" if narrows else "index"), None, 1.0
-    selector: np.ndarray | None = None
-    if narrows:
-        choice = settings.filter_strategy
-        if choice == "auto":
-            # Drawn per request over the picked shards only (a fixed sample would hold few of a
-            # small region's windows); seeded by the filter, so every page of one search
-            # estimates alike and starts the same way.
-            sample = await loop.run_in_executor(
-                executor, index.sample_ids, settings.selectivity_sample, picked, _seed(flt)
-            )
-            if len(sample) == 0:
-                choice = "selector"  # nothing to estimate with: the listing is bounded anyway
-            else:
-                with clock("db"):
-                    passing = await repository.passing_count(conn, flt, sample.tolist())
-                exact = len(sample) >= total  # the sample is every picked window
-                estimated = passing if exact else round(passing / len(sample) * total)
-                if exact and passing == 0:
-                    return SearchPage([], False, "selector", 0, 0, None, clock.ms, shards=len(picked))
-                # At least one sampled window's worth, so an empty sample hit still over-fetches sanely.
-                fraction = max(passing / len(sample), 1.0 / len(sample))
-                choice = "selector" if fraction <= settings.selector_max_fraction else "overfetch"
-        if choice == "selector":
-            with clock("db"):
-                selector = await _selector_ids(conn, flt, settings)
-            strategy = "selector" if selector is not None else "overfetch"
+    run = _Run(index, conn, req, settings, executor, picked, total)
+    plan = await choose_strategy(run)
+    if plan.nothing_passes:
+        return SearchPage([], False, "selector", 0, 0, None, run.clock.ms, shards=len(picked))
+    ranking = _Ranking(req, settings, need=req.offset + req.k + 1)  # one more group: more pages?
+    filled = await fill(run, plan, ranking)
+    return page_of(run, plan, ranking, filled)
 
-    ranking = _Ranking(req, settings, need)
-    limit = min(settings.max_candidates, total)
-    n = math.ceil(need * settings.overfetch / (1.0 if selector is not None else fraction))
-    exhausted = False
-    reason: str | None = None
-    candidates: list[tuple[int, float]] = []
+
+@dataclass
+class _Run:
+    """One search's fixed inputs: the snapshot, the picked shards, where FAISS runs, the clock."""
+
+    index: LoadedIndex
+    conn: AsyncConnection
+    req: SearchRequest
+    settings: SearchSettings
+    executor: Executor | None
+    picked: list
+    total: int  # windows in the picked shards
+    clock: _Clock = field(default_factory=lambda: _Clock())
+
+    async def in_pool(self, fn, *args):
+        """``fn(*args)`` on the FAISS executor."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+@dataclass
+class _Plan:
+    """How candidates are found: the strategy, the estimate behind it, and the selector's ids."""
+
+    strategy: str  # "index", "overfetch" or "selector"
+    estimated: int | None = None
+    fraction: float = 1.0  # estimated share of the picked windows that pass
+    selector: np.ndarray | None = None
+    nothing_passes: bool = False  # the sample was every picked window and none passed
+
+
+@dataclass
+class _Filled:
+    """How filling the page ended."""
+
+    candidates: int  # index hits examined in the last round
+    exhausted: bool  # the ranking has nothing further down
+    reason: str | None = None  # why a short page may not be the end
+
+
+def _narrows(run: _Run) -> bool:
+    """Whether rows need checking: unless the picked shards hold only windows that pass (shards
+    are cut by space and size, so an area's windows may share shards with other areas')."""
+    flt, areas = run.req.flt, run.req.flt.areas()
+    return (
+        bool(flt.zooms) or flt.geometry or (areas is not None and not run.index.exclusive(run.picked, areas))
+    )
+
+
+async def choose_strategy(run: _Run) -> _Plan:
+    """**index** when every picked window passes; else the configured strategy, or (``auto``)
+    the selector for selective filters and over-fetching for broad ones."""
+    if not _narrows(run):
+        return _Plan("index")
+    plan = _Plan("overfetch")
+    choice = run.settings.filter_strategy
+    if choice == "auto":
+        choice = await _estimate_selectivity(run, plan)
+        if plan.nothing_passes:
+            return plan
+    if choice == "selector":
+        with run.clock("db"):
+            plan.selector = await _selector_ids(run.conn, run.req.flt, run.settings)
+        plan.strategy = "selector" if plan.selector is not None else "overfetch"
+    return plan
+
+
+async def _estimate_selectivity(run: _Run, plan: _Plan) -> str:
+    """Estimate the share of picked windows that pass (into ``plan``) and answer the strategy it
+    calls for. The sample is drawn per request over the picked shards only (a fixed sample would
+    hold few of a small region's windows), seeded by the filter, so every page of one search
+    estimates alike and starts the same way."""
+    flt = run.req.flt
+    sample = await run.in_pool(run.index.sample_ids, run.settings.selectivity_sample, run.picked, _seed(flt))
+    if len(sample) == 0:
+        return "selector"  # nothing to estimate with: the listing is bounded anyway
+    with run.clock("db"):
+        passing = await repository.passing_count(run.conn, flt, sample.tolist())
+    exact = len(sample) >= run.total  # the sample is every picked window
+    plan.estimated = passing if exact else round(passing / len(sample) * run.total)
+    if exact and passing == 0:
+        plan.strategy, plan.nothing_passes = "selector", True
+        return "selector"
+    # At least one sampled window's worth, so an empty sample hit still over-fetches sanely.
+    plan.fraction = max(passing / len(sample), 1.0 / len(sample))
+    return "selector" if plan.fraction <= run.settings.selector_max_fraction else "overfetch"
+
+
+async def fill(run: _Run, plan: _Plan, ranking: _Ranking) -> _Filled:
+    """Ask for candidates and rank them until the groups fill the page or the ranking ends,
+    asking four times more each round; an over-fetch that reaches ``max_candidates`` without
+    filling the page switches to the selector."""
+    limit = min(run.settings.max_candidates, run.total)
+    n = math.ceil(
+        ranking.need * run.settings.overfetch / (1.0 if plan.selector is not None else plan.fraction)
+    )
     while True:
-        if selector is not None:
-            # Exact over a bounded list: it may grow to the whole list, which ends the ranking.
-            n = min(n, len(selector))
-            candidates = []
-            if n:
-                with clock("faiss"):
-                    candidates = await loop.run_in_executor(
-                        executor, index.search_ids, req.vector, selector, n
-                    )
-            exhausted = len(candidates) < n or n >= len(selector)
-        else:
-            n = min(n, limit)
-            with clock("faiss"):
-                candidates = await loop.run_in_executor(
-                    executor, index.search, req.vector, n, picked, req.effort
-                )
-            exhausted = len(candidates) < n or n >= total
-        exhausted = await ranking.walk(conn, candidates, clock) or exhausted
+        candidates, n, exhausted = await _candidates(run, plan, n, limit)
+        exhausted = await ranking.walk(run.conn, candidates, run.clock) or exhausted
         if ranking.full or exhausted:
-            break
-        if selector is not None or n < limit:
+            return _Filled(len(candidates), exhausted)
+        if plan.selector is not None or n < limit:
             n *= 4
             continue
-        # Even max_candidates did not fill the page: the filter is more selective than
-        # estimated (or rows are gone), so let PostGIS list the ids after all.
-        with clock("db"):
-            selector = await _selector_ids(conn, flt, settings)
-        if selector is None:
-            reason = (
-                f"the filter matches more than {settings.selector_max_ids} windows but only "
-                f"{len(ranking.groups)} of the best {n} candidates, so the results may continue "
-                "beyond these; narrow the filter or raise max_candidates"
-            )
-            break
-        strategy = "selector"
-        n = math.ceil(need * settings.overfetch)
+        reason = await _switch_to_selector(run, plan, len(ranking.groups), n)
+        if reason is not None:
+            return _Filled(len(candidates), False, reason)
+        n = math.ceil(ranking.need * run.settings.overfetch)
 
-    groups = ranking.groups[req.offset : req.offset + req.k]
-    hits = []
-    for group in groups:
-        wid, score = ranking.passing[group[0]]
-        merged = [ranking.passing[i][0] for i in group[1:]] if req.merge else []
-        hits.append(Hit(ranking.rows[wid], score, merged, ranking.identical.get(wid, [])))
-    top = ranking.passing[0][1] if ranking.passing else None
+
+async def _candidates(
+    run: _Run, plan: _Plan, n: int, limit: int
+) -> tuple[list[tuple[int, float]], int, bool]:
+    """The best ``n`` candidates (capped), the ``n`` asked for, and whether none lie beyond."""
+    if plan.selector is not None:
+        # Exact over a bounded list: it may grow to the whole list, which ends the ranking.
+        n = min(n, len(plan.selector))
+        candidates = []
+        if n:
+            with run.clock("faiss"):
+                candidates = await run.in_pool(run.index.search_ids, run.req.vector, plan.selector, n)
+        return candidates, n, len(candidates) < n or n >= len(plan.selector)
+    n = min(n, limit)
+    with run.clock("faiss"):
+        candidates = await run.in_pool(run.index.search, run.req.vector, n, run.picked, run.req.effort)
+    return candidates, n, len(candidates) < n or n >= run.total
+
+
+async def _switch_to_selector(run: _Run, plan: _Plan, groups: int, n: int) -> str | None:
+    """Even ``max_candidates`` did not fill the page: the filter is more selective than
+    estimated (or rows are gone), so let PostGIS list the ids after all. None when it did;
+    otherwise why the page may be short."""
+    with run.clock("db"):
+        plan.selector = await _selector_ids(run.conn, run.req.flt, run.settings)
+    if plan.selector is None:
+        return (
+            f"the filter matches more than {run.settings.selector_max_ids} windows but only "
+            f"{groups} of the best {n} candidates, so the results may continue "
+            "beyond these; narrow the filter or raise max_candidates"
+        )
+    plan.strategy = "selector"
+    return None
+
+
+def page_of(run: _Run, plan: _Plan, ranking: _Ranking, filled: _Filled) -> SearchPage:
+    """The requested page of groups as hits, and whether the ranking continues."""
+    req = run.req
     page_full = len(ranking.groups) >= req.offset + req.k
     # More pages while a group beyond this page is known, or while a full page did not use up
     # the candidates; a short page ends the results only when they really ended.
-    has_more = len(ranking.groups) > req.offset + req.k or (page_full and not exhausted)
-    complete = page_full or exhausted
+    has_more = len(ranking.groups) > req.offset + req.k or (page_full and not filled.exhausted)
+    complete = page_full or filled.exhausted
     return SearchPage(
-        hits,
+        ranking.hits(req.offset, req.k),
         has_more,
-        strategy,
-        estimated,
-        len(candidates),
-        top,
-        clock.ms,
+        plan.strategy,
+        plan.estimated,
+        filled.candidates,
+        ranking.passing[0][1] if ranking.passing else None,
+        run.clock.ms,
         complete=complete,
-        incomplete_reason=None if complete else reason,
-        shards=len(picked),
+        incomplete_reason=None if complete else filled.reason,
+        shards=len(run.picked),
     )
 
 

@@ -1,4 +1,4 @@
-"""The search-api's request and response models (what OpenAPI documents and FastAPI checks).
+"""Request and response models of search (what OpenAPI documents and FastAPI checks).
 
 Search answers are GeoJSON FeatureCollections built on `cliprs_http.schemas`; one model,
 `SearchOptions`, holds the options every search takes, whether they come from the query string
@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, computed_field, field_validator
 
-from cliprs_http.schemas import Feature, FeatureCollection, Readiness
+from cliprs_http.schemas import Feature, FeatureCollection
 
 # ----------------------------------------------------------------------------- requests
 
@@ -90,20 +90,6 @@ class SearchBody(SearchOptions):
             {"type": "Polygon", "coordinates": [[[-75.7, 37.6], [-75.5, 37.6], [-75.6, 37.7], [-75.7, 37.6]]]}
         ],
     )
-
-
-class AreaRequest(BaseModel):
-    name: str = Field(..., min_length=1, max_length=200, examples=["Chincoteague harbour"])
-    bbox: list[float] | None = Field(
-        None,
-        description="[min_lon, min_lat, max_lon, max_lat] (or give polygon)",
-        examples=[[-75.6, 37.6, -75.5, 37.7]],
-    )
-    polygon: dict | None = Field(
-        None, description="A GeoJSON Polygon, instead of bbox: only the tiles it overlaps are fetched"
-    )
-    zooms: list[int] = Field(..., examples=[[12, 13, 14]])
-    source: str = Field("demo", description="A configured tile source name")
 
 
 # ----------------------------------------------------------------------------- search results
@@ -227,147 +213,3 @@ class SearchResults(FeatureCollection):
     confidence: Confidence
     warning: str | None = None
     timings_ms: dict[str, float]
-
-
-# ----------------------------------------------------------------------------- analysis
-
-
-class LabelScore(BaseModel):
-    label: str
-    prompt: str
-    score: float = Field(..., description="Cosine of the prompt to the image")
-    probability: float = Field(..., description="CLIP's softmax over the labels")
-    rank: int
-
-
-class Classification(BaseModel):
-    labels: list[LabelScore]
-    best: str
-    template: str
-    query: dict[str, Any] = Field(..., description="{image: filename} or {window_id}")
-    model: dict[str, Any] | None
-    took_ms: float
-
-
-class HeatmapTile(BaseModel):
-    source: str
-    z: int
-    x: int
-    y: int
-    size: int = Field(..., description="Tile side in pixels")
-    bounds: list[float] = Field(..., description="[west, south, east, north]")
-
-
-class HeatGrid(BaseModel):
-    cells: int = Field(..., description="Cells per tile side")
-    values: list[list[float | None]] = Field(
-        ..., description="Rows top to bottom; null where no window covers"
-    )
-
-
-class Heatmap(FeatureCollection):
-    """Every window of one tile scored against a text, best first, and the grid of mean scores."""
-
-    features: list[HitFeature]
-    count: int
-    tile: HeatmapTile
-    grid: HeatGrid
-    best: int = Field(..., description="The best window's id")
-    query: str
-    model: dict[str, Any] | None
-    index_version: int
-    took_ms: float
-
-
-# ----------------------------------------------------------------------------- areas, jobs, index
-
-
-class Job(BaseModel):
-    """An ingest job's progress."""
-
-    id: int
-    area_id: int
-    state: str = Field(..., description="queued, fetching, embedding, indexing, done or failed")
-    tiles_planned: int
-    tiles_fetched: int
-    tiles_cached: int
-    tiles_failed: int
-    tiles_embedded: int
-    windows_embedded: int
-    windows_indexed: int
-    windows_skipped_nodata: int = Field(
-        0,
-        description="Windows not embedded because too little of them holds imagery "
-        "(valid fraction under the embedder's minimum, EMBEDDER_MIN_VALID)",
-    )
-    stage_seconds: dict[str, float] = Field(
-        default_factory=dict,
-        description="Seconds the embedder spent per pipeline stage (decode, resize, encode, write, ...), "
-        "summed over its work units",
-    )
-    error: str | None
-    created_at: str | None
-    updated_at: str | None
-    finished_at: str | None
-
-    @computed_field(
-        description="How the job ended: done, done_with_failures (some tiles failed; "
-        "tiles_embedded + tiles_failed = tiles_planned) or failed; null while it runs"
-    )
-    @property
-    def outcome(self) -> str | None:
-        if self.state == "done":
-            return "done_with_failures" if self.tiles_failed else "done"
-        return "failed" if self.state == "failed" else None
-
-
-class Area(BaseModel):
-    id: int
-    name: str
-    source: str
-    status: str
-    zooms: list[int]
-    bbox: list[float] = Field(..., description="[min_lon, min_lat, max_lon, max_lat]")
-    created_at: str
-
-
-class AreaWithJob(Area):
-    job: Job | None = Field(None, description="The area's latest ingest job")
-
-
-class AreaCreated(BaseModel):
-    area: Area
-    job: Job
-
-
-class AreaDeletion(BaseModel):
-    area: Area
-    task_id: str = Field(..., description="The indexer's delete task")
-
-
-class ShardInfo(BaseModel):
-    stem: str
-    count: int
-    kind: str = Field(..., description="flat (exact) or ivfpq (the index's shared codec)")
-    envelope: list[float] = Field(..., description="[west, south, east, north] of its tiles")
-    zooms: list[int]
-    area_ids: list[int]
-    params: dict[str, Any]
-
-
-class IndexInfo(BaseModel):
-    """The index version this process serves (version null before anything is indexed)."""
-
-    version: int | None
-    vectors: int
-    shards: list[ShardInfo]
-    codec: dict[str, Any] | None = Field(
-        None, description="The shared IVF-PQ codec: nlist, pq, tuned nprobe and k_factor, measured recall@10"
-    )
-    model_id: str | None = None
-    dim: int | None = None
-    created_at: float | None = Field(None, description="Unix time the version was published")
-
-
-class SearchReadiness(Readiness):
-    model: dict[str, Any] | None = Field(None, description="The embedder's model")

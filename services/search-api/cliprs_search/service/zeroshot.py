@@ -8,11 +8,11 @@ import mercantile
 import numpy as np
 
 from cliprs.errors import InvalidInput, NotFound
-from cliprs_search import repository
-from cliprs_search.analysis import DEFAULT_LABELS, heat_grid, prompts_for, rank_labels
 from cliprs_search.context import Context
-from cliprs_search.schemas import Classification, HeatGrid, Heatmap, HeatmapTile, LabelScore
+from cliprs_search.repository import zeroshot as repository
+from cliprs_search.schemas.zeroshot import Classification, HeatGrid, Heatmap, HeatmapTile, LabelScore
 from cliprs_search.service.shared import Upload, check_upload_size, hit_feature, validate_query, window_vector
+from cliprs_search.zeroshot import DEFAULT_LABELS, heat_grid, prompts_for, rank_labels
 
 
 async def classify(

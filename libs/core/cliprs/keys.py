@@ -5,7 +5,8 @@ A key is ``ck_<8 hex>_<43 url-safe characters>`` (32 random bytes); its first pa
 the secret is shown once, at creation, and cannot be recovered.
 
 Every function takes a *synchronous* SQLAlchemy connection, so the admin command line (a sync
-engine) and the search-api (``await conn.run_sync(fn, ...)`` on its async engine) share them.
+engine), the test keys and the search-api (``await conn.run_sync(fn, ...)`` on its async engine)
+share them.
 """
 
 from __future__ import annotations

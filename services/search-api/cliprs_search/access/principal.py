@@ -1,0 +1,194 @@
+"""Who calls and what they may do: the key a request sends, its scopes, and the access rule a
+router declares (`Access`: the scope it needs and the rate limit it spends)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from cliprs import keys
+from cliprs_search.access.quotas import Quotas, retry_after
+
+PRINCIPAL_STATE = "cliprs_principal"
+HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+HOW_TO_GET = "an admin creates keys with `python -m cliprs_tools.keys create --name NAME --scope SCOPE`"
+
+_bearer = HTTPBearer(auto_error=False, description="An API key (scopes read, write, admin)")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, instead of Bearer")
+
+
+class AccessDenied(Exception):
+    """401 (no usable key), 403 (a key without the scope) or 429 (over a quota)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who calls: a key (id, public prefix, scopes) or nobody (``key_id`` None)."""
+
+    key_id: int | None
+    prefix: str | None
+    name: str | None
+    scopes: tuple[str, ...]
+    daily_tile_budget: int | None = None
+    client: str = "unknown"
+
+    @property
+    def who(self) -> str:
+        """The quota owner: the key, or the client's address for requests without one."""
+        return self.prefix if self.prefix else f"anon:{self.client}"
+
+    @property
+    def actor(self) -> str:
+        return f"key {self.prefix} ({self.name})" if self.prefix else f"anonymous ({self.client})"
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def principal_of(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = None,
+    header_key: str | None = None,
+) -> Principal:
+    """The caller, from the key the request sends (looked up once per request)."""
+    cached = getattr(request.state, PRINCIPAL_STATE, None)
+    if cached is not None:
+        return cached
+    key = header_key or (bearer.credentials if bearer is not None else None)
+    if key is None and request.headers.get("authorization"):
+        raise AccessDenied(
+            401, "unauthorized", f"the Authorization header is not 'Bearer <key>'; {HOW_TO_SEND}"
+        )
+    if not key:
+        principal = Principal(None, None, None, (), client=_client(request))
+    else:
+        principal = await _principal_of_key(request, key.strip())
+    setattr(request.state, PRINCIPAL_STATE, principal)
+    return principal
+
+
+async def _principal_of_key(request: Request, key: str) -> Principal:
+    """The key's holder, or 401 when the key is unknown or revoked."""
+    async with request.app.state.ctx.engine.connect() as conn:
+        row = await conn.run_sync(keys.key_for_secret, key)
+    if row is None:
+        raise AccessDenied(
+            401, "unauthorized", f"unknown API key; check it was copied whole, or {HOW_TO_GET}"
+        )
+    if row["revoked_at"] is not None:
+        raise AccessDenied(
+            401,
+            "unauthorized",
+            f"API key {row['prefix']} was revoked at {row['revoked_at'].isoformat()}; ask an admin for a new key",
+        )
+    return Principal(
+        row["id"],
+        row["prefix"],
+        row["name"],
+        tuple(row["scopes"]),
+        row["daily_tile_budget"],
+        _client(request),
+    )
+
+
+class Access:
+    """An access rule (a FastAPI dependency, declared on a router): the scope its routes need
+    and the rate limit they spend. Its value is the caller (`Principal`). ``scope`` is what the
+    permission matrix reads."""
+
+    def __init__(self, scope: str, quota: str | None = None):
+        assert scope in keys.SCOPES and quota in (None, "search", "upload")
+        self.scope, self.quota = scope, quota
+
+    def __repr__(self) -> str:
+        return f"Access({self.scope!r}, quota={self.quota!r})"
+
+    def needs_key(self, settings) -> bool:
+        if self.scope == "admin":
+            return True
+        if self.scope == "write":
+            return settings.require_key_for_writes
+        return settings.require_key_for_reads
+
+    async def __call__(
+        self,
+        request: Request,
+        bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+        header_key: str | None = Depends(_api_key),
+    ) -> Principal:
+        ctx = request.app.state.ctx
+        if ctx.settings.auth == "off":
+            principal = Principal(None, None, None, (), client=_client(request))
+            setattr(request.state, PRINCIPAL_STATE, principal)
+            return principal
+        principal = await principal_of(request, bearer, header_key)
+        if self.needs_key(ctx.settings):
+            self._check_scope(request, principal)
+        if self.quota is not None:
+            await self._spend(ctx.quotas, ctx.settings, principal)
+        return principal
+
+    def _check_scope(self, request: Request, principal: Principal) -> None:
+        """401 without a key, 403 with a key that lacks the scope."""
+        if principal.key_id is None:
+            raise AccessDenied(
+                401,
+                "unauthorized",
+                f"{request.method} {request.url.path} needs an API key with scope {self.scope}; "
+                f"{HOW_TO_SEND} ({HOW_TO_GET})",
+            )
+        if self.scope not in keys.granted(list(principal.scopes)):
+            raise AccessDenied(
+                403,
+                "forbidden",
+                f"API key {principal.prefix} has scope(s) {', '.join(principal.scopes)}; "
+                f"{request.method} {request.url.path} needs {self.scope}: use a key with it",
+            )
+
+    async def _spend(self, quotas: Quotas, settings, principal: Principal) -> None:
+        """One token of the caller's bucket, or 429 with Retry-After."""
+        rate, burst = (
+            (settings.search_rate_per_s, settings.search_burst)
+            if self.quota == "search"
+            else (settings.upload_rate_per_s, settings.upload_burst)
+        )
+        answer = await quotas.take(self.quota, principal.who, rate, burst)
+        if not answer.allowed:
+            wait = retry_after(answer.retry_after_s)
+            owner = (
+                f"API key {principal.prefix}"
+                if principal.prefix
+                else "requests without a key from this address"
+            )
+            raise AccessDenied(
+                429,
+                "rate_limited",
+                f"too many {self.quota} requests: {owner} may make {rate:g} per second (bursts of {burst}); "
+                f"retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+
+# The rules routers declare. Scopes nest: admin grants write and read, write grants read.
+READ = Access("read")
+SEARCH = Access("read", quota="search")
+UPLOAD = Access("read", quota="upload")
+WRITE = Access("write")
+ADMIN = Access("admin")
+
+
+def access_of(route: APIRoute) -> Access | None:
+    """The access rule a built route carries from its router (None: a public route such as
+    /healthz); for checks and tests, the app never reads it."""
+    for dep in route.dependant.dependencies:
+        if isinstance(dep.call, Access):
+            return dep.call
+    return None

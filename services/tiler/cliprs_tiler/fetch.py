@@ -11,9 +11,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from geoalchemy2.shape import to_shape
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from cliprs import jobs
@@ -26,7 +28,7 @@ from cliprs.tiles import check_plan_size, tiles_for_area, zorder
 from cliprs_tiler import repository
 from cliprs_tiler.repository import PlannedTile
 from cliprs_tiler.settings import TilerSettings
-from cliprs_tiler.sources import TileFetchError, open_source
+from cliprs_tiler.sources import TileFetchError, TileSource, open_source
 
 log = logging.getLogger("cliprs.tiler")
 
@@ -64,11 +66,65 @@ class Progress:
         log.info("job %s fetch progress: %s", self.job_id, per_zoom)
 
 
+class EmbedBatches:
+    """Tile ids queued for embedding ``size`` at a time, as soon as a batch is full."""
+
+    def __init__(self, job_id: int, size: int, send: EmbedSender):
+        self.job_id = job_id
+        self.size = size
+        self.send = send
+        self.pending: list[int] = []
+
+    def add(self, tile_id: int) -> None:
+        self.pending.append(tile_id)
+        while len(self.pending) >= self.size:
+            self._send_one()
+
+    def flush(self) -> None:
+        """Queue what is left (the last, partial batch)."""
+        while self.pending:
+            self._send_one()
+
+    def _send_one(self) -> None:
+        part, self.pending = self.pending[: self.size], self.pending[self.size :]
+        self.send(self.job_id, part)
+
+
+@dataclass
+class FetchPlan:
+    """One run of a job's fetch stage: the area's planned tiles, split into those to fetch and
+    those already here (``ready``: fetched earlier but maybe not embedded, queued again)."""
+
+    job_id: int
+    area: Area
+    planned: list[PlannedTile]
+    todo: list[PlannedTile] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)
+    cached: int = 0
+
+
 async def fetch_job(
     job_id: int, core: CoreSettings, settings: TilerSettings, send_embed: EmbedSender
 ) -> dict:
     """Run the fetch stage of an ingest job; returns the job's counts."""
     engine = sync_engine(core.database_url)
+    plan = plan_job(engine, job_id, core)
+    if not isinstance(plan, FetchPlan):
+        return plan  # nothing to fetch: the counts to answer
+    progress = Progress(job_id, plan.planned)
+    split_cached(plan, core.tile_cache_dir, progress)
+    batches = EmbedBatches(job_id, settings.embed_batch, send_embed)
+    for tile_id in plan.ready:
+        batches.add(tile_id)
+    await fetch_tiles(engine, plan, core, settings, progress, batches)
+    batches.flush()
+    progress.log(force=True)
+    return finish_job(engine, plan)
+
+
+def plan_job(engine: Engine, job_id: int, core: CoreSettings) -> FetchPlan | dict:
+    """Mark the job fetching and plan its area's tiles; or, when there is nothing to fetch (no
+    such job, one past this stage, an area over the tile budget), the job's counts."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         job = repository.get_job(session, job_id)
         if job is None:
@@ -79,14 +135,9 @@ async def fetch_job(
             return {}
         area = repository.get_area(session, job.area_id)
         conn = session.connection()
-        try:
-            # The API checks this too; an area inserted some other way must not bypass the budget.
-            check_plan_size(to_shape(area.bbox), list(area.zooms), core.max_tiles_per_area)
-        except TooLarge as exc:
-            jobs.set_state(conn, job_id, "failed", error=str(exc))
-            repository.set_area_status(conn, area.id, "failed")
-            log.warning("job %s refused: %s", job_id, exc)
-            return jobs.refresh_counts(conn, job_id)
+        refused = refuse_oversized(conn, job_id, area, core)
+        if refused is not None:
+            return refused
         jobs.set_state(conn, job_id, "fetching")
         repository.set_area_status(conn, area.id, "ingesting")
         planned = plan_area(conn, area)
@@ -99,80 +150,102 @@ async def fetch_job(
         list(area.zooms),
         area.source,
     )
+    return FetchPlan(job_id, area, planned)
 
-    progress = Progress(job_id, planned)
-    cache_dir = core.tile_cache_dir
-    todo: list[PlannedTile] = []
-    ready: list[int] = []  # fetched earlier but not embedded yet: queue them too
-    cached = 0
-    for t in planned:
+
+def refuse_oversized(conn: Connection, job_id: int, area: Area, core: CoreSettings) -> dict | None:
+    """Fail the job (and its area) when the area is over the tile budget: the job's counts; else None.
+
+    The API checks this too; an area inserted some other way must not bypass the budget.
+    """
+    try:
+        check_plan_size(to_shape(area.bbox), list(area.zooms), core.max_tiles_per_area)
+    except TooLarge as exc:
+        jobs.set_state(conn, job_id, "failed", error=str(exc))
+        repository.set_area_status(conn, area.id, "failed")
+        log.warning("job %s refused: %s", job_id, exc)
+        return jobs.refresh_counts(conn, job_id)
+    return None
+
+
+def split_cached(plan: FetchPlan, cache_dir: Path, progress: Progress) -> None:
+    """Sort the planned tiles into ``todo`` and, for those already in the cache, ``cached``
+    (and ``ready`` when fetched but not yet embedded): a re-run fetches nothing twice."""
+    source = plan.area.source
+    for t in plan.planned:
         if t.status == "embedded":
             progress.cached[t.z] += 1
-            cached += 1
-        elif t.status == "fetched" and find_tile(cache_dir, area.source, t.z, t.x, t.y):
+            plan.cached += 1
+        elif t.status == "fetched" and find_tile(cache_dir, source, t.z, t.x, t.y):
             progress.cached[t.z] += 1
-            cached += 1
-            ready.append(t.id)
+            plan.cached += 1
+            plan.ready.append(t.id)
         else:
-            todo.append(t)
+            plan.todo.append(t)
 
-    batch: list[int] = []
 
-    def flush(force: bool = False) -> None:
-        while len(batch) >= settings.embed_batch or (force and batch):
-            part, batch[:] = batch[: settings.embed_batch], batch[settings.embed_batch :]
-            send_embed(job_id, part)
-
-    for tile_id in ready:
-        batch.append(tile_id)
-        flush()
-
-    source = open_source(area.source, core, settings)
+async def fetch_tiles(
+    engine: Engine,
+    plan: FetchPlan,
+    core: CoreSettings,
+    settings: TilerSettings,
+    progress: Progress,
+    batches: EmbedBatches,
+) -> None:
+    """Fetch the tiles to do, ``settings.concurrency`` at a time; record each as it arrives and
+    queue the fetched ones for embedding."""
+    source = open_source(plan.area.source, core, settings)
     semaphore = asyncio.Semaphore(settings.concurrency)
-
-    async def fetch_one(t: PlannedTile) -> tuple[PlannedTile, dict]:
-        async with semaphore:
-            try:
-                got = await source.fetch(t.z, t.x, t.y)
-            except TileFetchError as exc:
-                return t, {"status": "failed", "error": str(exc)[:500]}
-            digest = await asyncio.to_thread(
-                store_tile, cache_dir, area.source, t.z, t.x, t.y, got.ext, got.data
-            )
-            return t, {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
-
     # While this task lives it touches the job, so the reconciler leaves a long fetch alone;
     # if the worker dies, the touches stop and the reconciler queues the fetch again.
     try:
-        with jobs.job_heartbeat(engine, job_id, core.stall_s / 4):
-            for next_done in asyncio.as_completed([fetch_one(t) for t in todo]):
+        with jobs.job_heartbeat(engine, plan.job_id, core.stall_s / 4):
+            fetches = [
+                fetch_tile(source, semaphore, core.tile_cache_dir, plan.area.source, t) for t in plan.todo
+            ]
+            for next_done in asyncio.as_completed(fetches):
                 t, values = await next_done
                 await asyncio.to_thread(repository.record_tile, engine, t.id, values)
                 if values["status"] == "fetched":
                     progress.done[t.z] += 1
-                    batch.append(t.id)
-                    flush()
+                    batches.add(t.id)
                 else:
                     progress.failed[t.z] += 1
-                    log.warning("job %s: tile %s/%s/%s failed: %s", job_id, t.z, t.x, t.y, values["error"])
+                    log.warning(
+                        "job %s: tile %s/%s/%s failed: %s", plan.job_id, t.z, t.x, t.y, values["error"]
+                    )
                 progress.log()
     finally:
         await source.aclose()
-    flush(force=True)
-    progress.log(force=True)
 
+
+async def fetch_tile(
+    source: TileSource, semaphore: asyncio.Semaphore, cache_dir: Path, source_name: str, t: PlannedTile
+) -> tuple[PlannedTile, dict]:
+    """Fetch one tile into the cache: the tile and the values of its row (fetched or failed)."""
+    async with semaphore:
+        try:
+            got = await source.fetch(t.z, t.x, t.y)
+        except TileFetchError as exc:
+            return t, {"status": "failed", "error": str(exc)[:500]}
+        digest = await asyncio.to_thread(store_tile, cache_dir, source_name, t.z, t.x, t.y, got.ext, got.data)
+        return t, {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
+
+
+def finish_job(engine: Engine, plan: FetchPlan) -> dict:
+    """Record the counts and hand the job to embedding, or fail it when no tile could be fetched."""
     with engine.begin() as conn:
-        repository.set_job_counts(conn, job_id, tiles_cached=cached)
-        counts = jobs.refresh_counts(conn, job_id)
+        repository.set_job_counts(conn, plan.job_id, tiles_cached=plan.cached)
+        counts = jobs.refresh_counts(conn, plan.job_id)
         if counts["tiles_fetched"] == 0:
             jobs.set_state(
                 conn,
-                job_id,
+                plan.job_id,
                 "failed",
                 expected="fetching",
-                error=f"none of the {len(planned)} tiles could be fetched; see the tile errors",
+                error=f"none of the {len(plan.planned)} tiles could be fetched; see the tile errors",
             )
-            repository.set_area_status(conn, area.id, "failed")
+            repository.set_area_status(conn, plan.area.id, "failed")
             return counts
-        jobs.set_state(conn, job_id, "embedding", expected="fetching")
+        jobs.set_state(conn, plan.job_id, "embedding", expected="fetching")
     return counts

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from machine_info import finish, non_default, run_info
 from pydantic import Field
 from pydantic_settings import BaseSettings
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -92,10 +93,13 @@ class FinetuneBenchSettings(BaseSettings):
     steps: int = Field(12, gt=0, description="timed optimizer steps per figure (one epoch at most)")
     batch: int = Field(32, gt=0, description="images per optimizer step")
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    out: Path = Field(ROOT / "benchmarks/results/finetune.json", description="where the JSON results go")
 
 
 def run(options: FinetuneBenchSettings) -> None:
-    """Time training and evaluation for each size, then a short fine-tuning run; print the figures."""
+    """Time training and evaluation for each size, then a short fine-tuning run; print the figures
+    and write them to ``--out``."""
+    info = run_info(options, torch=torch.__version__, torch_threads=torch.get_num_threads())
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     cache = default_cache_dir(ROOT)
     tiny = tiny_clip(cache)
@@ -152,9 +156,21 @@ def run(options: FinetuneBenchSettings) -> None:
         f"({after['mR'] / before['mR']:.2f}x), T->I R@1 {before['text_to_image'][1]:.1f} -> {after['text_to_image'][1]:.1f}, "
         f"train loss {history[1]['train_loss']:.3f} -> {history[-1]['train_loss']:.3f}"
     )
-    figures["quality"] = {"before": before, "after": after}
+    figures["quality"] = {
+        "steps": history[-1]["step"],
+        "before": before,
+        "after": after,
+        "train_loss_first": history[1]["train_loss"],
+        "train_loss_last": history[-1]["train_loss"],
+        # The fine-tuning settings that differ from the tool's defaults (a short run on a toy set).
+        "non_default_settings": non_default(settings),
+    }
     print(json.dumps(figures, default=str))
     shutil.rmtree(work, ignore_errors=True)
+    result = {**finish(info), "device": device, "sizes": sizes, "figures": figures}
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"results: {options.out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,13 @@ At each size:
   the first answer carrying the new ``index_version``, and the failed requests (must be 0). That
   area stays: it is part of the next size.
 
+The product's defaults where they matter: access control on, every request sending a read key
+made by the core key store (the search quota, taken from Redis on every search, is raised out of
+the load test's way); the windows carry the quality fields the embedder stores (``set_quality``:
+some partial, some cloudy, so the default ``max_cloud`` / ``min_valid`` filters drop some hits)
+and a fingerprint each. Every setting off its default is recorded in the results
+(``non_default_settings``), with the commit, the date and the load at the start and the end.
+
 Results go to ``--out`` (a JSON list, one object per size, rewritten after each size) and a summary
 with the goals: end to end p50 <= 25 ms up to 3M windows and <= 50 ms up to 10M, recall@10 of
 image-like queries >= 0.95, <= 150 resident bytes per window (from 1M windows on: below, the

@@ -62,16 +62,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
-from machine_info import machine_info
+from machine_info import finish, run_info
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from cliprs.errors import InvalidInput
 from cliprs.manifest import load_manifest
+from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox, tiles_for_bbox
 from cliprs.vectors import read_chunk
+from cliprs_embedder.settings import EmbedderSettings
 from cliprs_index.shardset import load_shardset
 from cliprs_index.store import tile_of
+from cliprs_indexer.settings import IndexerSettings
+from cliprs_model.settings import ModelSettings
 from cliprs_testing.db import query
 from cliprs_testing.faultserver import TileServer
 from cliprs_testing.instances import PostgresInstance, RedisInstance
@@ -478,11 +482,38 @@ def model_dir(options: SoakSettings) -> str:
     return str(tiny_clip(default_cache_dir(REPO)))
 
 
+# The services' settings the soak changes (environment variable -> settings class, field): the
+# timers are far shorter than the defaults so that a 10-minute soak sees many recoveries.
+PRODUCT_FIELDS = {
+    "CLIPRS_RECONCILE_S": (CoreSettings, "reconcile_s"),
+    "CLIPRS_STALL_S": (CoreSettings, "stall_s"),
+    "EMBEDDER_WINDOW_SCALES": (EmbedderSettings, "window_scales"),
+    "EMBEDDER_LEASE_TILES": (EmbedderSettings, "lease_tiles"),
+    "EMBEDDER_LEASE_S": (EmbedderSettings, "lease_s"),
+    "INDEXER_FLAT_MAX_VECTORS": (IndexerSettings, "flat_max_vectors"),
+    "CLIP_MODEL": (ModelSettings, "model"),
+    "CLIP_TORCH_THREADS": (ModelSettings, "torch_threads"),
+}
+
+
+def product_settings(env: dict[str, str]) -> dict:
+    """Each setting of the services that the soak changes: its value here and the default."""
+    out: dict = {
+        name: {"value": env[name], "default": cls.model_fields[field].get_default(call_default_factory=True)}
+        for name, (cls, field) in PRODUCT_FIELDS.items()
+        if name in env
+    }
+    out["CLIPRS_TILE_SOURCES"] = {"value": "one local tile server per area (soak-0 ...)", "default": None}
+    # The test platform starter turns access control off unless told otherwise.
+    out["SEARCH_AUTH"] = {"value": os.environ.get("SEARCH_AUTH", "off"), "default": "on"}
+    return out
+
+
 def run(options: SoakSettings) -> None:
     unknown = set(options.faults) - set(FAULT_KINDS)
     if unknown:
         raise InvalidInput(f"--faults: unknown {sorted(unknown)}; choose among {', '.join(FAULT_KINDS)}")
-    at_start = machine_info()
+    at_start: dict = {}
     started_at = time.time()
     with tempfile.TemporaryDirectory(prefix="cliprs-soak-") as tmp, ExitStack() as stack:
         root = Path(tmp)
@@ -503,6 +534,7 @@ def run(options: SoakSettings) -> None:
             "EMBEDDER_LEASE_S": str(options.lease_s),
             "INDEXER_FLAT_MAX_VECTORS": str(options.flat_max_vectors),
         }
+        at_start = run_info(options, product=product_settings(env))
         print("==> starting the platform", flush=True)
         p = stack.enter_context(
             run_platform(
@@ -595,13 +627,15 @@ def report(
         "api_500s": soak.api_answers[500],
         "crashes": soak.crashes,
         "logs": str(logs),
-        "machine": {**at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()]},
+        **finish(at_start),
         "settings": json.loads(options.model_dump_json()),
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"\n=== soak: {options.minutes:g} min, seed {options.seed}, load {at_start['load_average']} ===")
+    print(
+        f"\n=== soak: {options.minutes:g} min, seed {options.seed}, load {at_start['load_average_start']} ==="
+    )
     jobs = results["jobs"]
     print(
         f"jobs: {jobs['started']} started, {jobs['completed']} completed, "

@@ -20,8 +20,8 @@ from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox
 from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_search.filters import HitFilter
 from cliprs_search.index import IndexHolder, LoadedIndex
-from cliprs_search.ranking.filters import HitFilter
 from cliprs_search.ranking.merge import merge_overlapping
 from cliprs_search.ranking.pipeline import SearchRequest, run_search
 from cliprs_search.settings import SearchSettings

@@ -21,8 +21,8 @@ from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox
 from cliprs_indexer.build import collect_area_vectors, publish_area
 from cliprs_indexer.settings import IndexerSettings
+from cliprs_search.filters import HitFilter
 from cliprs_search.index import IndexHolder, LoadedIndex
-from cliprs_search.ranking.filters import HitFilter
 from cliprs_search.ranking.pipeline import SearchPage, SearchRequest, run_search
 from cliprs_search.settings import SearchSettings
 from cliprs_testing.synthetic import ClusteredStream, SeededArea, delete_seeded, seed_area, write_area_chunks

@@ -1,7 +1,7 @@
 """Search filters (area, zoom levels, bounding box, GeoJSON polygon, window quality) and the
 polygon check.
 
-A `HitFilter` says what passes; `cliprs_search.repository.filter_where` turns it into SQL.
+A `HitFilter` says what passes; `cliprs_search.repository.search.filter_where` turns it into SQL.
 """
 
 from __future__ import annotations

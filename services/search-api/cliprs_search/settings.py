@@ -117,7 +117,7 @@ class SearchSettings(BaseSettings):
     heartbeat_s: float = 5.0
     searcher_ttl_s: float = 20.0
 
-    # Access control (cliprs_search.auth). "off" turns every check and quota off (development
+    # Access control (cliprs_search.access). "off" turns every check and quota off (development
     # and tests that are not about access); "on" applies the two rules below.
     auth: Literal["on", "off"] = "on"
     require_key_for_writes: bool = True

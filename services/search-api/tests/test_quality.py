@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from cliprs.clouds import CLOUDY_SCORE
-from cliprs_search.ranking.filters import HitFilter
+from cliprs_search.filters import HitFilter
 from cliprs_search.ranking.pipeline import SearchRequest, _Clock, _Ranking
 from cliprs_search.repository.search import filter_where
 from cliprs_search.schemas.search import SearchOptions

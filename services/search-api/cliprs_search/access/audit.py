@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from cliprs import keys
 from cliprs_search.access.principal import PRINCIPAL_STATE, Principal
+from cliprs_search.repository import admin as repo
 
 log = logging.getLogger("cliprs.search.auth")
 
@@ -148,19 +148,17 @@ class AuditMiddleware:
         try:
             engine = scope["app"].state.ctx.engine
             async with engine.begin() as conn:
-                await conn.run_sync(
-                    lambda c: keys.record_audit(
-                        c,
-                        action=mark.action,
-                        actor=p.actor,
-                        key_id=p.key_id,
-                        key_prefix=p.prefix,
-                        target=audit_target(mark.action, scope.get("path_params") or {}, result),
-                        method=scope["method"],
-                        path=scope["path"],
-                        status=status,
-                        changes=changes,
-                    )
+                await repo.record_audit(
+                    conn,
+                    action=mark.action,
+                    actor=p.actor,
+                    key_id=p.key_id,
+                    key_prefix=p.prefix,
+                    target=audit_target(mark.action, scope.get("path_params") or {}, result),
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    changes=changes,
                 )
         except Exception:  # the write happened: a lost audit row must be loud
             log.exception(

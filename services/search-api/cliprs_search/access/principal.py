@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from cliprs import keys
 from cliprs_search.access.quotas import Quotas, retry_after
+from cliprs_search.repository import admin as repo
 
 PRINCIPAL_STATE = "cliprs_principal"
 HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
@@ -78,7 +79,7 @@ async def principal_of(
 async def _principal_of_key(request: Request, key: str) -> Principal:
     """The key's holder, or 401 when the key is unknown or revoked."""
     async with request.app.state.ctx.engine.connect() as conn:
-        row = await conn.run_sync(keys.key_for_secret, key)
+        row = await repo.key_for_secret(conn, key)
     if row is None:
         raise AccessDenied(
             401, "unauthorized", f"unknown API key; check it was copied whole, or {HOW_TO_GET}"

@@ -37,8 +37,8 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cliprs_index.shardset import SearchEffort
+from cliprs_search.filters import HitFilter
 from cliprs_search.index import LoadedIndex
-from cliprs_search.ranking.filters import HitFilter
 from cliprs_search.ranking.merge import merge_overlapping
 from cliprs_search.repository import search as repository
 from cliprs_search.settings import SearchSettings

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs_search.ranking.filters import HitFilter
+from cliprs_search.filters import HitFilter
 
 # The candidates by primary key first, the filter on those rows after: left to itself the planner
 # may scan a broad polygon's whole GiST range (its geometry statistics span every area in the

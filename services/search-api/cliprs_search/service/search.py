@@ -14,10 +14,10 @@ from cliprs.tiles import parse_bbox, validate_zooms
 from cliprs_http.observability import observe_search_timings
 from cliprs_index.shardset import SearchEffort
 from cliprs_search.context import Context
+from cliprs_search.filters import HitFilter, parse_polygon
 from cliprs_search.index import LoadedIndex
 from cliprs_search.ranking import cursor as cursors
 from cliprs_search.ranking.confidence import assess
-from cliprs_search.ranking.filters import HitFilter, parse_polygon
 from cliprs_search.ranking.pipeline import SearchPage, SearchRequest, run_search
 from cliprs_search.repository import areas as areas_repo
 from cliprs_search.schemas.search import (

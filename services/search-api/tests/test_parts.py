@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from cliprs.errors import InvalidInput, TooLarge
+from cliprs_search.filters import parse_polygon
 from cliprs_search.geocode import NominatimGeocoder, OfflineGeocoder, bearing, haversine_km
 from cliprs_search.ranking import cursor as cursors
 from cliprs_search.ranking.confidence import assess
-from cliprs_search.ranking.filters import parse_polygon
 from cliprs_search.ranking.merge import merge_overlapping
 from cliprs_search.service.shared import hit_feature, validate_query
 from cliprs_search.zeroshot import DEFAULT_LABELS, heat_grid, prompts_for, rank_labels

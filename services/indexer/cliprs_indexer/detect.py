@@ -34,19 +34,19 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, Row
 
 from cliprs import runs
 from cliprs.db.engine import sync_engine
@@ -54,6 +54,7 @@ from cliprs.manifest import Manifest, load_manifest
 from cliprs.queue import TRANSIENT_ERRORS
 from cliprs.settings import CoreSettings
 from cliprs_index.store import ShardData, open_shard, tile_of
+from cliprs_indexer import repository
 
 log = logging.getLogger("cliprs.indexer.detect")
 
@@ -150,12 +151,7 @@ class AreaWindows:
 
 def area_tile_mask(conn: Connection, area_ids: list[int]) -> np.ndarray:
     """A boolean table indexed by tile id: True for the tiles of ``area_ids``."""
-    tiles = np.array(
-        conn.execute(text("SELECT tile_id FROM area_tiles WHERE area_id = ANY(:a)"), {"a": list(area_ids)})
-        .scalars()
-        .all(),
-        dtype=np.int64,
-    )
+    tiles = np.array(repository.tile_ids_of_areas(conn, area_ids), dtype=np.int64)
     mask = np.zeros(int(tiles.max()) + 1 if len(tiles) else 0, dtype=bool)
     mask[tiles] = True
     return mask
@@ -318,29 +314,12 @@ def score_windows(
 # ---------------------------------------------------------------------------- storing
 
 
-def write_hits(conn: Connection, run_id: int, ids: np.ndarray, scores: np.ndarray) -> None:
-    """Replace the run's hits (COPY in the connection's transaction)."""
-    conn.execute(text("DELETE FROM run_hits WHERE run_id = :r"), {"r": run_id})
-    if len(ids) == 0:
-        return
-    buf = io.StringIO()
-    np.savetxt(
-        buf,
-        np.column_stack([np.full(len(ids), run_id, dtype=np.int64), ids, scores.astype(np.float32)]),
-        fmt=["%d", "%d", "%.6g"],
-        delimiter="\t",
-    )
-    buf.seek(0)
-    cur = conn.connection.cursor()
-    cur.copy_expert("COPY run_hits (run_id, window_id, score) FROM STDIN", buf)
-
-
 def apply_threshold(
     conn: Connection, run_id: int, ids: np.ndarray, scores: np.ndarray, threshold: float
 ) -> int:
     """Write the hits at ``threshold`` and their polygons; return the number of hits."""
     hit_ids, hit_scores = runs.hits_at(ids, scores, threshold)
-    write_hits(conn, run_id, hit_ids, hit_scores)
+    repository.replace_run_hits(conn, run_id, hit_ids, hit_scores)
     runs.replace_run_polygons(conn, run_id)
     return len(hit_ids)
 
@@ -348,27 +327,16 @@ def apply_threshold(
 # ---------------------------------------------------------------------------- the run
 
 
-def _set(conn: Connection, run_id: int, **values: object) -> None:
-    sets = ", ".join(f"{k} = :{k}" for k in values)
-    params = {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in values.items()}
-    conn.execute(
-        text(f"UPDATE detect_runs SET {sets}, updated_at = now() WHERE id = :id"), {**params, "id": run_id}
-    )
-
-
 def run_detect(core: CoreSettings, run_id: int, threads: int | None = None, seed: int = 0) -> dict:
     """Run Detect for ``run_id`` (queued or running: a redelivered run starts again). A transient
     error re-raises (the task retries); any other failure marks the run failed with its reason."""
     engine = sync_engine(core.database_url)
     with engine.begin() as conn:
-        run = conn.execute(
-            text("SELECT id, project_id, state, threshold FROM detect_runs WHERE id = :id FOR UPDATE"),
-            {"id": run_id},
-        ).one_or_none()
+        run = repository.lock_run(conn, run_id)
         if run is None or run.state not in ("queued", "running"):
             log.info("run %s is not waiting (%s); skipped", run_id, run.state if run else "gone")
             return {}
-        _set(conn, run_id, state="running", error=None)
+        repository.mark_run_running(conn, run_id)
     try:
         return _detect(core, run_id, run.project_id, float(run.threshold), threads, seed)
     except TRANSIENT_ERRORS:
@@ -377,13 +345,7 @@ def run_detect(core: CoreSettings, run_id: int, threads: int | None = None, seed
     except Exception as exc:
         log.exception("run %s failed", run_id)
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE detect_runs SET state = 'failed', error = :e, finished_at = now(), "
-                    "updated_at = now() WHERE id = :id"
-                ),
-                {"e": str(exc)[:500] or type(exc).__name__, "id": run_id},
-            )
+            repository.fail_run(conn, run_id, str(exc)[:500] or type(exc).__name__)
         raise
 
 
@@ -391,32 +353,81 @@ class DetectError(RuntimeError):
     """A run that cannot be done as asked (its error says why and what to do)."""
 
 
+@dataclass
+class LabelledWindows:
+    """The project's labelled windows, as found in its areas' index rows."""
+
+    ids: np.ndarray  # int64: every labelled window, found or not
+    vectors: np.ndarray  # float32 (found, dim)
+    positive: np.ndarray  # bool (found,)
+    missing: int  # labelled windows not indexed in the project's areas
+
+
+@dataclass
+class DetectInputs:
+    """What a run reads before training: the index version, its rows in the project's areas,
+    the labelled windows and the random extra negatives."""
+
+    manifest: Manifest
+    windows: AreaWindows
+    labelled: LabelledWindows
+    extras: np.ndarray  # float32 (n, dim)
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Record how long the block took as ``stages[name]`` (seconds; not when it raises)."""
+    started = time.perf_counter()
+    yield
+    stages[name] = time.perf_counter() - started
+
+
 def _detect(
     core: CoreSettings, run_id: int, project_id: int, threshold: float, threads: int | None, seed: int
 ) -> dict:
+    """Load, train, score, save the scores, store the hits: each stage timed."""
     engine = sync_engine(core.database_url)
     stages: dict[str, float] = {}
-    t = time.perf_counter()
-    with engine.connect() as conn:
-        area_ids = (
-            conn.execute(
-                text("SELECT area_id FROM project_areas WHERE project_id = :p ORDER BY area_id"),
-                {"p": project_id},
-            )
-            .scalars()
-            .all()
+    with _timed(stages, "load"):
+        inputs = load_inputs(engine, core, project_id, seed)
+    with _timed(stages, "train"):
+        labelled = inputs.labelled
+        ts, dropped = build_training_set(
+            labelled.vectors[labelled.positive], labelled.vectors[~labelled.positive], inputs.extras
         )
-        labels = conn.execute(
-            text("SELECT window_id, positive FROM labels WHERE project_id = :p ORDER BY window_id"),
-            {"p": project_id},
-        ).all()
-        tile_mask = area_tile_mask(conn, list(area_ids))
+        est = estimate(ts, threshold, seed)
+        model = fit(ts)
+    with _timed(stages, "score"):
+        ids, scores = score_windows(inputs.windows, model, threads)
+    with _timed(stages, "save_scores"):
+        runs.write_scores(runs.scores_path(core.data_dir, run_id), ids, scores)
+        hist = runs.histogram(scores)
+    summary = model_summary(model, ts, inputs, dropped)
+    hits = store_run(engine, run_id, ids, scores, threshold, stages, summary, est, hist)
+    log.info("run %s: %d windows scored, %d hits, stages %s", run_id, len(ids), hits, stages)
+    return {"run_id": run_id, "windows_scored": len(ids), "hits": hits, "stage_seconds": stages}
+
+
+def load_inputs(engine: Engine, core: CoreSettings, project_id: int, seed: int) -> DetectInputs:
+    """The project's areas in the current index version, its labels there and the extras."""
+    with engine.connect() as conn:
+        area_ids = repository.project_area_ids(conn, project_id)
+        labels = repository.project_labels(conn, project_id)
+        tile_mask = area_tile_mask(conn, area_ids)
     if not area_ids:
         raise DetectError("the project has no areas; add one with PATCH /v1/projects/{id}")
     manifest = load_manifest(core.index_dir)
     if manifest is None:
         raise DetectError("nothing is indexed yet; wait for the project's areas to finish ingesting")
-    windows = open_area_windows(core.index_dir, manifest, list(area_ids), tile_mask)
+    windows = open_area_windows(core.index_dir, manifest, area_ids, tile_mask)
+    labelled = locate_labels(windows, labels)
+    n_extra = max(EXTRA_MIN, EXTRA_PER_POSITIVE * int(labelled.positive.sum()))
+    _, extras = windows.sample(n_extra, labelled.ids, seed)
+    return DetectInputs(manifest, windows, labelled, extras)
+
+
+def locate_labels(windows: AreaWindows, labels: list[Row]) -> LabelledWindows:
+    """The labelled windows' vectors and classes; a DetectError unless both classes are there."""
     label_ids = np.array([r.window_id for r in labels], dtype=np.int64)
     label_pos = {r.window_id: r.positive for r in labels}
     found, vectors = windows.locate(label_ids)
@@ -428,26 +439,12 @@ def _detect(
             f"negative windows ({missing} labelled windows are not indexed in the project's areas); "
             "label at least one of each and start a new run"
         )
-    n_extra = max(EXTRA_MIN, EXTRA_PER_POSITIVE * int(is_pos.sum()))
-    _, extras = windows.sample(n_extra, label_ids, seed)
-    stages["load"] = time.perf_counter() - t
+    return LabelledWindows(label_ids, vectors, is_pos, missing)
 
-    t = time.perf_counter()
-    ts, dropped = build_training_set(vectors[is_pos], vectors[~is_pos], extras)
-    est = estimate(ts, threshold, seed)
-    model = fit(ts)
-    stages["train"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    ids, scores = score_windows(windows, model, threads)
-    stages["score"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    runs.write_scores(runs.scores_path(core.data_dir, run_id), ids, scores)
-    hist = runs.histogram(scores)
-    stages["save_scores"] = time.perf_counter() - t
-
-    summary = {
+def model_summary(model: LinearModel, ts: TrainingSet, inputs: DetectInputs, dropped: int) -> dict:
+    """What ``detect_runs.model`` records: the classifier, what it was trained on, the index."""
+    return {
         "kind": MODEL_KIND,
         "C": C,
         "class_weight": "balanced",
@@ -455,19 +452,33 @@ def _detect(
         "intercept": model.intercept,
         "labels_positive": ts.positives,
         "labels_negative": ts.negatives,
-        "labels_not_indexed": int(missing),
-        "extra_negatives": int(len(extras) - dropped),
+        "labels_not_indexed": int(inputs.labelled.missing),
+        "extra_negatives": int(len(inputs.extras) - dropped),
         "extra_negatives_dropped": dropped,
         "extra_weight": EXTRA_WEIGHT,
-        "index_version": manifest.version,
-        "model_id": manifest.model_id,
-        "dim": manifest.dim,
+        "index_version": inputs.manifest.version,
+        "model_id": inputs.manifest.model_id,
+        "dim": inputs.manifest.dim,
     }
-    t = time.perf_counter()
+
+
+def store_run(
+    engine: Engine,
+    run_id: int,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    stages: dict[str, float],
+    summary: dict,
+    est: dict,
+    hist: list[int],
+) -> int:
+    """Write the hits and their polygons and mark the run done, in one transaction; the hits."""
+    started = time.perf_counter()
     with engine.begin() as conn:
         hits = apply_threshold(conn, run_id, ids, scores, threshold)
-        stages["hits_polygons"] = time.perf_counter() - t
-        _set(
+        stages["hits_polygons"] = time.perf_counter() - started
+        repository.finish_run(
             conn,
             run_id,
             model=summary,
@@ -477,8 +488,4 @@ def _detect(
             hits=hits,
             stage_seconds={k: round(v, 4) for k, v in stages.items()},
         )
-        conn.execute(
-            text("UPDATE detect_runs SET state = 'done', finished_at = now() WHERE id = :id"), {"id": run_id}
-        )
-    log.info("run %s: %d windows scored, %d hits, stages %s", run_id, len(ids), hits, stages)
-    return {"run_id": run_id, "windows_scored": len(ids), "hits": hits, "stage_seconds": stages}
+    return hits

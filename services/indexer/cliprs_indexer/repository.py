@@ -3,9 +3,12 @@ transaction (and with it what must happen atomically, e.g. under the publish loc
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Row
 
@@ -209,3 +212,110 @@ def job_for_indexing(conn: Connection, job_id: int) -> Row | None:
 
 def set_windows_indexed(conn: Connection, job_id: int, count: int) -> None:
     conn.execute(text("UPDATE ingest_jobs SET windows_indexed = :n WHERE id = :j"), {"n": count, "j": job_id})
+
+
+# ---- detection runs ----
+
+
+def lock_run(conn: Connection, run_id: int) -> Row | None:
+    """The run's ``id``, ``project_id``, ``state`` and ``threshold``, locked until the end of the
+    transaction (None when the run is gone)."""
+    return conn.execute(
+        text("SELECT id, project_id, state, threshold FROM detect_runs WHERE id = :id FOR UPDATE"),
+        {"id": run_id},
+    ).one_or_none()
+
+
+def mark_run_running(conn: Connection, run_id: int) -> None:
+    """queued (or running, when redelivered) -> running, clearing an earlier error."""
+    conn.execute(
+        text("UPDATE detect_runs SET state = 'running', error = NULL, updated_at = now() WHERE id = :id"),
+        {"id": run_id},
+    )
+
+
+def finish_run(
+    conn: Connection,
+    run_id: int,
+    *,
+    model: dict[str, Any],
+    estimate: dict[str, Any],
+    histogram: list[int],
+    windows_scored: int,
+    hits: int,
+    stage_seconds: dict[str, float],
+) -> None:
+    """running -> done, with what the run found."""
+    conn.execute(
+        text(
+            "UPDATE detect_runs SET state = 'done', model = :model, estimate = :estimate, "
+            "histogram = :histogram, windows_scored = :windows_scored, hits = :hits, "
+            "stage_seconds = :stage_seconds, finished_at = now(), updated_at = now() WHERE id = :id"
+        ),
+        {
+            "model": json.dumps(model),
+            "estimate": json.dumps(estimate),
+            "histogram": json.dumps(histogram),
+            "windows_scored": windows_scored,
+            "hits": hits,
+            "stage_seconds": json.dumps(stage_seconds),
+            "id": run_id,
+        },
+    )
+
+
+def fail_run(conn: Connection, run_id: int, error: str) -> None:
+    """-> failed, with the reason."""
+    conn.execute(
+        text(
+            "UPDATE detect_runs SET state = 'failed', error = :e, finished_at = now(), "
+            "updated_at = now() WHERE id = :id"
+        ),
+        {"e": error, "id": run_id},
+    )
+
+
+def project_area_ids(conn: Connection, project_id: int) -> list[int]:
+    """The project's areas, in id order."""
+    return list(
+        conn.execute(
+            text("SELECT area_id FROM project_areas WHERE project_id = :p ORDER BY area_id"),
+            {"p": project_id},
+        ).scalars()
+    )
+
+
+def project_labels(conn: Connection, project_id: int) -> list[Row]:
+    """The project's labels (``window_id``, ``positive``), in window order."""
+    return list(
+        conn.execute(
+            text("SELECT window_id, positive FROM labels WHERE project_id = :p ORDER BY window_id"),
+            {"p": project_id},
+        ).all()
+    )
+
+
+def tile_ids_of_areas(conn: Connection, area_ids: Sequence[int]) -> list[int]:
+    """The tiles of ``area_ids`` (a tile shared by two of them appears twice)."""
+    return list(
+        conn.execute(
+            text("SELECT tile_id FROM area_tiles WHERE area_id = ANY(:a)"), {"a": list(area_ids)}
+        ).scalars()
+    )
+
+
+def replace_run_hits(conn: Connection, run_id: int, ids: np.ndarray, scores: np.ndarray) -> None:
+    """Replace the run's hits (COPY in the connection's transaction)."""
+    conn.execute(text("DELETE FROM run_hits WHERE run_id = :r"), {"r": run_id})
+    if len(ids) == 0:
+        return
+    buf = io.StringIO()
+    np.savetxt(
+        buf,
+        np.column_stack([np.full(len(ids), run_id, dtype=np.int64), ids, scores.astype(np.float32)]),
+        fmt=["%d", "%d", "%.6g"],
+        delimiter="\t",
+    )
+    buf.seek(0)
+    cur = conn.connection.cursor()
+    cur.copy_expert("COPY run_hits (run_id, window_id, score) FROM STDIN", buf)

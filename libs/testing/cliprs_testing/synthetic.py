@@ -154,72 +154,90 @@ def seed_area(
     embedder cuts them, straight into PostGIS with COPY (a million windows take about a minute).
     The area's box is the tiles' extent. ``scales_for_zoom`` (e.g. the embedder settings'
     method of that name: finer windows at high zooms) replaces ``scales`` zoom by zoom."""
-    plans: dict[int, list] = {}
-
-    def plan_of(z: int) -> list:
-        if z not in plans:
-            chosen = scales if scales_for_zoom is None else scales_for_zoom(z)
-            plans[z] = plan_windows(tile_size, list(chosen), stride_ratio)
-        return plans[z]
-
     tiles = list(tiles)
-    west = min(mercantile.bounds(t).west for t in tiles)
-    south = min(mercantile.bounds(t).south for t in tiles)
-    east = max(mercantile.bounds(t).east for t in tiles)
-    north = max(mercantile.bounds(t).north for t in tiles)
-    zooms = sorted({t.z for t in tiles})
+    bbox, zooms = _extent(tiles), sorted({t.z for t in tiles})
+    plans = {
+        z: plan_windows(
+            tile_size, list(scales if scales_for_zoom is None else scales_for_zoom(z)), stride_ratio
+        )
+        for z in zooms
+    }
     with sync_engine(database_url).begin() as conn:
-        area_id = make_area(
-            conn, name=name, bbox=(west, south, east, north), zooms=zooms, source=source, status=status
-        )
+        area_id = make_area(conn, name=name, bbox=bbox, zooms=zooms, source=source, status=status)
         cur = conn.connection.cursor()  # the same transaction, for COPY
-        tile_rows = io.StringIO()
-        for t in tiles:
-            b = mercantile.bounds(t)
-            tile_rows.write(
-                f"{area_id}\t{source}\t{t.z}\t{t.x}\t{t.y}\tSRID=4326;{_box_wkt(b.west, b.south, b.east, b.north)}"
-                f"\tembedded\t{tile_size}\n"
-            )
-        tile_rows.seek(0)
-        cur.execute("CREATE TEMP TABLE seed_tiles (LIKE tiles INCLUDING DEFAULTS) ON COMMIT DROP")
-        cur.copy_expert(
-            "COPY seed_tiles (area_id, source, z, x, y, polygon, status, tile_size) FROM STDIN", tile_rows
-        )
-        cur.execute(
-            "INSERT INTO tiles (area_id, source, z, x, y, polygon, status, tile_size) "
-            "SELECT area_id, source, z, x, y, polygon, status, tile_size FROM seed_tiles ORDER BY z, x, y "
-            "RETURNING id, z, x, y"
-        )
-        rows = sorted(cur.fetchall())
+        rows = _copy_tiles(cur, area_id, tiles, source, tile_size)
         link_tiles(conn, area_id, [r[0] for r in rows])
-        ids, boxes, zs, tile_of = [], [], [], []
-        window_rows = io.StringIO()
-        for tile_id, z, x, y in rows:
-            for w in plan_of(z):
-                b = window_bbox(z, x, y, tile_size, w)
-                wid = window_id(tile_id, w.index)
-                cx, cy = (b.min_lon + b.max_lon) / 2, (b.min_lat + b.max_lat) / 2
-                window_rows.write(
-                    f"{wid}\t{tile_id}\t{z}\t{w.x0}\t{w.y0}\t{w.x1}\t{w.y1}\t{w.scale}\t"
-                    f"SRID=4326;{_box_wkt(b.min_lon, b.min_lat, b.max_lon, b.max_lat)}\tSRID=4326;POINT({cx!r} {cy!r})\n"
-                )
-                ids.append(wid)
-                boxes.append((b.min_lon, b.min_lat, b.max_lon, b.max_lat))
-                zs.append(z)
-                tile_of.append(tile_id)
-        window_rows.seek(0)
-        cur.copy_expert(
-            "COPY windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center) FROM STDIN",
-            window_rows,
-        )
-    return SeededArea(
-        area_id=area_id,
-        tile_ids=np.array([r[0] for r in rows], dtype=np.int64),
-        ids=np.array(ids, dtype=np.int64),
-        boxes=np.array(boxes, dtype=np.float64),
-        zooms=np.array(zs, dtype=np.int16),
-        tile_of=np.array(tile_of, dtype=np.int64),
+        windows = _copy_windows(cur, rows, plans, tile_size)
+    return SeededArea(area_id=area_id, tile_ids=np.array([r[0] for r in rows], dtype=np.int64), **windows)
+
+
+def _extent(tiles: list[mercantile.Tile]) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of the tiles together."""
+    bounds = [mercantile.bounds(t) for t in tiles]
+    return (
+        min(b.west for b in bounds),
+        min(b.south for b in bounds),
+        max(b.east for b in bounds),
+        max(b.north for b in bounds),
     )
+
+
+def _copy_tiles(
+    cur, area_id: int, tiles: list[mercantile.Tile], source: str, tile_size: int
+) -> list[tuple[int, int, int, int]]:
+    """Insert the tiles (through a COPY into a temporary table, to get their ids back):
+    ``(id, z, x, y)`` of each, sorted."""
+    tile_rows = io.StringIO()
+    for t in tiles:
+        b = mercantile.bounds(t)
+        tile_rows.write(
+            f"{area_id}\t{source}\t{t.z}\t{t.x}\t{t.y}\tSRID=4326;{_box_wkt(b.west, b.south, b.east, b.north)}"
+            f"\tembedded\t{tile_size}\n"
+        )
+    tile_rows.seek(0)
+    cur.execute("CREATE TEMP TABLE seed_tiles (LIKE tiles INCLUDING DEFAULTS) ON COMMIT DROP")
+    cur.copy_expert(
+        "COPY seed_tiles (area_id, source, z, x, y, polygon, status, tile_size) FROM STDIN", tile_rows
+    )
+    cur.execute(
+        "INSERT INTO tiles (area_id, source, z, x, y, polygon, status, tile_size) "
+        "SELECT area_id, source, z, x, y, polygon, status, tile_size FROM seed_tiles ORDER BY z, x, y "
+        "RETURNING id, z, x, y"
+    )
+    return sorted(cur.fetchall())
+
+
+def _copy_windows(
+    cur, rows: list[tuple[int, int, int, int]], plans: dict[int, list], tile_size: int
+) -> dict[str, np.ndarray]:
+    """COPY the windows of every tile (the zoom's plan): the `SeededArea` fields ``ids``,
+    ``boxes``, ``zooms`` and ``tile_of``."""
+    ids, boxes, zs, tile_of = [], [], [], []
+    window_rows = io.StringIO()
+    for tile_id, z, x, y in rows:
+        for w in plans[z]:
+            b = window_bbox(z, x, y, tile_size, w)
+            wid = window_id(tile_id, w.index)
+            cx, cy = (b.min_lon + b.max_lon) / 2, (b.min_lat + b.max_lat) / 2
+            window_rows.write(
+                f"{wid}\t{tile_id}\t{z}\t{w.x0}\t{w.y0}\t{w.x1}\t{w.y1}\t{w.scale}\t"
+                f"SRID=4326;{_box_wkt(b.min_lon, b.min_lat, b.max_lon, b.max_lat)}\tSRID=4326;POINT({cx!r} {cy!r})\n"
+            )
+            ids.append(wid)
+            boxes.append((b.min_lon, b.min_lat, b.max_lon, b.max_lat))
+            zs.append(z)
+            tile_of.append(tile_id)
+    window_rows.seek(0)
+    cur.copy_expert(
+        "COPY windows (id, tile_id, z, px_x0, px_y0, px_x1, px_y1, scale, footprint, center) FROM STDIN",
+        window_rows,
+    )
+    return {
+        "ids": np.array(ids, dtype=np.int64),
+        "boxes": np.array(boxes, dtype=np.float64),
+        "zooms": np.array(zs, dtype=np.int16),
+        "tile_of": np.array(tile_of, dtype=np.int64),
+    }
 
 
 def write_area_chunks(vectors_dir: Path, area: SeededArea, vectors: np.ndarray, model_id: str) -> None:

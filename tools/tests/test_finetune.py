@@ -17,7 +17,7 @@ from cliprs.errors import InvalidInput
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_tools.evaluation import metrics
-from cliprs_tools.evaluation.datasets import load_captions
+from cliprs_tools.evaluation.datasets import load_captions, load_classification
 from cliprs_tools.evaluation.runner import embed_image_files, embed_texts
 from cliprs_tools.finetune.augment import BackTranslation, ImageAugment, load_hook, shift_hue
 from cliprs_tools.finetune.cli import main
@@ -288,4 +288,13 @@ def test_without_data_it_tunes_on_the_generated_sample_and_says_so(
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["step"] for h in history] == [0, 1]
     # The sample's file names carry categories, so zero-shot classification is measured too.
-    assert history[-1]["classification"]["topk_accuracy"]["1"] >= 0 and history[-1]["retrieval"]["mR"] > 0
+    assert history[-1]["retrieval"]["mR"] > 0
+    # Top-k accuracy (percent) of the sample's evaluated images: one value per k up to the number
+    # of categories, each a whole number of those images, never falling as k grows.
+    evaluated = load_classification(tmp_path / "sample" / "dataset_rsicd.json", split="val")
+    accuracy = {int(k): v for k, v in history[-1]["classification"]["topk_accuracy"].items()}
+    assert sorted(accuracy) == [k for k in metrics.CLASSIFICATION_KS if k <= len(evaluated.categories)]
+    values = [accuracy[k] for k in sorted(accuracy)]
+    assert 0 <= values[0] and values == sorted(values) and values[-1] <= 100, values
+    counts = [v * len(evaluated.paths) / 100 for v in values]
+    assert counts == pytest.approx([round(c) for c in counts], abs=1e-6), counts

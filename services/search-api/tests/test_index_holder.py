@@ -344,22 +344,20 @@ def test_follow_loads_an_announced_version(
 ) -> None:
     make_version(index_dir, 1, V1)
     holder = IndexHolder(index_dir)
-    # A long poll interval: only the announcement can bring a new version in quickly.
-    thread = holder.follow(redis_url, channel, poll_s=30.0)
+    # A poll interval far beyond every wait below: only the announcement can bring a new version in.
+    thread = holder.follow(redis_url, channel, poll_s=600.0)
     try:
         catch_up = "version 1, published before following started"
         wait_until(lambda: holder.current is not None and holder.current.version == 1, 5, catch_up)
         wait_until(lambda: subscribed(rclient, channel), 5, "the subscription")
         make_version(index_dir, 2, V2)
         rclient.publish(channel, json.dumps({"version": 2}))
-        start = time.monotonic()
-        wait_until(lambda: holder.current.version == 2, 2.0, "the announced version 2")
-        took = time.monotonic() - start
-        assert took < 2.0
+        # (How quickly is for the benchmarks: a wall-clock bound here would be flaky.)
+        wait_until(lambda: holder.current.version == 2, 60, "the announced version 2")
         # An announced version is loaded even when CURRENT has not moved to it (yet).
         make_version(index_dir, 3, V3, current=False)
         rclient.publish(channel, json.dumps({"version": 3}))
-        wait_until(lambda: holder.current.version == 3, 2.0, "the announced version 3")
+        wait_until(lambda: holder.current.version == 3, 60, "the announced version 3")
         # A stale announcement changes nothing.
         rclient.publish(channel, json.dumps({"version": 1}))
         time.sleep(0.3)
@@ -379,11 +377,9 @@ def test_follow_polls_when_no_announcement_comes(
         time.sleep(0.3)
         assert holder.current is None  # nothing published yet
         make_version(index_dir, 1, V1)
-        wait_until(
-            lambda: holder.current is not None and holder.current.version == 1, 2.0, "polled version 1"
-        )
+        wait_until(lambda: holder.current is not None and holder.current.version == 1, 60, "polled version 1")
         make_version(index_dir, 2, V2)
-        wait_until(lambda: holder.current.version == 2, 2.0, "polled version 2")
+        wait_until(lambda: holder.current.version == 2, 60, "polled version 2")
     finally:
         stop_follower(holder, thread, rclient, channel)
 
@@ -444,7 +440,8 @@ def test_the_registration_outlives_a_load_longer_than_its_ttl(
             time.sleep(0.1)
         assert len(samples) >= 10
         assert all(s == {1, 2} for s in samples), samples
-        time.sleep(1.5)  # the live version only, renewed past the TTL
+        # The live version only, renewed past the TTL (once version 1's registration expired).
+        wait_until(lambda: held_versions(rclient, namespace) == {2}, 30, "version 1's registration to expire")
         assert held_versions(rclient, namespace) == {2}
     finally:
         stop_follower(holder, thread, rclient, channel)

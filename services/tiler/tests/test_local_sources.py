@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
+from rasterio.warp import reproject
 
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
@@ -135,11 +136,42 @@ async def test_sentinel2_band_files_give_the_same_tiles_as_the_renderer() -> Non
     finally:
         await src.aclose()
     stretch = scene_stretch(bands)
+    # The scene-wide stretch is the bands' 2nd and 98th percentiles over their non-zero pixels.
+    for band, limits in zip(bands, stretch, strict=True):
+        with rasterio.open(band) as src:
+            values = src.read(1)
+        assert limits == pytest.approx(np.percentile(values[values != 0], [2, 98]), rel=0.01), band.name
     for t, g in zip(tiles, got, strict=True):
         assert (g.ext, g.size) == ("png", 256)
         expected = np.asarray(render_tile(bands, t.z, t.x, t.y, stretch=stretch))
         np.testing.assert_array_equal(pixels(g.data), expected)
         assert pixels(g.data).std() > 10  # real texture, not a flat fill
+        # And independently of the renderer: GDAL's own bilinear warp of each band onto the
+        # tile's Web-Mercator grid, stretched by the same limits, agrees to about one grey level.
+        diff = np.abs(pixels(g.data).astype(int) - warped_tile(bands, t, stretch))
+        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 1, (t, diff.mean(), diff.max())
+
+
+def warped_tile(bands: list[Path], tile: mercantile.Tile, stretch: list[tuple[float, float]]) -> np.ndarray:
+    """Tile ``tile`` as (256, 256, 3) grey levels, each band warped by `rasterio.warp.reproject`
+    (bilinear, 0 = no data) and stretched linearly from its limits to 0..255 (floored)."""
+    xy = mercantile.xy_bounds(tile)
+    grid = Affine((xy.right - xy.left) / 256, 0.0, xy.left, 0.0, -(xy.top - xy.bottom) / 256, xy.top)
+    planes = []
+    for band, (lo, hi) in zip(bands, stretch, strict=True):
+        out = np.zeros((256, 256), np.float64)
+        with rasterio.open(band) as src:
+            reproject(
+                rasterio.band(src, 1),
+                out,
+                src_nodata=0,
+                dst_transform=grid,
+                dst_crs="EPSG:3857",
+                dst_nodata=0,
+                resampling=Resampling.bilinear,
+            )
+        planes.append(np.clip(np.floor((out - lo) / (hi - lo) * 255), 0, 255))
+    return np.dstack(planes).astype(int)
 
 
 async def test_an_8bit_rgb_raster_in_any_crs_is_cut_without_restretching(tmp_path: Path) -> None:

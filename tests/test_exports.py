@@ -10,6 +10,7 @@ import io
 import json
 import math
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -426,3 +427,82 @@ def test_openapi_describes_the_exports(world: dict) -> None:
         answers = paths[path]["get"]["responses"]
         assert media in answers["200"]["content"]
         assert {"404", "409"} <= set(answers)
+
+
+def _flip(conn, run_id: int, threshold: float, boxes: int) -> None:
+    """Give the run new results as a threshold change does, in one transaction: a new threshold
+    and version, and new polygons whose max_score is the threshold + 0.05 (which version a
+    polygon belongs to can be read from it)."""
+    conn.execute(text("DELETE FROM run_polygons WHERE run_id = :r"), {"r": run_id})
+    conn.execute(
+        text(
+            "INSERT INTO run_polygons (run_id, z, geom, area_m2, max_score, mean_score, window_count, window_ids) "
+            "SELECT :r, 18, g, ST_Area(g::geography), :t + 0.05, :t, 1, '{}' FROM ("
+            "  SELECT ST_Multi(ST_MakeEnvelope(:x0 + i * 1e-4, :y0, :x0 + i * 1e-4 + 5e-5, :y0 + 5e-5, 4326)) AS g"
+            "  FROM generate_series(0, :n - 1) i) s"
+        ),
+        {"r": run_id, "t": threshold, "n": boxes, "x0": CENTRE[0] + 0.1, "y0": CENTRE[1] + 0.02},
+    )
+    conn.execute(
+        text("UPDATE detect_runs SET threshold = :t, updated_at = clock_timestamp() WHERE id = :r"),
+        {"r": run_id, "t": threshold},
+    )
+
+
+def test_tiles_and_exports_never_mix_two_thresholds(world: dict) -> None:
+    """While the run's threshold keeps changing, a tile's ETag names the threshold its polygons
+    were made at, and a download holds one threshold's polygons (the one its head names) or is
+    cut off; never the old threshold with the new polygons."""
+    engine = world["engine"]
+    with engine.begin() as conn:
+        tile_run = insert_run(conn, world["project"], threshold=0.3)
+        export_run = insert_run(conn, world["project"], threshold=0.3)
+        _flip(conn, tile_run, 0.3, 1)
+        _flip(conn, export_run, 0.3, 2500)  # two batches
+    stop = threading.Event()
+
+    def flipper() -> None:
+        t = 0.3
+        while not stop.is_set():
+            t = 0.6 if t == 0.3 else 0.3
+            with engine.begin() as conn:
+                _flip(conn, tile_run, t, 1)
+            with engine.begin() as conn:
+                _flip(conn, export_run, t, 2500)
+
+    box = mercantile.tile(CENTRE[0] + 0.1 + 2e-5, CENTRE[1] + 0.02 + 2e-5, 18)
+    mixed, whole, cut = [], 0, 0
+    thread = threading.Thread(target=flipper, daemon=True)
+    thread.start()
+    try:
+        for i in range(150):
+            resp = get(world, f"/v1/runs/{tile_run}/tiles/18/{box.x}/{box.y}.mvt")
+            assert resp.status_code == 200
+            named = float(resp.headers["etag"].split("-t")[1].split("-")[0])
+            scores = {
+                round(f["properties"]["score"] - 0.05, 3)
+                for f in decode(resp.content)["detections"]["features"]
+            }
+            if scores != {named}:
+                mixed.append(f"tile: ETag threshold {named}, polygons of {scores}")
+            if i % 5:
+                continue
+            try:
+                body = json.loads(get(world, f"/v1/runs/{export_run}/export.geojson").content)
+            except Exception as exc:  # the app's error, raised through the test client
+                assert "changed while its export was being sent" in str(exc)
+                cut += 1
+                continue
+            whole += 1
+            scores = {round(f["properties"]["max_score"] - 0.05, 3) for f in body["features"]}
+            if scores != {body["run"]["threshold"]} or len(body["features"]) != 2500:
+                mixed.append(f"export: head threshold {body['run']['threshold']}, polygons of {scores}")
+    finally:
+        stop.set()
+        thread.join(30)
+        with engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM detect_runs WHERE id IN (:a, :b)"), {"a": tile_run, "b": export_run}
+            )
+    assert not mixed, mixed[:5]
+    assert whole > 0, f"every one of {cut} downloads was cut off"

@@ -20,6 +20,24 @@ from cliprs_search.index import IndexHolder, LoadedIndex
 from cliprs_search.settings import SearchSettings
 
 
+class Slots:
+    """At most ``limit`` concurrent uses of something (one event loop: no lock needed); a use
+    that does not fit is refused at once rather than queued."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def give_back(self) -> None:
+        self.used = max(0, self.used - 1)
+
+
 @dataclass
 class Context:
     core: CoreSettings
@@ -33,9 +51,12 @@ class Context:
     # FAISS runs on these threads, each limited to settings.faiss_threads OpenMP threads (the
     # limit is per calling thread, so it must be set on the threads that search).
     faiss_pool: ThreadPoolExecutor = field(init=False)
+    # Run exports being sent (settings.max_concurrent_exports).
+    exports: Slots = field(init=False)
 
     def __post_init__(self) -> None:
         self.faiss_pool = faiss_executor(self.settings.faiss_threads)
+        self.exports = Slots(self.settings.max_concurrent_exports)
 
     def index(self) -> LoadedIndex:
         """The live index snapshot; a request keeps using the one it got."""

@@ -131,3 +131,29 @@ class SearchSettings(BaseSettings):
     # Tiles a key may plan from remote (http/https) sources per UTC day, counted when an area is
     # created (a key's own daily_tile_budget overrides it); local sources do not count.
     daily_tile_budget: int = Field(20_000, ge=0)
+    # Proxies whose X-Forwarded-For is believed (see the field's description).
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR blocks of reverse proxies in front of the API (e.g. "
+        '["10.0.0.0/8"]). Only when a request comes straight from one of them is the client\'s '
+        "address taken from X-Forwarded-For (its right-most entry that is not a trusted proxy); "
+        "that address owns the quotas of requests without a key. Default: trust none, so every "
+        "request's client is its direct peer (behind a proxy, anonymous callers then share one quota).",
+    )
+
+    # Exports and thresholds of detection runs.
+    max_concurrent_exports: int = Field(
+        16,
+        ge=1,
+        description="Run exports (GeoJSON, CSV, GeoPackage) this process sends at once; past it an "
+        "export answers 503 with Retry-After. Exports read the database in short batches, each on a "
+        "connection of its own, so a slow download holds a slot but no database connection.",
+    )
+    max_sync_threshold_hits: int = Field(
+        20_000,
+        ge=0,
+        description="A new threshold of a run that gives more hits than this (counted from the run's "
+        "histogram) is applied by the indexer in the background: PATCH /v1/runs/{id} answers 202 with "
+        "the run 'rethresholding' until it is 'done' at the new threshold. Up to it, the request "
+        "applies it (about a second per ten thousand hits).",
+    )

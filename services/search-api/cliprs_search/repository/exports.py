@@ -1,21 +1,24 @@
 """Every SQL statement of a detection run's exports and vector tiles.
 
-Functions take an open connection and return plain dicts, bytes or async row streams; nothing here
-knows about HTTP or file formats. The exports read ``run_polygons`` (and ``run_hits`` for the
-per-window CSV) through server-side cursors, so a run of any size streams in batches: one
-statement, hence one consistent snapshot even while the run's threshold is being changed.
+Functions take an open connection and return plain dicts, bytes or lists of rows; nothing here
+knows about HTTP or file formats. Exports read ``run_polygons`` (and ``run_hits`` for the
+per-window CSV) in keyset batches (``ORDER BY id``, ``WHERE id > :after LIMIT :n``): the service
+reads each batch on a short connection of its own (`snapshot`), so a download that the client
+reads slowly holds no connection. Every batch is read in the same snapshot as the run's version
+(``threshold`` and ``updated_at``, which change in the same transaction as the hits and
+polygons), so the service can tell when the results changed between two batches.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import asynccontextmanager
 
 from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-# Rows fetched from the server-side cursor at a time: small enough that a batch of large polygons
+# Rows read per batch (one short connection each): small enough that a batch of large polygons
 # stays a few MB, large enough that round trips do not dominate.
 BATCH_ROWS = 2000
 
@@ -25,6 +28,17 @@ MVT_EXTENT = 4096
 MVT_BUFFER = 64
 
 POLYGON_PROPERTIES = "p.id, p.run_id, r.project_id, p.z, p.area_m2, p.max_score, p.mean_score, p.window_count"
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a read-only REPEATABLE READ transaction: every statement in the block sees
+    the same committed state (a run's version and its polygons cannot come from two thresholds)."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            await conn.execute(text("SET TRANSACTION READ ONLY"))
+            yield conn
 
 
 async def run(conn: AsyncConnection, run_id: int) -> dict | None:
@@ -42,59 +56,64 @@ async def run(conn: AsyncConnection, run_id: int) -> dict | None:
     return None if row is None else dict(row._mapping)
 
 
-async def _stream(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> AsyncIterator[list[Row]]:
-    result = await conn.stream(text(sql), params)
-    async for batch in result.partitions(BATCH_ROWS):
-        yield batch
+async def version(conn: AsyncConnection, run_id: int) -> Row | None:
+    """The run's state, threshold and updated_at (its results' version), or None when gone."""
+    return (
+        await conn.execute(
+            text("SELECT state, threshold, updated_at FROM detect_runs WHERE id = :r"), {"r": run_id}
+        )
+    ).first()
 
 
-def polygons_geojson(conn: AsyncConnection, run_id: int) -> AsyncIterator[list[Row]]:
-    """The run's polygons in id order, geometry as GeoJSON text (7 decimals: ~1 cm)."""
-    return _stream(
-        conn,
-        f"SELECT {POLYGON_PROPERTIES}, ST_AsGeoJSON(p.geom, 7) AS geometry "
-        "FROM run_polygons p JOIN detect_runs r ON r.id = p.run_id WHERE p.run_id = :r ORDER BY p.id",
-        {"r": run_id},
-    )
+async def _batch(conn: AsyncConnection, sql: str, run_id: int, after: int, limit: int) -> list[Row]:
+    return list(await conn.execute(text(sql), {"r": run_id, "after": after, "n": limit}))
 
 
-def polygons_wkb(conn: AsyncConnection, run_id: int) -> AsyncIterator[list[Row]]:
-    """The run's polygons in id order, geometry as WKB (for GDAL)."""
-    return _stream(
-        conn,
-        f"SELECT {POLYGON_PROPERTIES}, ST_AsBinary(p.geom) AS wkb "
-        "FROM run_polygons p JOIN detect_runs r ON r.id = p.run_id WHERE p.run_id = :r ORDER BY p.id",
-        {"r": run_id},
-    )
+_POLYGONS_FROM = (
+    "FROM run_polygons p JOIN detect_runs r ON r.id = p.run_id "
+    "WHERE p.run_id = :r AND p.id > :after ORDER BY p.id LIMIT :n"
+)
 
 
-def polygons_centroids(conn: AsyncConnection, run_id: int) -> AsyncIterator[list[Row]]:
-    """The run's polygons in id order with their centroid and bounding box in degrees."""
-    return _stream(
-        conn,
-        f"SELECT {POLYGON_PROPERTIES}, ST_X(c.pt) AS lon, ST_Y(c.pt) AS lat, "
+async def polygons_geojson(conn: AsyncConnection, run_id: int, after: int, limit: int) -> list[Row]:
+    """Up to ``limit`` of the run's polygons with id above ``after``, in id order, geometry as
+    GeoJSON text (7 decimals: ~1 cm)."""
+    sql = f"SELECT {POLYGON_PROPERTIES}, ST_AsGeoJSON(p.geom, 7) AS geometry {_POLYGONS_FROM}"
+    return await _batch(conn, sql, run_id, after, limit)
+
+
+async def polygons_wkb(conn: AsyncConnection, run_id: int, after: int, limit: int) -> list[Row]:
+    """Up to ``limit`` of the run's polygons with id above ``after``, geometry as WKB (for GDAL)."""
+    sql = f"SELECT {POLYGON_PROPERTIES}, ST_AsBinary(p.geom) AS wkb {_POLYGONS_FROM}"
+    return await _batch(conn, sql, run_id, after, limit)
+
+
+async def polygons_centroids(conn: AsyncConnection, run_id: int, after: int, limit: int) -> list[Row]:
+    """Up to ``limit`` of the run's polygons with id above ``after`` with their centroid and
+    bounding box in degrees."""
+    sql = (
+        f"SELECT {POLYGON_PROPERTIES}, ST_X(ST_Centroid(p.geom)) AS lon, ST_Y(ST_Centroid(p.geom)) AS lat, "
         "ST_XMin(p.geom) AS west, ST_YMin(p.geom) AS south, ST_XMax(p.geom) AS east, "
-        "ST_YMax(p.geom) AS north "
-        "FROM run_polygons p JOIN detect_runs r ON r.id = p.run_id "
-        "CROSS JOIN LATERAL (SELECT ST_Centroid(p.geom) AS pt) c WHERE p.run_id = :r ORDER BY p.id",
-        {"r": run_id},
+        f"ST_YMax(p.geom) AS north {_POLYGONS_FROM}"
     )
+    return await _batch(conn, sql, run_id, after, limit)
 
 
-def hit_windows(conn: AsyncConnection, run_id: int) -> AsyncIterator[list[Row]]:
-    """The run's hit windows in id order: score, zoom, centre and the polygon holding each."""
-    return _stream(
-        conn,
-        "WITH members AS (SELECT p.id AS polygon_id, unnest(p.window_ids) AS window_id "
-        "FROM run_polygons p WHERE p.run_id = :r) "
+async def hit_windows(conn: AsyncConnection, run_id: int, after: int, limit: int) -> list[Row]:
+    """Up to ``limit`` of the run's hit windows with id above ``after``, in id order: score,
+    zoom, centre and the polygon holding each (found through the polygons' spatial index: the
+    polygon of the window's zoom that touches its footprint and lists it)."""
+    sql = (
         "SELECT h.window_id, h.run_id, r.project_id, m.polygon_id, w.z, h.score, "
         "ST_X(w.center) AS lon, ST_Y(w.center) AS lat "
         "FROM run_hits h JOIN detect_runs r ON r.id = h.run_id "
         "JOIN windows w ON w.id = h.window_id "
-        "LEFT JOIN members m ON m.window_id = h.window_id "
-        "WHERE h.run_id = :r ORDER BY h.window_id",
-        {"r": run_id},
+        "LEFT JOIN LATERAL (SELECT p.id AS polygon_id FROM run_polygons p "
+        "  WHERE p.run_id = h.run_id AND p.z = w.z AND p.geom && w.footprint "
+        "  AND h.window_id = ANY(p.window_ids) LIMIT 1) m ON true "
+        "WHERE h.run_id = :r AND h.window_id > :after ORDER BY h.window_id LIMIT :n"
     )
+    return await _batch(conn, sql, run_id, after, limit)
 
 
 # Web Mercator: the sphere's radius, half the world's side, and metres per degree of longitude.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import Header, Path, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from cliprs_http.schemas import RUN_NOT_DONE
 from cliprs_search.access import READ
@@ -18,6 +21,35 @@ MVT_TYPE = "application/vnd.mapbox-vector-tile"
 TILE_CACHE = "no-cache"
 
 router = api_router("runs", READ, RUN_NOT_DONE)
+
+
+class ExportStream(StreamingResponse):
+    """A streamed export that gives its export slot back when the answer ends, however it ends
+    (sent whole, client gone, error)."""
+
+    def __init__(self, *args, release: Callable[[], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+class ExportFile(FileResponse):
+    """A written export file that gives its export slot back when the answer ends."""
+
+    def __init__(self, *args, release: Callable[[], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def _matches(if_none_match: str, etag: str) -> bool:
@@ -36,14 +68,16 @@ def _download_headers(run: RunVersion, filename: str) -> dict[str, str]:
     responses={200: {"content": {"application/geo+json": {}}, "description": "A FeatureCollection"}},
 )
 async def export_geojson(run_id: int, ctx: CtxDep) -> Response:
-    """The run's polygons as a GeoJSON FeatureCollection (streamed): each feature's properties
+    """The run's polygons as a GeoJSON FeatureCollection (streamed; 503 with Retry-After when the
+    server sends SEARCH_MAX_CONCURRENT_EXPORTS exports already): each feature's properties
     are polygon_id, run_id, project_id, z, area_m2, max_score, mean_score and window_count; the
     collection's ``run`` member names the run and its threshold."""
     run = await exports.finished_run(ctx, run_id)
-    return StreamingResponse(
+    return ExportStream(
         exports.geojson_chunks(ctx, run),
         media_type="application/geo+json",
         headers=_download_headers(run, run.filename("detections.geojson")),
+        release=exports.take_slot(ctx),
     )
 
 
@@ -64,10 +98,11 @@ async def export_csv(
     """The run as CSV (streamed), one row per polygon or per hit window."""
     run = await exports.finished_run(ctx, run_id)
     name = "detections.csv" if rows == "polygons" else "windows.csv"
-    return StreamingResponse(
+    return ExportStream(
         exports.csv_chunks(ctx, run, rows),
         media_type="text/csv; charset=utf-8",
         headers=_download_headers(run, run.filename(name)),
+        release=exports.take_slot(ctx),
     )
 
 
@@ -81,12 +116,18 @@ async def export_gpkg(run_id: int, ctx: CtxDep) -> Response:
     properties). A GeoPackage is an SQLite file and cannot be streamed as it is written: it is
     written to a temporary file first (batch by batch), then sent and deleted."""
     run = await exports.finished_run(ctx, run_id)
-    path = await exports.write_gpkg(ctx, run)
-    return FileResponse(
+    release = exports.take_slot(ctx)
+    try:
+        path = await exports.write_gpkg(ctx, run)
+    except BaseException:
+        release()
+        raise
+    return ExportFile(
         path,
         media_type="application/geopackage+sqlite3",
         headers=_download_headers(run, path.name),
         background=BackgroundTask(exports.remove_export, path),
+        release=release,
     )
 
 
@@ -112,9 +153,10 @@ async def run_tile(
     bounding boxes), merged per
     ~1-pixel cell (score = best, polygons, window_count, area_m2). ETag: run, threshold and last
     change."""
-    run = await exports.tile_run(ctx, run_id, z, x, y)
-    headers = {"ETag": run.etag, "Cache-Control": TILE_CACHE}
-    if if_none_match is not None and _matches(if_none_match, run.etag):
-        return Response(status_code=304, headers=headers)
-    body = await exports.run_tile(ctx, run, z, x, y)
-    return Response(body, media_type=MVT_TYPE, headers=headers)
+    if if_none_match is not None:
+        run = await exports.tile_run(ctx, run_id, z, x, y)
+        if _matches(if_none_match, run.etag):
+            return Response(status_code=304, headers={"ETag": run.etag, "Cache-Control": TILE_CACHE})
+    # The version its ETag names and the tile's polygons, read in one snapshot.
+    run, body = await exports.run_tile(ctx, run_id, z, x, y)
+    return Response(body, media_type=MVT_TYPE, headers={"ETag": run.etag, "Cache-Control": TILE_CACHE})

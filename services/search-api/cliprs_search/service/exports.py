@@ -1,10 +1,22 @@
 """A detection run's results as files (GeoJSON, GeoPackage, CSV) and as Mapbox vector tiles.
 
-Only a finished run (state ``done``) has results to hand out: an unknown run is `NotFound`, any
-other state is `RunNotDone` (409). GeoJSON and CSV are produced batch by batch from a server-side
-cursor while the answer is being sent, so a run of hundreds of thousands of polygons never sits
-in memory whole. A GeoPackage is an SQLite database, which cannot be written front to back: it
-is written to a temporary file, batch by batch, and that file is then sent and deleted.
+Only a finished run (state ``done``, or ``rethresholding``: its results stay those of its
+current threshold until the indexer swaps them) has results to hand out: an unknown run is
+`NotFound`, any other state is `RunNotDone` (409).
+
+GeoJSON and CSV are produced batch by batch while the answer is being sent, so a run of hundreds
+of thousands of polygons never sits in memory whole. Each batch is read on a short connection of
+its own (keyset: the rows after the last id sent), never while the client reads: a slow download
+holds no database connection. A GeoPackage is an SQLite database, which cannot be written front to
+back: it is written to a temporary file, batch by batch, and that file is then sent and deleted.
+
+One download is one version of the run: each batch is read in the same snapshot as the run's
+threshold and ``updated_at``; when a new threshold was applied between two batches, the download
+is cut off (the client sees an incomplete transfer and downloads again) rather than mixing two
+thresholds. A vector tile is read in one snapshot with the version its ETag names.
+
+Exports being sent are capped per process (``SEARCH_MAX_CONCURRENT_EXPORTS``, `take_slot`): past
+it, an export answers 503 with Retry-After at once.
 """
 
 from __future__ import annotations
@@ -13,17 +25,20 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs.errors import Conflict, InvalidInput, NotFound
+from cliprs.errors import Conflict, InvalidInput, NotFound, Unavailable
 from cliprs_search.context import Context
 from cliprs_search.repository import exports as repo
 
@@ -59,10 +74,18 @@ CSV_POLYGON_COLUMNS = (
 CSV_WINDOW_COLUMNS = ("window_id", "run_id", "project_id", "polygon_id", "z", "score", "lon", "lat")
 
 CsvRows = Literal["polygons", "windows"]
+# States whose results can be handed out: a run being re-thresholded keeps its current ones.
+RESULT_STATES = ("done", "rethresholding")
+
+log = logging.getLogger("cliprs.search.exports")
 
 
 class RunNotDone(Conflict):
     """The run has no results yet (queued or running) or never will (failed): answered 409."""
+
+
+class RunChanged(RuntimeError):
+    """The run's results changed (a new threshold) while a download of them was being sent."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +111,15 @@ class RunVersion:
 
 
 async def finished_run(ctx: Context, run_id: int) -> RunVersion:
-    """The run if it is done; `NotFound` for an unknown run, `RunNotDone` otherwise."""
+    """The run if it has results; `NotFound` for an unknown run, `RunNotDone` otherwise."""
     async with ctx.engine.connect() as conn:
-        row = await repo.run(conn, run_id)
+        return _finished(await repo.run(conn, run_id), run_id)
+
+
+def _finished(row: dict | None, run_id: int) -> RunVersion:
     if row is None:
         raise NotFound(f"no detection run {run_id}; list a project's runs with GET /v1/projects/{{id}}")
-    if row["state"] != "done":
+    if row["state"] not in RESULT_STATES:
         hint = {
             "failed": "it failed (see its error in GET /v1/runs/{id}); start a new run",
         }.get(row["state"], "poll GET /v1/runs/{id} until its state is done")
@@ -109,6 +135,43 @@ async def finished_run(ctx: Context, run_id: int) -> RunVersion:
         hits=int(row["hits"]),
         polygons=int(row["polygons"]),
     )
+
+
+def take_slot(ctx: Context) -> Callable[[], None]:
+    """One of the process's export slots, or `Unavailable` (503, Retry-After) when all are in
+    use; the answer gives it back (the returned function) when it ends, however it ends."""
+    if not ctx.exports.take():
+        raise Unavailable(
+            f"this server is sending {ctx.exports.limit} exports already (SEARCH_MAX_CONCURRENT_EXPORTS); "
+            "retry in a few seconds"
+        )
+    return ctx.exports.give_back
+
+
+Fetch = Callable[[AsyncConnection, int, int, int], Awaitable[list[Row]]]
+
+
+async def _batches(ctx: Context, run: RunVersion, fetch: Fetch, key: str) -> AsyncIterator[list[Row]]:
+    """The rows ``fetch`` reads, in batches of ``repo.BATCH_ROWS`` ordered by ``key``; each batch
+    on a connection of its own, given back before the batch is handed on, and read in one
+    snapshot with the run's version: `RunChanged` when that is no longer ``run``'s."""
+    after = 0
+    while True:
+        async with repo.snapshot(ctx.engine) as conn:
+            now = await repo.version(conn, run.id)
+            if (
+                now is None
+                or now.state not in RESULT_STATES
+                or ((float(now.threshold), now.updated_at) != (run.threshold, run.updated_at))
+            ):
+                log.warning("run %s changed while its export was being sent; the download is cut off", run.id)
+                raise RunChanged(f"run {run.id} changed while its export was being sent; download it again")
+            rows = await fetch(conn, run.id, after, repo.BATCH_ROWS)
+        if rows:
+            yield rows
+        if len(rows) < repo.BATCH_ROWS:
+            return
+        after = getattr(rows[-1], key)
 
 
 def _score(value: float) -> float:
@@ -138,18 +201,15 @@ async def geojson_chunks(ctx: Context, run: RunVersion) -> AsyncIterator[bytes]:
     }
     yield (json.dumps(head)[:-1] + ', "features": [\n').encode()
     first = True
-    async with ctx.engine.connect() as conn:
-        async for batch in repo.polygons_geojson(conn, run.id):
-            parts = []
-            for row in batch:
-                # The geometry is PostGIS's GeoJSON text, spliced in rather than parsed and dumped.
-                parts.append(
-                    f'{{"type": "Feature", "id": {row.id}, "geometry": {row.geometry}, '
-                    f'"properties": {json.dumps(_polygon_properties(row))}}}'
-                )
-            if parts:
-                yield (("" if first else ",\n") + ",\n".join(parts)).encode()
-                first = False
+    async for batch in _batches(ctx, run, repo.polygons_geojson, "id"):
+        # The geometry is PostGIS's GeoJSON text, spliced in rather than parsed and dumped.
+        parts = [
+            f'{{"type": "Feature", "id": {row.id}, "geometry": {row.geometry}, '
+            f'"properties": {json.dumps(_polygon_properties(row))}}}'
+            for row in batch
+        ]
+        yield (("" if first else ",\n") + ",\n".join(parts)).encode()
+        first = False
     yield b"\n]}\n"
 
 
@@ -164,48 +224,46 @@ async def csv_chunks(ctx: Context, run: RunVersion, rows: CsvRows) -> AsyncItera
     box), or with ``rows="windows"`` one row per hit window (its centre, score and polygon)."""
     if rows == "polygons":
         yield _csv_text([CSV_POLYGON_COLUMNS])
-        async with ctx.engine.connect() as conn:
-            async for batch in repo.polygons_centroids(conn, run.id):
-                yield _csv_text(
-                    [
-                        (
-                            r.id,
-                            r.run_id,
-                            r.project_id,
-                            r.z,
-                            f"{r.lon:.7f}",
-                            f"{r.lat:.7f}",
-                            f"{r.area_m2:.2f}",
-                            _score(r.max_score),
-                            _score(r.mean_score),
-                            r.window_count,
-                            f"{r.west:.7f}",
-                            f"{r.south:.7f}",
-                            f"{r.east:.7f}",
-                            f"{r.north:.7f}",
-                        )
-                        for r in batch
-                    ]
-                )
-        return
-    yield _csv_text([CSV_WINDOW_COLUMNS])
-    async with ctx.engine.connect() as conn:
-        async for batch in repo.hit_windows(conn, run.id):
+        async for batch in _batches(ctx, run, repo.polygons_centroids, "id"):
             yield _csv_text(
                 [
                     (
-                        r.window_id,
+                        r.id,
                         r.run_id,
                         r.project_id,
-                        "" if r.polygon_id is None else r.polygon_id,
                         r.z,
-                        _score(r.score),
                         f"{r.lon:.7f}",
                         f"{r.lat:.7f}",
+                        f"{r.area_m2:.2f}",
+                        _score(r.max_score),
+                        _score(r.mean_score),
+                        r.window_count,
+                        f"{r.west:.7f}",
+                        f"{r.south:.7f}",
+                        f"{r.east:.7f}",
+                        f"{r.north:.7f}",
                     )
                     for r in batch
                 ]
             )
+        return
+    yield _csv_text([CSV_WINDOW_COLUMNS])
+    async for batch in _batches(ctx, run, repo.hit_windows, "window_id"):
+        yield _csv_text(
+            [
+                (
+                    r.window_id,
+                    r.run_id,
+                    r.project_id,
+                    "" if r.polygon_id is None else r.polygon_id,
+                    r.z,
+                    _score(r.score),
+                    f"{r.lon:.7f}",
+                    f"{r.lat:.7f}",
+                )
+                for r in batch
+            ]
+        )
 
 
 def _write_gpkg_batch(path: Path, batch: Sequence, append: bool) -> None:
@@ -244,10 +302,9 @@ async def write_gpkg(ctx: Context, run: RunVersion) -> Path:
     path = folder / run.filename("detections.gpkg")
     try:
         written = False
-        async with ctx.engine.connect() as conn:
-            async for batch in repo.polygons_wkb(conn, run.id):
-                await asyncio.to_thread(_write_gpkg_batch, path, batch, written)
-                written = True
+        async for batch in _batches(ctx, run, repo.polygons_wkb, "id"):
+            await asyncio.to_thread(_write_gpkg_batch, path, batch, written)
+            written = True
         if not written:
             # A run without polygons still answers a valid (empty) layer with its fields.
             await asyncio.to_thread(_write_gpkg_batch, path, [], False)
@@ -278,10 +335,14 @@ async def tile_run(ctx: Context, run_id: int, z: int, x: int, y: int) -> RunVers
     return await finished_run(ctx, run_id)
 
 
-async def run_tile(ctx: Context, run: RunVersion, z: int, x: int, y: int) -> bytes:
-    """The run's Mapbox vector tile ``z/x/y``: layer ``detections`` (polygons with id, score =
-    max score, mean_score, area_m2, window_count, z) and layer ``detection_points`` (polygons too
-    small to draw at this zoom as the centres of their bounding boxes, merged per ~1-px cell:
-    score, polygons, window_count, area_m2)."""
-    async with ctx.engine.connect() as conn:
-        return await repo.run_tile(conn, run.id, z, x, y, MIN_POLYGON_PX, POINT_CELL)
+async def run_tile(ctx: Context, run_id: int, z: int, x: int, y: int) -> tuple[RunVersion, bytes]:
+    """The finished run and its Mapbox vector tile ``z/x/y``, read in one snapshot (the tile's
+    ETag names the threshold its polygons were made at): layer ``detections`` (polygons with id,
+    score = max score, mean_score, area_m2, window_count, z) and layer ``detection_points``
+    (polygons too small to draw at this zoom as the centres of their bounding boxes, merged per
+    ~1-px cell: score, polygons, window_count, area_m2)."""
+    check_tile(z, x, y)
+    async with repo.snapshot(ctx.engine) as conn:
+        run = _finished(await repo.run(conn, run_id), run_id)
+        body = await repo.run_tile(conn, run.id, z, x, y, MIN_POLYGON_PX, POINT_CELL)
+    return run, body

@@ -5,13 +5,15 @@
   is refused at once by every search-api process; no key text is ever logged or stored.
 - Each router declares its rule (`principal`): ``APIRouter(dependencies=[Depends(READ)],
   responses=ACCESS_RESPONSES)`` with `READ`, `SEARCH` (read + the search token bucket),
-  `UPLOAD` (read + the upload bucket), `WRITE` or `ADMIN`; the 401/403/429 answers it documents
+  `UPLOAD` (read + the upload bucket), `SEARCH_OR_UPLOAD` (the upload bucket when the request
+  sends a file, else the search one), `WRITE` or `ADMIN`; the 401/403/429 answers it documents
   come from `openapi`. Scopes nest: admin grants write and read, write grants read. Writes need a
   key unless ``SEARCH_REQUIRE_KEY_FOR_WRITES=false``; reads need one only with
   ``SEARCH_REQUIRE_KEY_FOR_READS=true``; admin always does. A key that is sent is always checked
   (an unknown or revoked key answers 401 even where none is needed). ``SEARCH_AUTH=off`` turns
   every check and quota off.
-- Quotas (`quotas`) live in Redis: token buckets per key, and a daily budget of tiles from remote
+- Quotas (`quotas`) live in Redis: token buckets per key (requests without a key: per client
+  address, from X-Forwarded-For only behind ``SEARCH_TRUSTED_PROXIES``), and a daily budget of tiles from remote
   sources that the areas service spends on a checked plan (`budget`).
 - `audit`: write routes declare their action (``dependencies=[audited("area.create")]``) and
   `AuditMiddleware` records each successful one in ``audit_log``.
@@ -29,6 +31,7 @@ from cliprs_search.access.principal import (
     ADMIN,
     READ,
     SEARCH,
+    SEARCH_OR_UPLOAD,
     UPLOAD,
     WRITE,
     Access,
@@ -44,6 +47,7 @@ __all__ = [
     "QUOTA_RESPONSES",
     "READ",
     "SEARCH",
+    "SEARCH_OR_UPLOAD",
     "UPLOAD",
     "WRITE",
     "Access",

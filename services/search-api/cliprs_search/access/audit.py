@@ -68,7 +68,7 @@ def _json(data: bytes) -> Any:
         return {"omitted": f"{len(data)} bytes"}
     try:
         return _redact(json.loads(data))
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"omitted": f"{len(data)} bytes, not JSON"}
 
 

@@ -3,11 +3,15 @@ router declares (`Access`: the scope it needs and the rate limit it spends)."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import UploadFile
 
 from cliprs import keys
 from cliprs_search.access.quotas import Quotas, retry_after
@@ -50,8 +54,46 @@ class Principal:
         return f"key {self.prefix} ({self.name})" if self.prefix else f"anonymous ({self.client})"
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=64)
+def _networks(trusted: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(t.strip(), strict=False) for t in trusted)
+
+
+def _is_trusted(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in net for net in networks if ip.version == net.version)
+
+
+def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[str]) -> str:
+    """Who sent a request: its direct ``peer``, unless that is a trusted proxy; then the right-most
+    address of X-Forwarded-For (every header's entries, in order) that is not a trusted proxy:
+    each proxy appends the address it saw, so entries left of it may be anything a client wrote.
+    When every entry is a trusted proxy, the first one."""
+    if peer is None:
+        return "unknown"
+    networks = _networks(tuple(trusted))
+    if not networks or not _is_trusted(peer, networks):
+        return peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, networks):
+            return hop
+    return hops[0] if hops else peer
+
+
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The request's client address (``SEARCH_TRUSTED_PROXIES`` says whose X-Forwarded-For counts)."""
+    return client_address(
+        request.client.host if request.client else None,
+        request.headers.getlist("x-forwarded-for"),
+        request.app.state.ctx.settings.trusted_proxies,
+    )
 
 
 async def principal_of(
@@ -100,13 +142,18 @@ async def _principal_of_key(request: Request, key: str) -> Principal:
     )
 
 
+# The quota of a route that takes an image or an indexed window: the upload bucket when the
+# request sends a file (the image is embedded on the spot, as an upload is), else the search one.
+UPLOAD_IF_FILE = "upload_if_file"
+
+
 class Access:
     """An access rule (a FastAPI dependency, declared on a router): the scope its routes need
     and the rate limit they spend. Its value is the caller (`Principal`). ``scope`` is what the
     permission matrix reads."""
 
     def __init__(self, scope: str, quota: str | None = None):
-        assert scope in keys.SCOPES and quota in (None, "search", "upload")
+        assert scope in keys.SCOPES and quota in (None, "search", "upload", UPLOAD_IF_FILE)
         self.scope, self.quota = scope, quota
 
     def __repr__(self) -> str:
@@ -133,9 +180,21 @@ class Access:
         principal = await principal_of(request, bearer, header_key)
         if self.needs_key(ctx.settings):
             self._check_scope(request, principal)
-        if self.quota is not None:
-            await self._spend(ctx.quotas, ctx.settings, principal)
+        quota = await self._quota_of(request)
+        if quota is not None:
+            await self._spend(quota, ctx.quotas, ctx.settings, principal)
         return principal
+
+    async def _quota_of(self, request: Request) -> str | None:
+        """The bucket this request spends (`UPLOAD_IF_FILE` looks at the form: FastAPI has
+        already read it for the route, so this reads nothing more)."""
+        if self.quota != UPLOAD_IF_FILE:
+            return self.quota
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            if any(isinstance(value, UploadFile) for value in form.values()):
+                return "upload"
+        return "search"
 
     def _check_scope(self, request: Request, principal: Principal) -> None:
         """401 without a key, 403 with a key that lacks the scope."""
@@ -154,14 +213,14 @@ class Access:
                 f"{request.method} {request.url.path} needs {self.scope}: use a key with it",
             )
 
-    async def _spend(self, quotas: Quotas, settings, principal: Principal) -> None:
-        """One token of the caller's bucket, or 429 with Retry-After."""
+    async def _spend(self, quota: str, quotas: Quotas, settings, principal: Principal) -> None:
+        """One token of the caller's ``quota`` bucket, or 429 with Retry-After."""
         rate, burst = (
             (settings.search_rate_per_s, settings.search_burst)
-            if self.quota == "search"
+            if quota == "search"
             else (settings.upload_rate_per_s, settings.upload_burst)
         )
-        answer = await quotas.take(self.quota, principal.who, rate, burst)
+        answer = await quotas.take(quota, principal.who, rate, burst)
         if not answer.allowed:
             wait = retry_after(answer.retry_after_s)
             owner = (
@@ -172,7 +231,7 @@ class Access:
             raise AccessDenied(
                 429,
                 "rate_limited",
-                f"too many {self.quota} requests: {owner} may make {rate:g} per second (bursts of {burst}); "
+                f"too many {quota} requests: {owner} may make {rate:g} per second (bursts of {burst}); "
                 f"retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
@@ -182,6 +241,7 @@ class Access:
 READ = Access("read")
 SEARCH = Access("read", quota="search")
 UPLOAD = Access("read", quota="upload")
+SEARCH_OR_UPLOAD = Access("read", quota=UPLOAD_IF_FILE)
 WRITE = Access("write")
 ADMIN = Access("admin")
 

@@ -40,7 +40,7 @@ def decode(token: str, expected_fingerprint: str) -> Cursor:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         cursor = Cursor(int(data["o"]), int(data["v"]), str(data["f"]))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InvalidInput(
             "the cursor is malformed; pass the next_cursor of a previous page unchanged"
         ) from None

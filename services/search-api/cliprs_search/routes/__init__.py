@@ -22,6 +22,7 @@ API_ROUTERS: list[APIRouter] = [
     search.router,
     search.uploads,
     zeroshot.router,
+    zeroshot.classify_router,
     areas.router,
     areas.writes,
     projects.router,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from fastapi import File, Form, Path, Query, UploadFile
 
-from cliprs_search.access import SEARCH
+from cliprs_search.access import SEARCH, SEARCH_OR_UPLOAD
 from cliprs_search.routes.deps import CtxDep, api_router, read_upload
 from cliprs_search.schemas.zeroshot import Classification, Heatmap
 from cliprs_search.service import zeroshot
 
 router = api_router("analysis", SEARCH)
+# Labels for an uploaded image spend the upload bucket (it is embedded on the spot, as an image
+# search's is); for an indexed window, the search bucket.
+classify_router = api_router("analysis", SEARCH_OR_UPLOAD)
 
 
-@router.post("/classify")
+@classify_router.post("/classify")
 async def classify(
     ctx: CtxDep,
     file: UploadFile | None = File(None, description="A PNG, JPEG or WebP image (or give window_id)"),

@@ -79,6 +79,12 @@ def parse_geojson_text(value: str | None) -> dict | None:
         return json.loads(value)
     except ValueError:
         raise InvalidInput('polygon must be GeoJSON text, e.g. {"type": "Polygon", ...}') from None
+    except RecursionError:
+        # Thousands of nested brackets: Python's parser gives up before any GeoJSON check could.
+        raise InvalidInput(
+            "polygon is nested too deeply to be GeoJSON; a Polygon is "
+            '{"type": "Polygon", "coordinates": [[[lon, lat], ...]]}'
+        ) from None
 
 
 def window_vector(ctx: Context, window_id: int) -> np.ndarray:

@@ -16,17 +16,15 @@ from pathlib import Path
 
 from geoalchemy2.shape import to_shape
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.db.models import Area
 from cliprs.errors import TooLarge
 from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile, store_tile
 from cliprs.tiles import check_plan_size, tiles_for_area, zorder
 from cliprs_tiler import repository
-from cliprs_tiler.repository import PlannedTile
+from cliprs_tiler.repository import AreaRow, PlannedTile
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.sources import TileFetchError, TileSource, open_source
 
@@ -35,7 +33,7 @@ log = logging.getLogger("cliprs.tiler")
 EmbedSender = Callable[[int, list[int]], None]
 
 
-def plan_area(conn: Connection, area: Area) -> list[PlannedTile]:
+def plan_area(conn: Connection, area: AreaRow) -> list[PlannedTile]:
     """Upsert the tile rows of an area (shared with overlapping areas) in Z-order.
 
     The area's polygon (a drawn shape or a box) decides: only tiles overlapping it are planned.
@@ -96,7 +94,7 @@ class FetchPlan:
     those already here (``ready``: fetched earlier but maybe not embedded, queued again)."""
 
     job_id: int
-    area: Area
+    area: AreaRow
     planned: list[PlannedTile]
     todo: list[PlannedTile] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)
@@ -125,16 +123,15 @@ async def fetch_job(
 def plan_job(engine: Engine, job_id: int, core: CoreSettings) -> FetchPlan | dict:
     """Mark the job fetching and plan its area's tiles; or, when there is nothing to fetch (no
     such job, one past this stage, an area over the tile budget), the job's counts."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        job = repository.get_job(session, job_id)
+    with engine.begin() as conn:
+        job = repository.get_job(conn, job_id)
         if job is None:
             log.warning("job %s does not exist (area deleted?); nothing to fetch", job_id)
             return {}
         if job.state in ("done", "failed", "indexing"):
             log.info("job %s is already %s; nothing to fetch", job_id, job.state)
             return {}
-        area = repository.get_area(session, job.area_id)
-        conn = session.connection()
+        area = repository.get_area(conn, job.area_id)
         refused = refuse_oversized(conn, job_id, area, core)
         if refused is not None:
             return refused
@@ -153,7 +150,7 @@ def plan_job(engine: Engine, job_id: int, core: CoreSettings) -> FetchPlan | dic
     return FetchPlan(job_id, area, planned)
 
 
-def refuse_oversized(conn: Connection, job_id: int, area: Area, core: CoreSettings) -> dict | None:
+def refuse_oversized(conn: Connection, job_id: int, area: AreaRow, core: CoreSettings) -> dict | None:
     """Fail the job (and its area) when the area is over the tile budget: the job's counts; else None.
 
     The API checks this too; an area inserted some other way must not bypass the budget.

@@ -7,10 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import mercantile
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection, Row, RowMapping
 
 from cliprs.db.models import Area, AreaTile, IngestJob, Tile
 from cliprs.tiles import tile_polygon_wkt
@@ -30,15 +29,19 @@ class PlannedTile:
     status: str
 
 
-def get_job(session: Session, job_id: int) -> IngestJob | None:
-    return session.get(IngestJob, job_id)
+# An ``areas`` row (Core, not an ORM object): id, name, bbox, zooms, source, status.
+AreaRow = Row
 
 
-def get_area(session: Session, area_id: int) -> Area | None:
-    return session.get(Area, area_id)
+def get_job(conn: Connection, job_id: int) -> Row | None:
+    return conn.execute(select(IngestJob.__table__).where(IngestJob.id == job_id)).first()
 
 
-def upsert_area_tiles(conn: Connection, area: Area, tiles: Iterable[mercantile.Tile]) -> list[PlannedTile]:
+def get_area(conn: Connection, area_id: int) -> AreaRow | None:
+    return conn.execute(select(Area.__table__).where(Area.id == area_id)).first()
+
+
+def upsert_area_tiles(conn: Connection, area: AreaRow, tiles: Iterable[mercantile.Tile]) -> list[PlannedTile]:
     """Upsert the tile rows of an area (shared with overlapping areas) and link them to it,
     keeping the order of ``tiles``; returns each tile's id and current status."""
     ordered = list(tiles)

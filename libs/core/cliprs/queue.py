@@ -22,6 +22,9 @@ TASK_REBUILD = "indexer.rebuild"
 TASK_GC = "indexer.gc"
 TASK_RETUNE = "indexer.retune"
 TASK_DETECT_RUN = "indexer.detect_run"  # args: [run_id]; train, score every window, polygons
+# args: [run_id, threshold]; a new threshold with too many hits for a request (the run waits in
+# state rethresholding)
+TASK_RETHRESHOLD_RUN = "indexer.rethreshold_run"
 
 QUEUE_OF = {
     TASK_FETCH_AREA: "tiles",
@@ -32,6 +35,7 @@ QUEUE_OF = {
     TASK_GC: "index",
     TASK_RETUNE: "index",
     TASK_DETECT_RUN: "index",
+    TASK_RETHRESHOLD_RUN: "index",
 }
 
 

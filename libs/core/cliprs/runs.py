@@ -1,6 +1,8 @@
 """Detection runs: what the indexer (which scores) and the search-api (which re-thresholds) share.
 
-A run's scores (window ids and float16 probabilities) live in ``{data_dir}/runs/{run_id}.npz``;
+A run's scores (window ids and float16 probabilities) live in ``{data_dir}/runs/{run_id}.npz``,
+with the out-of-fold probabilities of its labelled windows (what the held-out estimate is
+measured on, so a new threshold re-measures it: `estimate_at`);
 its histogram (``HIST_BINS`` bins on 0..1) lives in ``detect_runs.histogram``. Thresholds are
 snapped to the histogram's grid (multiples of 1/HIST_BINS, i.e. 0.001) and a window is a hit when
 its score's bin is at or above the threshold's bin, so the count the histogram gives at a
@@ -96,15 +98,63 @@ def scores_path(data_dir: Path, run_id: int) -> Path:
     return Path(data_dir) / "runs" / f"{int(run_id)}.npz"
 
 
-def write_scores(path: Path, ids: np.ndarray, scores: np.ndarray) -> None:
+def write_scores(
+    path: Path,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Write a run's scores atomically: ``ids`` int64 and ``scores`` float16 (what is stored is
-    what later thresholds read, so they are rounded to float16 before anything else uses them)."""
+    what later thresholds read, so they are rounded to float16 before anything else uses them);
+    ``held_out``: the labelled windows' out-of-fold probabilities and classes (`estimate_at`)."""
+    extra = {}
+    if held_out is not None:
+        extra = {
+            "held_out_scores": np.asarray(held_out[0], dtype=np.float16),
+            "held_out_positive": np.asarray(held_out[1], dtype=bool),
+        }
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, ids=np.asarray(ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float16))
+            np.savez(
+                fh, ids=np.asarray(ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float16), **extra
+            )
 
 
 def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64, scores float16) of a run; FileNotFoundError when the file is gone."""
     with np.load(path) as data:
         return data["ids"], data["scores"]
+
+
+def read_held_out(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(out-of-fold probabilities float16, classes bool) of a run's labelled windows; None when
+    the file has none (too few labels to hold any out, or written before they were kept)."""
+    with np.load(path) as data:
+        if "held_out_scores" not in data.files:
+            return None
+        return data["held_out_scores"], data["held_out_positive"]
+
+
+def estimate_at(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """Precision and recall at ``threshold`` of held-out probabilities against their classes
+    (a window is predicted positive by bin, as `count_at` counts): None where undefined."""
+    predicted = bins_of(np.asarray(scores, dtype=np.float16)) >= threshold_bin(threshold)
+    y = np.asarray(positive, dtype=bool)
+    tp = int((predicted & y).sum())
+    fp = int((predicted & ~y).sum())
+    fn = int((~predicted & y).sum())
+    return {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None}
+
+
+def estimate_for(
+    estimate: dict | None, held_out: tuple[np.ndarray, np.ndarray] | None, threshold: float
+) -> dict | None:
+    """A run's stored estimate re-measured at ``threshold`` (its ``threshold`` member updated);
+    unchanged when there is nothing to re-measure it on."""
+    if estimate is None or held_out is None:
+        return estimate
+    return {
+        **estimate,
+        **estimate_at(held_out[0], held_out[1], threshold),
+        "threshold": snap_threshold(threshold),
+    }

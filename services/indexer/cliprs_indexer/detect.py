@@ -231,11 +231,28 @@ def fit(ts: TrainingSet, mask: np.ndarray | None = None, c: float = C) -> Linear
     return LinearModel(clf.coef_[0].astype(np.float32), float(clf.intercept_[0]))
 
 
-def estimate(ts: TrainingSet, threshold: float, seed: int = 0) -> dict:
-    """Precision and recall at ``threshold`` on labels held out of training (stratified k-fold
-    over the labels; extras always train, never test). None when a class has fewer than 2."""
+def held_out_probabilities(ts: TrainingSet, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(out-of-fold probabilities, classes) of the labelled windows: stratified k-fold over the
+    labels, each fold trained on the other labels plus the extras (extras always train, never
+    test). None when a class has fewer than 2 labels."""
     labelled = np.flatnonzero(ts.labelled)
     y = ts.positive[labelled]
+    k = min(MAX_FOLDS, ts.positives, ts.negatives)
+    if k < 2:
+        return None
+    prob = np.empty(len(labelled), dtype=np.float64)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for train_idx, test_idx in folds.split(np.zeros(len(y)), y):
+        mask = ~ts.labelled.copy()
+        mask[labelled[train_idx]] = True
+        model = fit(ts, mask)
+        prob[test_idx] = model.probability(ts.vectors[labelled[test_idx]])
+    return prob.astype(np.float16), y
+
+
+def estimate_of(ts: TrainingSet, held_out: tuple[np.ndarray, np.ndarray] | None, threshold: float) -> dict:
+    """Precision and recall at ``threshold`` on the held-out probabilities (`runs.estimate_at`;
+    the scores file keeps them, so a new threshold re-measures them)."""
     k = min(MAX_FOLDS, ts.positives, ts.negatives)
     out = {
         "precision": None,
@@ -246,22 +263,15 @@ def estimate(ts: TrainingSet, threshold: float, seed: int = 0) -> dict:
         "method": f"stratified {k}-fold over the labels" if k >= 2 else "too few labels to hold any out",
         "threshold": threshold,
     }
-    if k < 2:
-        return out
-    prob = np.empty(len(labelled), dtype=np.float64)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for train_idx, test_idx in folds.split(np.zeros(len(y)), y):
-        mask = ~ts.labelled.copy()
-        mask[labelled[train_idx]] = True
-        model = fit(ts, mask)
-        prob[test_idx] = model.probability(ts.vectors[labelled[test_idx]])
-    predicted = runs.bins_of(prob.astype(np.float16)) >= runs.threshold_bin(threshold)
-    tp = int((predicted & y).sum())
-    fp = int((predicted & ~y).sum())
-    fn = int((~predicted & y).sum())
-    out["precision"] = tp / (tp + fp) if tp + fp else None
-    out["recall"] = tp / (tp + fn) if tp + fn else None
+    if held_out is not None:
+        out.update(runs.estimate_at(held_out[0], held_out[1], threshold))
     return out
+
+
+def estimate(ts: TrainingSet, threshold: float, seed: int = 0) -> dict:
+    """Precision and recall at ``threshold`` on labels held out of training
+    (`held_out_probabilities`). None when a class has fewer than 2."""
+    return estimate_of(ts, held_out_probabilities(ts, seed), threshold)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -349,6 +359,55 @@ def run_detect(core: CoreSettings, run_id: int, threads: int | None = None, seed
         raise
 
 
+def rethreshold_run(core: CoreSettings, run_id: int, threshold: float) -> dict:
+    """Apply a new threshold to a run the search-api marked ``rethresholding`` (too many hits for
+    a request): hits, polygons, threshold, hits count and held-out estimate replaced in one
+    transaction (readers see the old results or the new, never a mix), and the run is ``done``
+    again. A redelivered task whose run is no longer waiting is skipped. A transient error
+    re-raises (the task retries); any other failure puts the run back to ``done`` with its
+    results unchanged and the reason in ``error``."""
+    engine = sync_engine(core.database_url)
+    threshold = runs.snap_threshold(threshold)
+    started = time.perf_counter()
+    path = runs.scores_path(core.data_dir, run_id)
+    try:
+        ids, scores = runs.read_scores(path)
+        held_out = runs.read_held_out(path)
+        with engine.begin() as conn:
+            run = repository.lock_run(conn, run_id)
+            if run is None or run.state != "rethresholding":
+                log.info(
+                    "run %s is not waiting for a threshold (%s); skipped",
+                    run_id,
+                    run.state if run else "gone",
+                )
+                return {}
+            hits = apply_threshold(conn, run_id, ids, scores, threshold)
+            estimate = runs.estimate_for(repository.run_estimate(conn, run_id), held_out, threshold)
+            repository.finish_rethreshold(
+                conn, run_id, threshold, hits, estimate, round(time.perf_counter() - started, 4)
+            )
+    except FileNotFoundError:  # not transient: the file will not come back
+        return _abandon_rethreshold(engine, run_id, threshold, "its scores file is gone")
+    except TRANSIENT_ERRORS:
+        log.warning(
+            "run %s: re-threshold interrupted by a transient error; will retry", run_id, exc_info=True
+        )
+        raise
+    except Exception as exc:
+        log.exception("run %s: re-threshold to %s failed", run_id, threshold)
+        return _abandon_rethreshold(engine, run_id, threshold, str(exc)[:400] or type(exc).__name__)
+    log.info("run %s: threshold %s applied, %d hits", run_id, threshold, hits)
+    return {"run_id": run_id, "threshold": threshold, "hits": hits}
+
+
+def _abandon_rethreshold(engine: Engine, run_id: int, threshold: float, reason: str) -> dict:
+    """Back to ``done`` with the results it had, saying why the new threshold was not applied."""
+    with engine.begin() as conn:
+        repository.abandon_rethreshold(conn, run_id, f"the threshold {threshold} was not applied: {reason}")
+    return {}
+
+
 class DetectError(RuntimeError):
     """A run that cannot be done as asked (its error says why and what to do)."""
 
@@ -395,12 +454,13 @@ def _detect(
         ts, dropped = build_training_set(
             labelled.vectors[labelled.positive], labelled.vectors[~labelled.positive], inputs.extras
         )
-        est = estimate(ts, threshold, seed)
+        held_out = held_out_probabilities(ts, seed)
+        est = estimate_of(ts, held_out, threshold)
         model = fit(ts)
     with _timed(stages, "score"):
         ids, scores = score_windows(inputs.windows, model, threads)
     with _timed(stages, "save_scores"):
-        runs.write_scores(runs.scores_path(core.data_dir, run_id), ids, scores)
+        runs.write_scores(runs.scores_path(core.data_dir, run_id), ids, scores, held_out)
         hist = runs.histogram(scores)
     summary = model_summary(model, ts, inputs, dropped)
     hits = store_run(engine, run_id, ids, scores, threshold, stages, summary, est, hist)

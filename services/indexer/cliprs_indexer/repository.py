@@ -264,6 +264,45 @@ def finish_run(
     )
 
 
+def run_estimate(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    """The run's held-out estimate (None when it has none)."""
+    value = conn.execute(text("SELECT estimate FROM detect_runs WHERE id = :id"), {"id": run_id}).scalar_one()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def finish_rethreshold(
+    conn: Connection,
+    run_id: int,
+    threshold: float,
+    hits: int,
+    estimate: dict[str, Any] | None,
+    seconds: float,
+) -> None:
+    """rethresholding -> done at the new threshold: its hits count, estimate and a new version
+    (``updated_at``: what exports and tile ETags compare)."""
+    conn.execute(
+        text(
+            "UPDATE detect_runs SET state = 'done', threshold = :t, hits = :h, estimate = :e, error = NULL, "
+            "updated_at = clock_timestamp(), stage_seconds = stage_seconds || CAST(:s AS jsonb) WHERE id = :id"
+        ),
+        {
+            "t": threshold,
+            "h": hits,
+            "e": json.dumps(estimate) if estimate is not None else None,
+            "s": json.dumps({"rethreshold": seconds}),
+            "id": run_id,
+        },
+    )
+
+
+def abandon_rethreshold(conn: Connection, run_id: int, error: str) -> None:
+    """rethresholding -> done with the results it had, and why the new threshold was not applied."""
+    conn.execute(
+        text("UPDATE detect_runs SET state = 'done', error = :e WHERE id = :id AND state = 'rethresholding'"),
+        {"e": error, "id": run_id},
+    )
+
+
 def fail_run(conn: Connection, run_id: int, error: str) -> None:
     """-> failed, with the reason."""
     conn.execute(

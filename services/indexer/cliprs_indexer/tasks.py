@@ -16,6 +16,7 @@ from cliprs.queue import (
     TASK_GC,
     TASK_INDEX_AREA,
     TASK_REBUILD,
+    TASK_RETHRESHOLD_RUN,
     TASK_RETUNE,
     TRANSIENT_ERRORS,
     enqueue,
@@ -26,7 +27,7 @@ from cliprs.settings import CoreSettings
 from cliprs_indexer import repository
 from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due
 from cliprs_indexer.build import retune as retune_codec
-from cliprs_indexer.detect import run_detect
+from cliprs_indexer.detect import rethreshold_run, run_detect
 from cliprs_indexer.maintenance import analyze_windows, garbage_collect
 from cliprs_indexer.maintenance import delete_area as delete_area_rows
 from cliprs_indexer.maintenance import rebuild as rebuild_index
@@ -140,3 +141,10 @@ def detect_run(run_id: int) -> dict:
     """Train the run's classifier on its project's labels, score every window of the project's
     areas, store the scores, histogram, hits and polygons (`cliprs_indexer.detect`)."""
     return run_detect(core, run_id)
+
+
+@app.task(name=TASK_RETHRESHOLD_RUN, **RETRY_TRANSIENT)
+def rethreshold(run_id: int, threshold: float) -> dict:
+    """Apply a new threshold whose hits are too many for a request: hits, polygons and estimate
+    re-derived from the stored scores, then the run is ``done`` again (`cliprs_indexer.detect`)."""
+    return rethreshold_run(core, run_id, threshold)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -68,7 +67,7 @@ async def histogram(conn: AsyncConnection, run_id: int) -> list[int] | None:
     ).scalar_one_or_none()
 
 
-async def replace_hits(conn: AsyncConnection, run_id: int, ids: np.ndarray, scores: np.ndarray) -> None:
+async def replace_hits(conn: AsyncConnection, run_id: int, ids: list[int], scores: list[float]) -> None:
     """Replace the run's hits with these (one statement over two arrays) and re-dissolve its
     polygons."""
     await conn.execute(text("DELETE FROM run_hits WHERE run_id = :r"), {"r": run_id})
@@ -78,20 +77,36 @@ async def replace_hits(conn: AsyncConnection, run_id: int, ids: np.ndarray, scor
                 "INSERT INTO run_hits (run_id, window_id, score) "
                 "SELECT :r, unnest(CAST(:ids AS bigint[])), unnest(CAST(:scores AS real[]))"
             ),
-            {"r": run_id, "ids": ids.astype(np.int64).tolist(), "scores": scores.astype(np.float32).tolist()},
+            {"r": run_id, "ids": ids, "scores": scores},
         )
     await conn.run_sync(runs.replace_run_polygons, run_id)
 
 
 async def set_threshold(
-    conn: AsyncConnection, run_id: int, threshold: float, hits: int, seconds: float
+    conn: AsyncConnection, run_id: int, threshold: float, hits: int, estimate: dict | None, seconds: float
 ) -> None:
+    """The run's new threshold, hits count and estimate, and a new version of its results
+    (``updated_at``: what exports and tile ETags compare)."""
     await conn.execute(
         text(
-            "UPDATE detect_runs SET threshold = :t, hits = :h, updated_at = now(), "
+            "UPDATE detect_runs SET threshold = :t, hits = :h, estimate = :e, error = NULL, updated_at = clock_timestamp(), "
             "stage_seconds = stage_seconds || CAST(:s AS jsonb) WHERE id = :r"
         ),
-        {"t": threshold, "h": hits, "s": json.dumps({"rethreshold": round(seconds, 4)}), "r": run_id},
+        {
+            "t": threshold,
+            "h": hits,
+            "e": json.dumps(estimate) if estimate is not None else None,
+            "s": json.dumps({"rethreshold": round(seconds, 4)}),
+            "r": run_id,
+        },
+    )
+
+
+async def set_state(conn: AsyncConnection, run_id: int, state: str) -> None:
+    """A change of state that leaves the results as they are (``updated_at``, their version,
+    is kept: downloads and tile ETags of the current results stay valid)."""
+    await conn.execute(
+        text("UPDATE detect_runs SET state = :s, error = NULL WHERE id = :r"), {"s": state, "r": run_id}
     )
 
 

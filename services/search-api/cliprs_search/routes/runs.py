@@ -3,7 +3,7 @@ its polygons."""
 
 from __future__ import annotations
 
-from fastapi import Query
+from fastapi import Query, Response
 
 from cliprs_http.schemas import RUN_NOT_DONE
 from cliprs_search.access import READ, WRITE, audited
@@ -44,11 +44,23 @@ async def run_counts(
     return await runs.counts(ctx, run_id, threshold, histogram)
 
 
-@writes.patch("/runs/{run_id}", dependencies=[audited("run.update")])
-async def set_run_threshold(run_id: int, body: ThresholdRequest, ctx: CtxDep) -> Run:
-    """Apply a new threshold: the hits and polygons are re-derived from the stored scores
-    (synchronously; the answer is the updated run)."""
-    return await runs.set_threshold(ctx, run_id, body)
+@writes.patch(
+    "/runs/{run_id}",
+    dependencies=[audited("run.update")],
+    responses={202: {"model": Run, "description": "Too many hits for a request: applied in the background"}},
+)
+async def set_run_threshold(run_id: int, body: ThresholdRequest, ctx: CtxDep, response: Response) -> Run:
+    """Apply a new threshold: the hits, polygons and held-out estimate are re-derived from the
+    stored scores. When it gives at most SEARCH_MAX_SYNC_THRESHOLD_HITS hits (the run's
+    histogram says how many, ``GET /v1/runs/{id}/counts``) it is applied in the request (200, the
+    updated run); otherwise 202: the run is ``rethresholding`` (its results stay the current
+    threshold's) until the indexer has applied it; poll ``GET /v1/runs/{id}`` until it is
+    ``done``."""
+    run, applied = await runs.set_threshold(ctx, run_id, body)
+    if not applied:
+        response.status_code = 202
+        response.headers["Location"] = f"/v1/runs/{run_id}"
+    return run
 
 
 @router.get("/runs/{run_id}/polygons")

@@ -9,7 +9,9 @@ from pydantic import BaseModel, Field
 
 from cliprs_http.schemas import FeatureCollection
 
-RunState = Literal["queued", "running", "done", "failed"]
+# queued -> running -> done | failed; done -> rethresholding -> done (a new threshold applied by
+# the indexer in the background; the results stay the current threshold's meanwhile).
+RunState = Literal["queued", "running", "done", "failed", "rethresholding"]
 
 
 class RunRequest(BaseModel):

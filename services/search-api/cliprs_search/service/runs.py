@@ -1,10 +1,14 @@
 """Detection runs: start one (the indexer trains and scores), read it, counts at thresholds from
 its histogram, a new threshold, and its polygons.
 
-A new threshold is applied here, synchronously: the run's scores file (`cliprs.runs`) is read,
-the hits at the new threshold replace the old ones and PostGIS dissolves them again. Reading the
-file and selecting the hits is milliseconds for a million windows; writing the hits and
-dissolving them grows with the hits (about a second per ten thousand hits on one core).
+A new threshold: the run's histogram says how many hits it gives. Up to
+``SEARCH_MAX_SYNC_THRESHOLD_HITS``, it is applied in the request: the scores file
+(`cliprs.runs`) is read and the hits selected on a worker thread, then the hits, polygons,
+threshold and held-out estimate are replaced in one transaction (PostGIS dissolves; about a
+second per ten thousand hits on one core). Above it, the run goes to ``rethresholding`` and the
+indexer applies it in the background (`cliprs.queue.TASK_RETHRESHOLD_RUN`; the answer is 202);
+meanwhile the run's results stay those of its current threshold, and it is ``done`` again at
+the new one when they are replaced.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 
 from cliprs import runs
 from cliprs.errors import Conflict, InvalidInput, NotFound, Unavailable
-from cliprs.queue import TASK_DETECT_RUN, enqueue
+from cliprs.queue import TASK_DETECT_RUN, TASK_RETHRESHOLD_RUN, enqueue
 from cliprs_http.schemas import Feature
 from cliprs_search.context import Context
 from cliprs_search.repository import runs as repo
@@ -30,6 +34,8 @@ from cliprs_search.schemas.runs import (
 
 MAX_THRESHOLDS = 100
 MAX_POLYGON_PAGE = 5000
+# States whose results can be read: a run being re-thresholded keeps its current ones.
+RESULT_STATES = ("done", "rethresholding")
 
 
 def _run(row: dict) -> Run:
@@ -79,8 +85,13 @@ async def get_run(ctx: Context, run_id: int) -> Run:
     return _run(row)
 
 
-def _require_done(run: Run) -> None:
-    if run.state != "done":
+def _require_done(run: Run, states: tuple[str, ...] = RESULT_STATES) -> None:
+    if run.state == "rethresholding" and run.state not in states:
+        raise Conflict(
+            f"run {run.id} is rethresholding (a new threshold is being applied in the background); "
+            f"poll GET /v1/runs/{run.id} until it is done"
+        )
+    if run.state not in states:
         hint = (
             f"it failed: {run.error}" if run.state == "failed" else "poll GET /v1/runs/{id} until it is done"
         )
@@ -111,26 +122,69 @@ async def counts(ctx: Context, run_id: int, thresholds: list[float], with_histog
     )
 
 
-async def set_threshold(ctx: Context, run_id: int, body: ThresholdRequest) -> Run:
-    """Apply a new threshold: hits and polygons re-derived from the stored scores."""
+async def set_threshold(ctx: Context, run_id: int, body: ThresholdRequest) -> tuple[Run, bool]:
+    """Apply a new threshold: (the run, True) when it was applied in the request; (the run in
+    state ``rethresholding``, False) when it gives more hits than a request should make and the
+    indexer applies it in the background."""
     run = await get_run(ctx, run_id)
-    _require_done(run)
+    _require_done(run, ("done",))
     threshold = runs.snap_threshold(body.threshold)
+    async with ctx.engine.connect() as conn:
+        hist = await repo.histogram(conn, run_id)
+    if isinstance(hist, str):
+        hist = json.loads(hist)
+    hits = runs.count_at(hist, threshold) if hist else run.hits
+    if hits > ctx.settings.max_sync_threshold_hits:
+        return await _rethreshold_later(ctx, run_id, threshold), False
     started = time.perf_counter()
+    path = runs.scores_path(ctx.core.data_dir, run_id)
     try:
-        ids, scores = await asyncio.to_thread(runs.read_scores, runs.scores_path(ctx.core.data_dir, run_id))
+        # Off the event loop: reading the file, selecting the hits and building the statement's
+        # arrays grow with the run.
+        ids, scores, held_out = await asyncio.to_thread(_read_hits, path, threshold)
     except FileNotFoundError:
         raise Unavailable(
             f"the scores of run {run_id} are not readable from this search-api's data dir; "
             "it must share CLIPRS_DATA_DIR with the indexer"
         ) from None
-    hit_ids, hit_scores = runs.hits_at(ids, scores, threshold)
     async with ctx.engine.begin() as conn:
         locked = await repo.run(conn, run_id, lock=True)  # one re-threshold of a run at a time
         if locked is None:
             raise NotFound(f"no run {run_id}")
-        await repo.replace_hits(conn, run_id, hit_ids, hit_scores)
-        await repo.set_threshold(conn, run_id, threshold, len(hit_ids), time.perf_counter() - started)
+        _require_done(_run(locked), ("done",))
+        await repo.replace_hits(conn, run_id, ids, scores)
+        estimate = runs.estimate_for(_json(locked["estimate"]), held_out, threshold)
+        await repo.set_threshold(conn, run_id, threshold, len(ids), estimate, time.perf_counter() - started)
+    return await get_run(ctx, run_id), True
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _read_hits(path, threshold: float) -> tuple[list[int], list[float], tuple | None]:
+    """The run's hits at ``threshold`` (ids and scores as lists, ready for the statement) and
+    its held-out probabilities."""
+    ids, scores = runs.read_scores(path)
+    hit_ids, hit_scores = runs.hits_at(ids, scores, threshold)
+    return hit_ids.tolist(), hit_scores.astype("float32").tolist(), runs.read_held_out(path)
+
+
+async def _rethreshold_later(ctx: Context, run_id: int, threshold: float) -> Run:
+    """Mark the run ``rethresholding`` and queue the indexer's task; back to ``done`` (and 503)
+    when the queue cannot take it."""
+    async with ctx.engine.begin() as conn:
+        locked = await repo.run(conn, run_id, lock=True)
+        if locked is None:
+            raise NotFound(f"no run {run_id}")
+        _require_done(_run(locked), ("done",))
+        await repo.set_state(conn, run_id, "rethresholding")
+    try:
+        await asyncio.to_thread(enqueue, ctx.celery, TASK_RETHRESHOLD_RUN, [run_id, threshold])
+    except Unavailable:
+        async with ctx.engine.begin() as conn:
+            await repo.set_state(conn, run_id, "done")
+        raise
     return await get_run(ctx, run_id)
 
 

@@ -11,6 +11,8 @@ import { repaintThumbs } from "./results.js";
 import { setStatus } from "./ui.js";
 
 const POLL_MS = 1000;
+// States of a run that is still being worked on (rethresholding: a new threshold applied in the background).
+const LIVE = new Set(["queued", "running", "rethresholding"]);
 const HIST_BINS = 1000;
 const DEFAULT_THRESHOLD = 0.5;
 
@@ -187,7 +189,7 @@ export class ProjectController {
     this.els.select.value = String(projectId);
     this.render();
     const runs = this.project.runs ?? [];
-    const live = runs.find((r) => r.state === "queued" || r.state === "running");
+    const live = runs.find((r) => LIVE.has(r.state));
     const done = runs.find((r) => r.state === "done");
     const pick = live ?? done;
     if (pick) this.follow(pick.id);
@@ -264,7 +266,7 @@ export class ProjectController {
     if (this.followed !== runId) return;
     this.run = run;
     this.errors.clear("detect");
-    if (run.state === "queued" || run.state === "running") {
+    if (LIVE.has(run.state)) {
       this.renderRun();
       this.polling = setTimeout(() => {
         this.api
@@ -312,6 +314,8 @@ export class ProjectController {
     try {
       this.run = await this.api.setRunThreshold(this.run.id, threshold);
       this.errors.clear("detect");
+      // 202: too many hits for a request; the indexer applies it: follow the run until done.
+      if (this.run.state === "rethresholding") return this.follow(this.run.id, this.run);
     } catch (err) {
       this.errors.set("detect", `Could not apply the threshold: ${describe(err)}`);
     }
@@ -424,7 +428,7 @@ export class ProjectController {
     this.renderButtons();
     els.runStatus.dataset.state = run?.state ?? "";
     els.runResult.dataset.runId = run ? String(run.id) : "";
-    const busy = run && (run.state === "queued" || run.state === "running");
+    const busy = run && LIVE.has(run.state);
     els.progress.hidden = !busy;
     if (!run) {
       setStatus(els.runStatus, this.project ? "No detection run yet: label at least one ✓ and one ✗, then train." : "");
@@ -433,8 +437,13 @@ export class ProjectController {
     }
     if (busy) {
       const since = (Date.now() - Date.parse(run.created_at)) / 1000;
-      const time = Number.isFinite(since) && since >= 0 ? ` (${Math.round(since)} s)` : "";
-      setStatus(els.runStatus, `Run ${run.id} ${run.state === "queued" ? "queued: waiting for a worker" : "running: training and scoring every window"}${time}…`);
+      const time = Number.isFinite(since) && since >= 0 && run.state !== "rethresholding" ? ` (${Math.round(since)} s)` : "";
+      const doing = {
+        queued: "queued: waiting for a worker",
+        running: "running: training and scoring every window",
+        rethresholding: "applying the new threshold in the background",
+      }[run.state];
+      setStatus(els.runStatus, `Run ${run.id} ${doing}${time}…`);
       els.runResult.hidden = true;
       return;
     }

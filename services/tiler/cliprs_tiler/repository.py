@@ -122,6 +122,28 @@ def tile_inside_some_area(engine: Engine, source: str, z: int, x: int, y: int) -
         )
 
 
+def planned_tiles(
+    engine: Engine, source: str, z: int, xys: Iterable[tuple[int, int]]
+) -> set[tuple[int, int]]:
+    """The (x, y) among ``xys`` of tiles that some area of ``source`` planned at zoom ``z`` (a
+    tile row linked to a live area): the only tiles a remote source may be asked for."""
+    wanted = list(dict.fromkeys(xys))
+    if not wanted:
+        return set()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT t.x, t.y FROM tiles t "
+                "JOIN unnest(CAST(:xs AS integer[]), CAST(:ys AS integer[])) AS w(x, y) "
+                "ON t.x = w.x AND t.y = w.y "
+                "WHERE t.source = :s AND t.z = :z "
+                "AND EXISTS (SELECT 1 FROM area_tiles at WHERE at.tile_id = t.id)"
+            ),
+            {"s": source, "z": z, "xs": [x for x, _ in wanted], "ys": [y for _, y in wanted]},
+        ).all()
+    return {(r.x, r.y) for r in rows}
+
+
 def window_row(engine: Engine, window_id: int) -> WindowRow | None:
     with engine.connect() as conn:
         row = conn.execute(

@@ -24,7 +24,7 @@ from cliprs_http import Check, redis_ping
 from cliprs_tiler import repository
 from cliprs_tiler.schemas import JobProgress, PlanRequest, PlanSummary
 from cliprs_tiler.settings import TilerSettings
-from cliprs_tiler.sources import SourcePool, TileFetchError
+from cliprs_tiler.sources import SourcePool, TileFetchError, is_remote
 from cliprs_tiler.splice import covering_tiles, splice
 
 log = logging.getLogger("cliprs.tiler")
@@ -83,12 +83,17 @@ def readiness_checks(ctx: TilerContext) -> dict[str, Check]:
 # --------------------------------------------------------------------------- tiles and windows
 
 
-async def load_tile(ctx: TilerContext, source: str, z: int, x: int, y: int) -> TileImage | None:
-    """A tile from the cache, else from its source (and then cached); None if it has none."""
+async def load_tile(
+    ctx: TilerContext, source: str, z: int, x: int, y: int, *, may_fetch: bool = True
+) -> TileImage | None:
+    """A tile from the cache, else (when ``may_fetch``) from its source and then cached; None
+    if it has none."""
     cache_dir = ctx.core.tile_cache_dir
     path = find_tile(cache_dir, source, z, x, y)
     if path is not None:
         return TileImage(await asyncio.to_thread(path.read_bytes), path.suffix[1:])
+    if not may_fetch:
+        return None
     try:
         got = await ctx.sources.get(source).fetch(z, x, y)
     except TileFetchError as exc:
@@ -96,6 +101,11 @@ async def load_tile(ctx: TilerContext, source: str, z: int, x: int, y: int) -> T
         return None
     await asyncio.to_thread(store_tile, cache_dir, source, z, x, y, got.ext, got.data)
     return TileImage(got.data, got.ext)
+
+
+def is_remote_source(ctx: TilerContext, source: str) -> bool:
+    """Whether the source bills per tile (HTTP): then only planned tiles are ever fetched."""
+    return is_remote(ctx.core.tile_sources.get(source, ""))
 
 
 def parse_tile_y(y: str) -> int:
@@ -107,26 +117,48 @@ def parse_tile_y(y: str) -> int:
 
 
 async def map_tile(ctx: TilerContext, source: str, z: int, x: int, y: int) -> TileImage:
-    """A map tile of an indexed area: cached, or fetched now when it lies inside one of the
-    source's areas; anything else is refused (the tiler is no open proxy to its sources)."""
+    """A map tile: from the cache, or fetched now when the source may be asked for it; anything
+    else is refused (the tiler is no open proxy to its sources).
+
+    A remote (HTTP, billed) source is asked only for a tile some area planned (its tiles at its
+    zooms: a row of ``tiles``), so no request of the map can spend more than the areas did. A
+    local source (folder, MBTiles, raster) costs nothing to read: any tile inside one of its
+    areas is rendered on demand, at any zoom.
+    """
     core = ctx.core
     if not 0 <= z <= core.max_zoom or not (0 <= x < 2**z and 0 <= y < 2**z):
         raise InvalidInput(f"no tile {z}/{x}/{y}: z must be 0..{core.max_zoom}, x and y 0..2^z-1")
     if source not in core.tile_sources:
         raise NotFound(f"unknown tile source {source!r}")
-    if find_tile(core.tile_cache_dir, source, z, x, y) is None and not await asyncio.to_thread(
-        repository.tile_inside_some_area, ctx.engine, source, z, x, y
-    ):
-        raise NotFound(f"tile {z}/{x}/{y} is outside every area of source {source!r}")
+    if find_tile(core.tile_cache_dir, source, z, x, y) is None:
+        await _check_may_fetch(ctx, source, z, x, y)
     got = await load_tile(ctx, source, z, x, y)
     if got is None:
         raise NotFound(f"tile {z}/{x}/{y} is not available from source {source!r}")
     return got
 
 
+async def _check_may_fetch(ctx: TilerContext, source: str, z: int, x: int, y: int) -> None:
+    """NotFound unless the (uncached) tile may be had from its source (see `map_tile`)."""
+    if is_remote_source(ctx, source):
+        planned = await asyncio.to_thread(repository.planned_tiles, ctx.engine, source, z, [(x, y)])
+        if planned:
+            return
+    inside = await asyncio.to_thread(repository.tile_inside_some_area, ctx.engine, source, z, x, y)
+    if not inside:
+        raise NotFound(f"tile {z}/{x}/{y} is outside every area of source {source!r}")
+    if is_remote_source(ctx, source):
+        raise NotFound(
+            f"tile {z}/{x}/{y} of remote source {source!r} is not planned by any area: only an "
+            "area's own tiles at its zooms are fetched from a remote source (the map shows the "
+            "zooms each area planned; ingest an area with this zoom to see it)"
+        )
+
+
 async def window_png(ctx: TilerContext, window_id: int) -> bytes:
     """The exact pixels of an indexed window as PNG, spliced from neighbouring tiles when the
-    window straddles tile edges; neighbours that cannot be had stay black."""
+    window straddles tile edges; neighbours that cannot be had stay black. From a remote source
+    only planned neighbours are fetched; the others are used only when cached."""
     row = await asyncio.to_thread(repository.window_row, ctx.engine, window_id)
     if row is None:
         tile_id, index = split_window_id(window_id)
@@ -134,7 +166,13 @@ async def window_png(ctx: TilerContext, window_id: int) -> bytes:
     if row.tile_size is None:
         raise NotFound(f"the tile of window {window_id} has not been fetched")
     needed = covering_tiles(row.z, row.x, row.y, row.box, row.tile_size)
-    loaded = await asyncio.gather(*(load_tile(ctx, row.source, row.z, tx, ty) for tx, ty in needed))
+    if is_remote_source(ctx, row.source):
+        fetchable = await asyncio.to_thread(repository.planned_tiles, ctx.engine, row.source, row.z, needed)
+    else:
+        fetchable = set(needed)
+    loaded = await asyncio.gather(
+        *(load_tile(ctx, row.source, row.z, tx, ty, may_fetch=(tx, ty) in fetchable) for tx, ty in needed)
+    )
     if (row.x, row.y) in needed and loaded[needed.index((row.x, row.y))] is None:
         raise NotFound(f"the tile of window {window_id} is neither cached nor available from its source")
     tiles = {xy: got.data for xy, got in zip(needed, loaded, strict=True) if got is not None}

@@ -346,6 +346,13 @@ class RasterSource:
 
 
 SCHEMES = "http(s)://, file://, mbtiles:// or geotiff://"
+REMOTE_SCHEMES = ("http://", "https://")
+
+
+def is_remote(template: str) -> bool:
+    """Whether a source's tiles come from a remote provider (each request may be billed), as
+    opposed to a local folder, MBTiles file or raster, which cost nothing to read."""
+    return template.startswith(REMOTE_SCHEMES)
 
 
 def _location(template: str, scheme: str) -> tuple[list[Path], dict[str, str]]:
@@ -363,7 +370,7 @@ def open_source(name: str, core: CoreSettings, settings: TilerSettings) -> TileS
         raise InvalidInput(f"unknown tile source {name!r}; configured sources: {known}")
     if template.startswith("file://"):
         return FolderSource(name, template)
-    if template.startswith(("http://", "https://")):
+    if is_remote(template):
         return XyzSource(name, template, settings)
     if template.startswith("mbtiles://"):
         paths, _ = _location(template, "mbtiles://")

@@ -1,5 +1,6 @@
-"""Fixtures of the cross-service tests: demo tiles and the platform as processes. (The database,
-Redis and the tiny CLIP come from the cliprs pytest plugin, `cliprs_testing.plugin`.)"""
+"""Fixtures of the cross-service tests: a database per test module, demo tiles and the platform
+as processes. (Redis and the tiny CLIP come from the cliprs pytest plugin,
+`cliprs_testing.plugin`.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import mercantile
 import pytest
 
+from cliprs_testing.db import throwaway_database
+from cliprs_testing.redis_db import empty_redis_db
 from cliprs_testing.tiles import render_demo_tiles
 from tests.support.platform import run_platform
 
@@ -21,16 +24,29 @@ def render_tiles() -> Callable[[Path, Iterable[mercantile.Tile]], Path]:
     return render_demo_tiles
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A freshly migrated database of this test module's own (a copy of the migrated template:
+    a file copy), dropped after the module. The platform a module starts runs on it, so no
+    platform sees another test's jobs, areas or sources: a reconciler hands out only its own
+    platform's stalled work."""
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def start_platform(
     pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[..., AbstractContextManager[dict]]:
-    """Start the platform's services as real processes on free loopback ports.
+    """Start the platform's services as real processes on free loopback ports, on this test
+    module's database.
 
     ``with start_platform("name", {ENV: value}, embed_workers=1, with_web=False) as p:`` gives
-    ``p["api"]``, ``p["tiler"]``, ``p["web"]``, ``p["stack"]`` (the `Stack`) and ``p["data_dir"]``;
-    everything is stopped when the block ends. ``name`` prefixes the Redis namespace of that
-    stack; further keyword arguments go to `run_platform` (``services``, ``health_only``, ...).
+    ``p["api"]``, ``p["tiler"]``, ``p["web"]``, ``p["stack"]`` (the `Stack`), ``p["data_dir"]``
+    and ``p["database_url"]``; everything is stopped when the block ends, and the queues it
+    left in the session's Redis database are emptied (a task one platform queued is never
+    delivered to the next). ``name`` prefixes the Redis namespace of that stack; further
+    keyword arguments go to `run_platform` (``services``, ``health_only``, ...).
     """
 
     @contextmanager
@@ -45,6 +61,10 @@ def start_platform(
             env=env,
             **options,
         ) as platform:
-            yield platform
+            try:
+                yield {**platform, "database_url": pg_url}
+            finally:
+                platform["stack"].stop_all()  # before the queues are emptied: nothing re-queues
+                empty_redis_db(redis_url)
 
     return start

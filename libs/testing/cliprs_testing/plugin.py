@@ -52,10 +52,17 @@ def cache_dir(repo_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A freshly migrated database of its own, dropped at the end of the session."""
+def session_pg_url() -> Iterator[str]:
+    """A freshly migrated database of this test session's own, dropped at its end."""
     with throwaway_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def pg_url(session_pg_url: str) -> str:
+    """The test database: the session's (the cross-service tests override it with one database
+    per test module, so that the platform a module starts sees no other test's rows)."""
+    return session_pg_url
 
 
 @pytest.fixture(scope="session")

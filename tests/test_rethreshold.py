@@ -77,15 +77,24 @@ def polygon_windows(world: dict, run_id: int) -> int:
     return sum(f["properties"]["window_count"] for f in page["features"])
 
 
-def test_a_big_threshold_change_is_applied_by_the_indexer_in_the_background(world: dict) -> None:
-    api = world["api"]
-    resp = httpx.post(f"{api}/v1/projects/{world['project']}/runs", json={"threshold": 0.5}, timeout=30)
+@pytest.fixture
+def done_run(world: dict) -> dict:
+    """A finished run of the project at threshold 0.5, scored by the indexer worker."""
+    resp = httpx.post(
+        f"{world['api']}/v1/projects/{world['project']}/runs", json={"threshold": 0.5}, timeout=30
+    )
     assert resp.status_code == 202, resp.text
     run = wait_done(world, resp.json()["id"])
-    run_id, scored = run["id"], run["windows_scored"]
-    assert scored == len(world["area"].ids) > SYNC_HITS
+    assert run["windows_scored"] == len(world["area"].ids) > SYNC_HITS
     assert run["estimate"]["threshold"] == 0.5
+    return run
 
+
+def test_a_big_threshold_change_is_applied_by_the_indexer_in_the_background(
+    world: dict, done_run: dict
+) -> None:
+    api = world["api"]
+    run_id, scored = done_run["id"], done_run["windows_scored"]
     # Threshold 0: every window is a hit, more than a request may make.
     moved = httpx.patch(f"{api}/v1/runs/{run_id}", json={"threshold": 0.0}, timeout=30)
     assert moved.status_code == 202, moved.text
@@ -107,7 +116,11 @@ def test_a_big_threshold_change_is_applied_by_the_indexer_in_the_background(worl
     assert done["estimate"]["threshold"] == 0.0 and done["estimate"]["recall"] == 1.0
     assert done["stage_seconds"]["rethreshold"] >= 0
 
-    # A threshold with few hits is applied in the request, estimate included.
+
+def test_a_small_threshold_change_is_applied_in_the_request_with_its_estimate(
+    world: dict, done_run: dict
+) -> None:
+    api, run_id = world["api"], done_run["id"]
     counts = httpx.get(f"{api}/v1/runs/{run_id}/counts", params={"threshold": 0.9}, timeout=30).json()
     few = counts["counts"][0]["count"]
     assert few <= SYNC_HITS
@@ -115,5 +128,7 @@ def test_a_big_threshold_change_is_applied_by_the_indexer_in_the_background(worl
     assert small.status_code == 200, small.text
     body = small.json()
     assert body["state"] == "done" and body["threshold"] == 0.9 and body["hits"] == few
-    assert body["estimate"]["threshold"] == 0.9
     assert polygon_windows(world, run_id) == few
+    # The held-out estimate is measured at the new threshold, not left at the old one.
+    assert body["estimate"]["threshold"] == 0.9
+    assert body["estimate"]["held_out_positive"] == done_run["estimate"]["held_out_positive"]

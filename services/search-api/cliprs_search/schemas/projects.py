@@ -75,7 +75,10 @@ class RunSummary(BaseModel):
     """A detection run of the project, in short (``GET /v1/runs/{id}`` has all of it)."""
 
     id: int
-    state: str = Field(..., description="queued, running, done or failed")
+    state: str = Field(
+        ...,
+        description="queued, running, done, failed or rethresholding (done, a new threshold being applied)",
+    )
     threshold: float
     windows_scored: int
     hits: int

@@ -104,6 +104,8 @@ async function checkReadiness(api) {
     errors.clear("readiness");
     const shown = showFallbackBanner(els.banner, body?.model);
     if (shown) state.mapView?.resize();
+    // Tells tests (and anyone debugging) that the readiness answer has been handled.
+    document.body.dataset.readiness = status === 200 ? "ready" : "waiting";
     if (status !== 200) {
       errors.set("readiness", `The search API is not ready yet (HTTP ${status}): searches may fail until it is.`);
       setTimeout(() => checkReadiness(api), READINESS_RETRY_MS);

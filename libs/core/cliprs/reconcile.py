@@ -12,7 +12,18 @@ touches it) and hands their work out again from what the tables say:
 - nothing left to fetch or embed: the move to indexing (one conditional update wins), then
   the index task; a job in ``indexing``: the index task again.
 
-Every task is idempotent, so a task handed out twice costs time, never correctness. Only one
+Detection runs likewise, from ``detect_runs.heartbeat_at`` (set at creation, when queued again,
+when the indexer starts the run and every ``CLIPRS_STALL_S / 4`` while it works on it):
+
+- a ``queued`` run with no sign of life for ``CLIPRS_STALL_S`` lost its task: the detect task
+  again (a run waiting behind other work is never failed for waiting; its duplicate tasks find
+  it finished and skip);
+- a ``running`` run whose heartbeat stopped lost its worker (or its retries ran out): the
+  detect task again, at most ``CLIPRS_RUN_HANDOUTS`` times (``detect_runs.handouts``); then the
+  run fails, saying why.
+
+Every task is idempotent (the indexer takes a run under its row lock and skips one that is no
+longer queued or running), so a task handed out twice costs time, never correctness. Only one
 reconciler acts at a time (a PostgreSQL advisory lock); the others skip that round.
 """
 
@@ -24,11 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.queue import TASK_EMBED_JOB, TASK_FETCH_AREA, TASK_INDEX_AREA, enqueue
+from cliprs.queue import TASK_DETECT_RUN, TASK_EMBED_JOB, TASK_FETCH_AREA, TASK_INDEX_AREA, enqueue
 from cliprs.settings import CoreSettings
 
 log = logging.getLogger("cliprs.reconcile")
@@ -52,18 +63,39 @@ STALLED_JOBS = text(
 )
 
 
+# Unfinished runs without a sign of life for the stall period (locked: a run the indexer is
+# taking right now is skipped, and looked at again next round).
+STALLED_RUNS = text(
+    """
+    SELECT id, state, handouts FROM detect_runs
+    WHERE state IN ('queued', 'running') AND heartbeat_at < now() - make_interval(secs => :stall_s)
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+    """
+)
+RUN_HANDED_OUT = text(
+    "UPDATE detect_runs SET heartbeat_at = now(), "
+    "handouts = handouts + CASE WHEN state = 'running' THEN 1 ELSE 0 END WHERE id = :id"
+)
+RUN_FAILED = text(
+    "UPDATE detect_runs SET state = 'failed', error = :error, finished_at = now(), heartbeat_at = now() "
+    "WHERE id = :id"
+)
+RUN_HANDOUTS = 3
+
+
 @dataclass(frozen=True)
 class Handout:
-    """A task the reconciler queues again, and why."""
+    """A task the reconciler queues again (for an ingest job, or a detection run), and why."""
 
-    job_id: int
+    job_id: int  # the task's one argument: an ingest job's id, or a run's (TASK_DETECT_RUN)
     task: str
     reason: str
 
 
-def plan_handouts(engine: Engine, stall_s: float) -> list[Handout]:
-    """Decide, under the reconciler lock, what the stalled jobs need; mark them touched so the
-    next round gives the handed-out work another ``stall_s`` before acting again."""
+def plan_handouts(engine: Engine, stall_s: float, run_handouts: int = RUN_HANDOUTS) -> list[Handout]:
+    """Decide, under the reconciler lock, what the stalled jobs and runs need; mark them touched
+    so the next round gives the handed-out work another ``stall_s`` before acting again."""
     handouts: list[Handout] = []
     with engine.begin() as conn:
         if not conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RECONCILE_LOCK_KEY}).scalar():
@@ -83,16 +115,46 @@ def plan_handouts(engine: Engine, stall_s: float) -> list[Handout]:
             if job.state == "indexing":
                 handouts.append(Handout(job.id, TASK_INDEX_AREA, "indexing made no progress"))
             jobs.touch(conn, job.id)
+        handouts.extend(plan_run_handouts(conn, stall_s, run_handouts))
     return handouts
 
 
-def reconcile(engine: Engine, send: Callable[[str, list], object], stall_s: float) -> list[Handout]:
-    """One round: hand out again the work of stalled jobs (``send(task, args)`` queues a task;
-    only after the decisions are committed, so a worker never sees a state older than ours)."""
-    handouts = plan_handouts(engine, stall_s)
+def plan_run_handouts(conn: Connection, stall_s: float, run_handouts: int) -> list[Handout]:
+    """The stalled detection runs: queued again, or failed once handed out ``run_handouts``
+    times while running (in the caller's transaction)."""
+    handouts: list[Handout] = []
+    for run in conn.execute(STALLED_RUNS, {"stall_s": stall_s}).all():
+        if run.state == "running" and run.handouts >= run_handouts:
+            reason = (
+                f"the indexer stopped working on this run without finishing it (its worker died or its "
+                f"retries ran out), and it was handed out {run.handouts} times; see the indexer's log "
+                "and start a new run"
+            )
+            conn.execute(RUN_FAILED, {"id": run.id, "error": reason})
+            log.warning("run %s failed: %s", run.id, reason)
+            continue
+        why = "its task was lost" if run.state == "queued" else "its worker stopped (heartbeat)"
+        handouts.append(Handout(run.id, TASK_DETECT_RUN, f"run {why}"))
+        conn.execute(RUN_HANDED_OUT, {"id": run.id})
+    return handouts
+
+
+def reconcile(
+    engine: Engine, send: Callable[[str, list], object], stall_s: float, run_handouts: int = RUN_HANDOUTS
+) -> list[Handout]:
+    """One round: hand out again the work of stalled jobs and runs (``send(task, args)`` queues a
+    task; only after the decisions are committed, so a worker never sees a state older than
+    ours)."""
+    handouts = plan_handouts(engine, stall_s, run_handouts)
     for h in handouts:
+        what = "run" if h.task == TASK_DETECT_RUN else "job"
         log.warning(
-            "job %s made no progress for %.0f s (%s): queueing %s again", h.job_id, stall_s, h.reason, h.task
+            "%s %s made no progress for %.0f s (%s): queueing %s again",
+            what,
+            h.job_id,
+            stall_s,
+            h.reason,
+            h.task,
         )
         send(h.task, [h.job_id])
     return handouts
@@ -101,8 +163,16 @@ def reconcile(engine: Engine, send: Callable[[str, list], object], stall_s: floa
 class Reconciler:
     """A daemon thread that runs `reconcile` now and every ``every_s`` seconds."""
 
-    def __init__(self, engine: Engine, send: Callable[[str, list], object], every_s: float, stall_s: float):
+    def __init__(
+        self,
+        engine: Engine,
+        send: Callable[[str, list], object],
+        every_s: float,
+        stall_s: float,
+        run_handouts: int = RUN_HANDOUTS,
+    ):
         self.engine, self.send, self.every_s, self.stall_s = engine, send, every_s, stall_s
+        self.run_handouts = run_handouts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
 
@@ -113,7 +183,7 @@ class Reconciler:
     def _run(self) -> None:
         while True:
             try:
-                reconcile(self.engine, self.send, self.stall_s)
+                reconcile(self.engine, self.send, self.stall_s, self.run_handouts)
             except Exception as exc:  # the database or the broker is down: try next round
                 log.warning("reconciler round failed: %s: %s", type(exc).__name__, str(exc)[:200])
             if self._stop.wait(self.every_s):
@@ -130,4 +200,5 @@ def start_reconciler(app: Celery, core: CoreSettings) -> Reconciler:
         lambda task, args: enqueue(app, task, args),
         core.reconcile_s,
         core.stall_s,
+        core.run_handouts,
     ).start()

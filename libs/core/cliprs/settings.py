@@ -57,6 +57,9 @@ class CoreSettings(BaseSettings):
     # without progress before its work is handed out again (PostGIS is the record of progress).
     reconcile_s: float = 30
     stall_s: float = 120
+    # How many times a detection run whose worker stopped (died, or its retries ran out) is
+    # handed out again before it fails with the reason.
+    run_handouts: int = 3
     # Operations: log lines as JSON objects with the request id (or text); a Prometheus metrics
     # server per worker process from this port (the next free one when taken; 0 = off); the
     # longest URL an HTTP service accepts (414 in the JSON error shape beyond it).

@@ -169,6 +169,14 @@ class DetectRun(Base):
     """A classifier trained on a project's labels and run over every window of its areas."""
 
     __tablename__ = "detect_runs"
+    __table_args__ = (
+        # The reconciler's look at unfinished runs, however many are done.
+        Index(
+            "detect_runs_unfinished_idx",
+            "heartbeat_at",
+            postgresql_where=text("state IN ('queued', 'running')"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     # queued -> running -> done | failed
@@ -184,6 +192,10 @@ class DetectRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The last sign of life (created, queued again, started, the indexer's heartbeat) and how
+    # many times the reconciler handed the run out again (migration 0008).
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    handouts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class RunHit(Base):

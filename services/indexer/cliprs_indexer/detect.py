@@ -29,7 +29,8 @@
    histogram in ``detect_runs.histogram`` (the count at any threshold, instantly), the hits at
    the run's threshold in ``run_hits`` (COPY), and the hits dissolved per zoom into
    ``run_polygons`` (`cliprs.runs`). States: queued -> running -> done | failed (with the error);
-   ``stage_seconds`` times each stage.
+   ``stage_seconds`` times each stage. A running run beats (``heartbeat_at``) until it ends: the
+   reconciler hands out again a run whose beats stopped (`cliprs.reconcile`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sqlalchemy import Connection, Engine, Row
 
-from cliprs import runs
+from cliprs import jobs, runs
 from cliprs.db.engine import sync_engine
 from cliprs.manifest import Manifest, load_manifest
 from cliprs.queue import TRANSIENT_ERRORS
@@ -348,7 +349,8 @@ def run_detect(core: CoreSettings, run_id: int, threads: int | None = None, seed
             return {}
         repository.mark_run_running(conn, run_id)
     try:
-        return _detect(core, run_id, run.project_id, float(run.threshold), threads, seed)
+        with run_heartbeat(engine, run_id, core.stall_s / 4):
+            return _detect(core, run_id, run.project_id, float(run.threshold), threads, seed)
     except TRANSIENT_ERRORS:
         log.warning("run %s interrupted by a transient error; will retry", run_id, exc_info=True)
         raise
@@ -357,6 +359,17 @@ def run_detect(core: CoreSettings, run_id: int, threads: int | None = None, seed
         with engine.begin() as conn:
             repository.fail_run(conn, run_id, str(exc)[:500] or type(exc).__name__)
         raise
+
+
+def run_heartbeat(engine: Engine, run_id: int, every_s: float) -> jobs.Periodic:
+    """Marks the run alive every ``every_s`` seconds while the block works on it: the reconciler
+    hands out again only a running run whose heartbeat stopped (`cliprs.reconcile`)."""
+
+    def beat() -> None:
+        with engine.begin() as conn:
+            repository.beat_run(conn, run_id)
+
+    return jobs.Periodic(f"run-{run_id}-heartbeat", every_s, beat)
 
 
 def rethreshold_run(core: CoreSettings, run_id: int, threshold: float) -> dict:

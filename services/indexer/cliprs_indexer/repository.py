@@ -227,9 +227,21 @@ def lock_run(conn: Connection, run_id: int) -> Row | None:
 
 
 def mark_run_running(conn: Connection, run_id: int) -> None:
-    """queued (or running, when redelivered) -> running, clearing an earlier error."""
+    """queued (or running, when redelivered) -> running, clearing an earlier error; its first
+    heartbeat."""
     conn.execute(
-        text("UPDATE detect_runs SET state = 'running', error = NULL, updated_at = now() WHERE id = :id"),
+        text(
+            "UPDATE detect_runs SET state = 'running', error = NULL, updated_at = now(), heartbeat_at = now() "
+            "WHERE id = :id"
+        ),
+        {"id": run_id},
+    )
+
+
+def beat_run(conn: Connection, run_id: int) -> None:
+    """The run's worker is alive and on it (the reconciler leaves it alone for a while)."""
+    conn.execute(
+        text("UPDATE detect_runs SET heartbeat_at = now() WHERE id = :id AND state = 'running'"),
         {"id": run_id},
     )
 

@@ -3,6 +3,8 @@ areas scored from the shards -> histogram, scores file, hits and polygons."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -177,3 +179,30 @@ def test_thresholds_snap_to_the_histogram_grid() -> None:
         assert runs.count_at(hist, t) == len(ids)
     assert runs.count_at(hist, 0.3) == 5 and runs.count_at(hist, 1.0) == 2
     assert runs.snap_threshold(0.30049) == 0.3 and runs.snap_threshold(7) == 1.0
+
+
+def test_a_run_beats_while_the_indexer_works_on_it(world: dict) -> None:
+    """The reconciler takes a running run whose heartbeat stopped for lost: the indexer's
+    heartbeat keeps it fresh (here every 5 ms) from start to finish."""
+    run_id = new_run(world)
+    engine = sync_engine(world["core"].database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE detect_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :r"),
+            {"r": run_id},
+        )
+    core = world["core"].model_copy(update={"stall_s": 0.02})
+    worker = threading.Thread(target=run_detect, args=(core, run_id), kwargs={"threads": 1})
+    beats: set = set()
+    worker.start()
+    while worker.is_alive():
+        with engine.connect() as conn:
+            state, beat = conn.execute(
+                text("SELECT state, heartbeat_at FROM detect_runs WHERE id = :r"), {"r": run_id}
+            ).one()
+        if state == "running":
+            beats.add(beat)
+        time.sleep(0.002)
+    worker.join()
+    assert run_row(world, run_id)["state"] == "done"
+    assert len(beats) >= 2, beats  # the start, then beats while it worked

@@ -40,11 +40,11 @@ demo-tiles: install ## Render the Sentinel-2 demo area into var/demo-tiles
 	@$(PY) -m cliprs_tools.demo --out var/demo-tiles --zooms 10-14
 
 .PHONY: bench-tiler
-bench-tiler: install infra ## Tiler throughput: tiles/s from a local tile server and the cache, vs a naive fetch
+bench-tiler: install infra ## Tiler throughput: tiles/s from a local tile server and the cache, vs a naive fetch (-> benchmarks/results/tiler.json)
 	@$(PY) benchmarks/bench_tiler.py
 
 .PHONY: bench-embed
-bench-embed: install infra ## Embedder throughput: windows/s end to end and encoder alone (tiny and ViT-B/32-sized CLIP)
+bench-embed: install infra ## Embedder throughput: windows/s end to end and encoder alone (tiny and ViT-B/32-sized CLIP) (-> benchmarks/results/embed.json)
 	@$(PY) benchmarks/bench_embed.py
 
 .PHONY: eval
@@ -56,7 +56,7 @@ finetune: install ## Fine-tune a CLIP on captions (FINETUNE_ARGS="--data DIR/dat
 	@$(PY) -m cliprs_tools.finetune $(FINETUNE_ARGS)
 
 .PHONY: bench-finetune
-bench-finetune: install ## Fine-tuning and evaluation throughput (tiny and ViT-B/32 shapes) and a toy run's gain
+bench-finetune: install ## Fine-tuning and evaluation throughput (tiny and ViT-B/32 shapes) and a toy run's gain (-> benchmarks/results/finetune.json)
 	@$(PY) benchmarks/bench_finetune.py
 
 .PHONY: bench-search

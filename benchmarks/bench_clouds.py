@@ -41,7 +41,7 @@ from pathlib import Path
 import mercantile
 import numpy as np
 import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
-from machine_info import machine_info
+from machine_info import finish, run_info
 from PIL import Image
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -154,7 +154,7 @@ def figures(windows: dict[str, np.ndarray], truth_key: str, threshold: float) ->
 
 
 def run(options: CloudBenchSettings) -> None:
-    at_start = machine_info()
+    at_start: dict = {}
     with tempfile.TemporaryDirectory(prefix="cliprs-clouds-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         pg_url = stack.enter_context(throwaway_database(prefix="cliprs_clouds"))
@@ -163,6 +163,14 @@ def run(options: CloudBenchSettings) -> None:
             "CLIPRS_TILE_SOURCES": json.dumps({LANDSAT_SOURCE: landsat_source_template()}),
             "CLIP_MODEL": model_dir(options),
         }
+        at_start = run_info(
+            options,
+            product={
+                "CLIPRS_TILE_SOURCES": "the Landsat 8 scene as a local geotiff:// source",
+                "CLIP_MODEL": f"{env['CLIP_MODEL']} (the cloud score does not depend on the model)",
+                "SEARCH_AUTH": os.environ.get("SEARCH_AUTH", "off") + " (the test platform's default)",
+            },
+        )
         print("==> starting the platform", flush=True)
         p = stack.enter_context(
             run_platform(
@@ -215,7 +223,7 @@ def run(options: CloudBenchSettings) -> None:
         "clear_scene": clear_scene_false_alarms(),
         "ms_per_tile": ms_per_tile(),
         "ingest_s": round(ingest_s, 1),
-        "machine": {**at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()]},
+        **finish(at_start),
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(results, indent=2) + "\n")

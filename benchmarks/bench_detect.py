@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine_info import machine_info
+from machine_info import finish, run_info
 
 from cliprs import runs
 from cliprs.manifest import Shard
@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="scoring threads (default min(4, CPUs))")
     parser.add_argument("--skip-water", action="store_true", help="do not run the water acceptance test")
     args = parser.parse_args()
-    at_start = machine_info()
+    at_start = run_info({k: v for k, v in vars(args).items() if v != parser.get_default(k)})
     folder = Path(tempfile.mkdtemp(prefix="bench-detect-"))
     try:
         t = time.perf_counter()
@@ -183,7 +183,7 @@ def main() -> int:
     }
     if not args.skip_water:
         result.update(water_figures())
-    result["machine"] = {**at_start, "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
+    result.update(finish(at_start))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "water_test_tail"}, indent=2))

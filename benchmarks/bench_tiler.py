@@ -185,7 +185,7 @@ def run(options: TilerBenchSettings) -> None:
     info = run_info(
         options,
         product={
-            "TILER_CONCURRENCY": settings.concurrency,
+            "TILER_CONCURRENCY": f"{settings.concurrency} (default {TilerSettings().concurrency})",
             "TILER_RATE_LIMIT": "1e6 (lifted: a politeness setting, 20/s by default)",
         },
     )

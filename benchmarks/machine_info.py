@@ -54,8 +54,12 @@ def commit() -> dict:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
 
     try:
-        # Untracked files do not count: only changes to tracked files alter what was measured.
-        changed = [line[3:] for line in git("status", "--porcelain", "-uno").splitlines()]
+        # Untracked files and results files do not count: they do not alter what is measured.
+        changed = [
+            path
+            for path in (line[3:] for line in git("status", "--porcelain", "-uno").splitlines())
+            if not path.startswith("benchmarks/results/")
+        ]
         return {
             "commit": git("rev-parse", "HEAD").strip(),
             "dirty": bool(changed),

@@ -430,7 +430,17 @@ def test_tile_cache_writes_failing_for_a_while(stack: dict) -> None:
         probe = frozen[-1] / "probe"
         with pytest.raises(PermissionError):  # root included: the immutable flag stops writes
             probe.write_bytes(b"x")
-        time.sleep(OUTAGE_S)
+        time.sleep(OUTAGE_S)  # the outage lasts at least this long...
+        # ...and until the tiler has met it (a busy machine may not have tried a write yet), or
+        # has nothing left to fetch (which the assertions below report).
+        wait_until(
+            lambda: (
+                "Operation not permitted" in _log(stack, "tiler-worker")
+                or _tiles(stack, job["area_id"])["planned"] == 0
+            ),
+            60,
+            "a refused tile write",
+        )
         stopped = _tiles(stack, job["area_id"])
     finally:
         _set_immutable(frozen, False)

@@ -6,7 +6,6 @@ versions no searcher holds any more are garbage-collected."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,22 +129,27 @@ def test_hot_swap_under_load_then_delete_and_collect(
                 except Exception as exc:  # a dropped connection is a failed request too
                     results.append((-1, repr(exc)))
 
+    def hammered(n: int = 20) -> None:
+        """Wait until ``n`` more searches were answered (not a fixed time: a busy machine is slower)."""
+        start = len(results)
+        wait_until(lambda: len(results) >= start + n, 60, f"{n} more searches")
+
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        hammered()
         for step in ([base.area_id, extra_b.area_id], [base.area_id, extra_b.area_id, extra_c.area_id]):
             new = step[-1]
             version = publish_area(core, new, collect_area_vectors(core, new)).version
             contents[version] = step
             wait_until(lambda v=version: served_version(api) == v, 30, f"version {version}")
-            time.sleep(0.5)
+            hammered()
         # b's windows leave again (what deleting the area does to the index)
         version = apply(core, IndexerSettings(), remove_tiles=extra_b.tile_ids.tolist()).version
         contents[version] = [base.area_id, extra_c.area_id]
         wait_until(lambda: served_version(api) == version, 30, f"version {version}")
-        time.sleep(0.5)
+        hammered()
     finally:
         stop.set()
         for t in threads:

@@ -4,6 +4,12 @@
 service in the background (pid files and logs under ``.run/``), ingests the demo area and the
 cloudy Landsat 8 area (`cliprs_tools.landsat`) with a progress bar and prints the map URL.
 `python -m cliprs_tools.devstack down` stops what `up` started.
+
+`up` leaves a supervisor behind (``.run/supervisor.pid``, log ``.run/logs/supervisor.log``), as
+compose's ``restart: unless-stopped`` does for the containers: a service process that exits
+(a Celery worker whose Redis restarted under a delayed task, a crash) is started again, with
+a growing delay while it keeps dying at once (`restart_delay`), and each restart is logged.
+`down` stops the supervisor first, then the services.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +122,14 @@ def service_specs(ports: Ports, embed_workers: int = 1, with_web: bool = True) -
     return specs
 
 
+SUPERVISOR = "supervisor"
+SUPERVISED = "supervised.json"  # in run_dir: what the supervisor keeps running, and how
+# A service that died within STEADY_S of its start is crashing: its next start waits
+# restart_delay(n) after n such deaths in a row.
+STEADY_S = 60.0
+MAX_RESTART_DELAY_S = 60.0
+
+
 class Stack:
     """Starts, watches and stops the processes; each gets a pid file and a log in ``run_dir``."""
 
@@ -171,28 +186,42 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop_all(self, timeout_s: float = 10) -> list[str]:
-        """Stop every process whose pid file is in ``run_dir`` (ours or a previous `up`'s).
+        """Stop every process whose pid file is in ``run_dir`` (ours or a previous `up`'s); the
+        supervisor first, so that nothing is started again behind us.
 
         A pid is only signalled while the process holding it started when the pid file says:
         a stale pid file whose number was reused by the system never stops somebody else's
         process (nor does a pid file without a start time).
         """
         stopped = []
+        supervisor = self.run_dir / f"{SUPERVISOR}.pid"
+        if supervisor.exists() and self._stop(supervisor, timeout_s):
+            stopped.append(SUPERVISOR)
         for pid_file in sorted(self.run_dir.glob("*.pid")):
-            recorded = pid_file.read_text().split()
-            pid_file.unlink(missing_ok=True)
-            if len(recorded) != 2 or not all(v.isdigit() for v in recorded):
-                continue
-            pid, started = int(recorded[0]), int(recorded[1])
-            if process_start_time(pid) != started:
-                continue
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            stopped.append(pid_file.stem)
-            self._reap(pid_file.stem, pid, timeout_s)
+            if self._stop(pid_file, timeout_s):
+                stopped.append(pid_file.stem)
         return stopped
+
+    def _stop(self, pid_file: Path, timeout_s: float) -> bool:
+        """Stop the process of one pid file (and remove the file); True if one was running."""
+        recorded = read_pid_file(pid_file)
+        pid_file.unlink(missing_ok=True)
+        if recorded is None or process_start_time(recorded[0]) != recorded[1]:
+            return False
+        try:
+            os.killpg(recorded[0], signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        self._reap(pid_file.stem, recorded[0], timeout_s)
+        return True
+
+    def running(self, name: str) -> int | None:
+        """The pid of service ``name`` while it runs (a process of ours that exited is reaped)."""
+        proc = self.procs.get(name)
+        if proc is not None:
+            return proc.pid if proc.poll() is None else None
+        recorded = read_pid_file(self.run_dir / f"{name}.pid")
+        return recorded[0] if recorded is not None and process_alive(*recorded) else None
 
     def _reap(self, name: str, pid: int, timeout_s: float) -> None:
         proc = self.procs.pop(name, None)
@@ -211,14 +240,108 @@ class Stack:
             pass
 
 
-def process_start_time(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None if gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` from field 3 on (None if gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: count after its end.
-    return int(stat.rsplit(")", 1)[1].split()[22 - 3])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None if gone."""
+    fields = _stat_fields(pid)
+    return int(fields[22 - 3]) if fields else None
+
+
+def process_alive(pid: int, started: int) -> bool:
+    """Whether the process that started at ``started`` still holds ``pid`` and runs (an exited
+    process its parent has not reaped yet, a zombie, does not)."""
+    fields = _stat_fields(pid)
+    return fields is not None and int(fields[22 - 3]) == started and fields[0] != "Z"
+
+
+def read_pid_file(path: Path) -> tuple[int, int] | None:
+    """(pid, start time) of a pid file; None when there is none or it is not one of ours."""
+    try:
+        recorded = path.read_text().split()
+    except OSError:
+        return None
+    if len(recorded) != 2 or not all(v.isdigit() for v in recorded):
+        return None
+    return int(recorded[0]), int(recorded[1])
+
+
+def restart_delay(crashes: int) -> float:
+    """Seconds before starting a service again after ``crashes`` quick deaths in a row before
+    this one: 1, 2, 4, ... up to `MAX_RESTART_DELAY_S`."""
+    return min(MAX_RESTART_DELAY_S, 2.0 ** min(crashes, 16))
+
+
+def write_supervised(run_dir: Path, env: dict[str, str], specs: list[ServiceSpec], cwd: Path | None) -> Path:
+    """Record what the supervisor keeps running (readable by its owner only: the environment
+    holds the database URL)."""
+    path = Path(run_dir) / SUPERVISED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "cwd": str(cwd) if cwd else None,
+        "env": env,
+        "services": [{"name": s.name, "argv": s.argv, "env": s.env} for s in specs],
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(body, out)
+    return path
+
+
+def supervisor_spec(run_dir: Path, poll_s: float = 1.0) -> ServiceSpec:
+    """The supervisor process of ``run_dir`` (`supervise`)."""
+    argv = [sys.executable, "-m", "cliprs_tools.devstack", "supervise", "--run-dir", str(run_dir)]
+    return ServiceSpec(SUPERVISOR, [*argv, "--poll-s", str(poll_s)])
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+def supervise(run_dir: Path, poll_s: float = 1.0, stop: threading.Event | None = None) -> None:
+    """Keep the services of ``run_dir``'s `SUPERVISED` running until SIGTERM (or ``stop``): one
+    that is gone is started again, after `restart_delay` while it keeps dying within
+    `STEADY_S` of its start; each restart is logged (stdout: ``logs/supervisor.log``)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    body = json.loads((Path(run_dir) / SUPERVISED).read_text())
+    specs = [ServiceSpec(s["name"], s["argv"], env=s.get("env") or {}) for s in body["services"]]
+    stack = Stack(Path(run_dir), body["env"], cwd=Path(body["cwd"]) if body.get("cwd") else None)
+    known: dict[str, int | None] = {s.name: stack.running(s.name) for s in specs}
+    started_at = {s.name: time.monotonic() for s in specs}
+    crashes = {s.name: 0 for s in specs}
+    due: dict[str, float] = {}  # service -> when it may be started again
+    _say(f"supervisor: watching {', '.join(f'{n} (pid {p})' for n, p in known.items())}")
+    while not stop.wait(poll_s):
+        now = time.monotonic()
+        for spec in specs:
+            if stack.running(spec.name) is not None:
+                continue
+            if spec.name not in due:  # just found gone: decide when to start it again
+                quick = now - started_at[spec.name] < STEADY_S
+                crashes[spec.name] = crashes[spec.name] + 1 if quick else 0
+                due[spec.name] = now + restart_delay(crashes[spec.name] - 1 if quick else 0)
+            if now < due[spec.name]:
+                continue
+            old = known[spec.name]
+            new = stack.start(spec).pid
+            known[spec.name], started_at[spec.name] = new, time.monotonic()
+            del due[spec.name]
+            _say(
+                f"supervisor: {spec.name} (pid {old}) is gone; started again as pid {new} "
+                f"({crashes[spec.name]} quick exits in a row)"
+            )
+    _say("supervisor: stopped")
 
 
 def follow_job(
@@ -340,6 +463,9 @@ def up(root: Path, embed_workers: int) -> None:
         f"==> started {len(specs)} processes (logs in .run/logs); waiting until ready (the model may take a while)"
     )
     stack.wait_ready(specs, timeout_s=600)
+    # From here on a service that exits is started again (as compose's restart policy does).
+    write_supervised(stack.run_dir, stack.env, specs, root)
+    stack.start(supervisor_spec(stack.run_dir))
     ready = httpx.get(f"http://127.0.0.1:{ports.search}/readyz", timeout=10).json()
     model = ready.get("model") or {}
     if model.get("fallback"):
@@ -389,8 +515,19 @@ class Down(BaseModel):
         down(self.root.resolve())
 
 
+class Supervise(BaseModel):
+    """Keep the services `up` started running (started by `up`; stopped by `down`)."""
+
+    run_dir: Path = Field(Path(".run"), description="the stack's run folder (pid files, supervised.json)")
+    poll_s: float = Field(1.0, gt=0, description="seconds between looks")
+
+    def cli_cmd(self) -> None:
+        supervise(self.run_dir.resolve(), self.poll_s)
+
+
 class DevstackCli(BaseSettings):
-    """Run the whole platform as local processes: `up` or `down`."""
+    """Run the whole platform as local processes: `up` or `down` (`supervise`: what `up` leaves
+    running)."""
 
     model_config = SettingsConfigDict(
         env_prefix="DEVSTACK_",
@@ -401,6 +538,7 @@ class DevstackCli(BaseSettings):
 
     up: CliSubCommand[Up]
     down: CliSubCommand[Down]
+    supervise: CliSubCommand[Supervise]
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from cliprs.metrics import GpuCollector
 from cliprs_embedder.routes import ROUTERS
+from cliprs_embedder.routes.deps import TokenRefused
 from cliprs_embedder.service import ModelSlot
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_http import install_error_handlers
+from cliprs_http import error_body, install_error_handlers
 from cliprs_http.observability import install_observability
 from cliprs_model import ClipEncoder
 from cliprs_model.settings import ModelSettings
@@ -34,6 +36,11 @@ def create_app(
     app.state.settings = settings or EmbedderSettings()
     app.state.model = slot
     install_error_handlers(app)
+
+    @app.exception_handler(TokenRefused)
+    async def _refused(_: Request, exc: TokenRefused) -> JSONResponse:
+        return JSONResponse(error_body("unauthorized", str(exc)), status_code=401)
+
     install_observability(app, "embedder", [GpuCollector()])
     for router in ROUTERS:
         app.include_router(router)

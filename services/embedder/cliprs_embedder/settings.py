@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cliprs.windows import WINDOWS_PER_TILE_LIMIT, count_windows
@@ -52,6 +52,10 @@ class EmbedderSettings(BaseSettings):
     max_texts: int = 256
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_side: int = 8192
+    # A shared secret the callers of /v1/embed/* send as "Authorization: Bearer <token>" (the
+    # search-api's SEARCH_EMBEDDER_TOKEN). Unset: the endpoints answer anyone who can reach the
+    # port, so set it wherever the embedder is reachable from more than the search-api.
+    service_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check(self) -> EmbedderSettings:
@@ -65,6 +69,11 @@ class EmbedderSettings(BaseSettings):
             raise ValueError(f"EMBEDDER_WRITE_WINDOWS must be at least 1, not {self.write_windows}")
         if self.decode_workers < 0:
             raise ValueError(f"EMBEDDER_DECODE_WORKERS must be 0 (auto) or more, not {self.decode_workers}")
+        if self.service_token is not None and len(self.service_token.get_secret_value()) < 16:
+            raise ValueError(
+                "EMBEDDER_SERVICE_TOKEN is shorter than 16 characters: use a long random string "
+                "(e.g. `openssl rand -hex 32`), or leave it unset"
+            )
         if self.max_tile_side < 1:
             raise ValueError(f"EMBEDDER_MAX_TILE_SIDE must be at least 1, not {self.max_tile_side}")
         # Every window of a tile needs an id below WINDOWS_PER_TILE_LIMIT (window id = tile id *

@@ -65,7 +65,11 @@ def build_context(
         settings=settings,
         holder=IndexHolder(core.index_dir, registration),
         engine=async_engine(core.database_url),
-        embedder=EmbedderClient(settings.embedder_url, transport=embedder_transport),
+        embedder=EmbedderClient(
+            settings.embedder_url,
+            transport=embedder_transport,
+            token=settings.embedder_token.get_secret_value() if settings.embedder_token else None,
+        ),
         celery=make_celery("cliprs-search", core),
         quotas=Quotas(core.redis_url, core.redis_namespace),
     )

@@ -39,13 +39,19 @@ def error_from(resp: httpx.Response) -> ClipRSError:
 
 class EmbedderClient:
     def __init__(
-        self, base_url: str, timeout_s: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        base_url: str,
+        timeout_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        token: str | None = None,
     ):
+        """``token``: the embedder's service token (EMBEDDER_SERVICE_TOKEN), sent on every request."""
         # Keep-alive connections: a search must not pay a TCP handshake for its embedding.
         self.client = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout_s,
             transport=transport,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
             event_hooks={"request": [forward_request_id]},  # X-Request-ID across services
         )
 

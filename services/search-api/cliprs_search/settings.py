@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cliprs.clouds import CLOUDY_SCORE
@@ -24,6 +24,8 @@ class SearchSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     embedder_url: str = "http://127.0.0.1:8002"
+    # Sent to the embedder as "Authorization: Bearer <token>": its EMBEDDER_SERVICE_TOKEN.
+    embedder_token: SecretStr | None = None
     # Public base URL of the tiler, used in the image URLs of results.
     tiler_public_url: str = "http://127.0.0.1:8001"
     # Origins whose pages may call the API from a browser (CORS); the default is the web page

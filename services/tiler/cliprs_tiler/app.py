@@ -7,13 +7,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from cliprs.metrics import QueueCollector
 from cliprs.settings import CoreSettings
 from cliprs_http import install_error_handlers
+from cliprs_http.errors import error_body
 from cliprs_http.observability import install_observability
+from cliprs_tiler.access import KeyRefused
 from cliprs_tiler.routes import health, plans, tiles
 from cliprs_tiler.service import TilerContext
 from cliprs_tiler.settings import TilerSettings
@@ -42,6 +45,11 @@ def create_app(core: CoreSettings | None = None, settings: TilerSettings | None 
         expose_headers=["ETag"],
     )
     install_error_handlers(app)
+
+    @app.exception_handler(KeyRefused)
+    async def _refused(_: Request, exc: KeyRefused) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
     install_observability(app, "tiler", [QueueCollector(core.redis_url)])
     for module in (health, tiles, plans):
         app.include_router(module.router)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, Depends, File, UploadFile
 
 from cliprs_embedder import service
-from cliprs_embedder.routes.deps import Settings, Slot
+from cliprs_embedder.routes.deps import Settings, Slot, require_service_token
 from cliprs_embedder.schemas import EmbeddingResponse, TextEmbeddingResponse, TextRequest
 from cliprs_http.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1/embed", tags=["embed"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/embed",
+    tags=["embed"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_service_token)],
+)
 
 
 @router.post("/text", response_model=TextEmbeddingResponse)

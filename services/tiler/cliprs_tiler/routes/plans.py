@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 
 from cliprs_http.schemas import ERROR_RESPONSES
 from cliprs_tiler import service
-from cliprs_tiler.routes.deps import get_context
+from cliprs_tiler.routes.deps import get_context, require_read_key
 from cliprs_tiler.schemas import JobProgress, PlanRequest, PlanSummary
 from cliprs_tiler.service import TilerContext
 
@@ -30,7 +30,8 @@ def plan_post(body: PlanRequest, ctx: TilerContext = Depends(get_context)) -> Pl
     return service.plan_for_request(ctx, body)
 
 
-@router.get("/v1/jobs/{job_id}/progress")
+# Plan previews are public (tile arithmetic, no data); progress shows an area's jobs.
+@router.get("/v1/jobs/{job_id}/progress", dependencies=[Depends(require_read_key)])
 def progress(job_id: int, ctx: TilerContext = Depends(get_context)) -> JobProgress:
     """Per-zoom progress of an ingest job (planned, fetched, cached, failed, pending, embedded)
     from the tiles table, with the first failures and their reasons."""

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from cliprs_http.schemas import ERROR_RESPONSES
 from cliprs_tiler import service
-from cliprs_tiler.routes.deps import get_context
+from cliprs_tiler.routes.deps import get_context, require_read_key
 from cliprs_tiler.service import TileImage, TilerContext
 
-router = APIRouter(tags=["tiles"], responses=ERROR_RESPONSES)
+# Imagery: with TILER_REQUIRE_KEY_FOR_READS, only for a read key.
+router = APIRouter(tags=["tiles"], responses=ERROR_RESPONSES, dependencies=[Depends(require_read_key)])
 
 MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 CACHE_CONTROL = "public, max-age=86400"  # a tile's bytes never change once cached

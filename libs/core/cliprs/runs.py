@@ -98,6 +98,30 @@ def scores_path(data_dir: Path, run_id: int) -> Path:
     return Path(data_dir) / "runs" / f"{int(run_id)}.npz"
 
 
+def scores_files(data_dir: Path) -> dict[int, Path]:
+    """Run id -> its scores file, for every scores file in ``data_dir`` (nothing else there)."""
+    folder = Path(data_dir) / "runs"
+    if not folder.is_dir():
+        return {}
+    return {
+        int(p.stem): p
+        for p in folder.glob("*.npz")
+        if p.stem.isdigit() and p == scores_path(data_dir, int(p.stem))
+    }
+
+
+def remove_scores(data_dir: Path, run_ids: Sequence[int]) -> int:
+    """Delete these runs' scores files (a run's file goes with its row); how many there were."""
+    removed = 0
+    for run_id in run_ids:
+        try:
+            scores_path(data_dir, run_id).unlink()
+        except FileNotFoundError:  # never scored, or removed meanwhile
+            continue
+        removed += 1
+    return removed
+
+
 def write_scores(
     path: Path,
     ids: np.ndarray,

@@ -1,5 +1,5 @@
-"""Index upkeep: removing versions no searcher holds and vector chunks of tiles that no longer
-exist, deleting an area, rebuilding everything."""
+"""Index upkeep: removing versions no searcher holds, vector chunks of tiles that no longer
+exist and scores files of runs that no longer exist, deleting an area, rebuilding everything."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import redis
 from sqlalchemy.engine import Connection
 
+from cliprs import runs
 from cliprs.db.engine import sync_engine
 from cliprs.errors import NotFound
 from cliprs.manifest import GarbageReport, collect_garbage, held_versions
@@ -35,6 +36,7 @@ class GcReport(GarbageReport):
     """What one collection removed: index versions and their files, and vector chunks."""
 
     removed_chunks: int = 0  # vector chunks of tiles that no longer exist
+    removed_run_files: int = 0  # scores files of runs that no longer exist
 
 
 def garbage_collect(core: CoreSettings, settings: IndexerSettings) -> GcReport:
@@ -59,12 +61,29 @@ def garbage_collect(core: CoreSettings, settings: IndexerSettings) -> GcReport:
             len(report.removed_files),
             report.kept_versions,
         )
+    report.removed_run_files = collect_run_files(core)
     global _chunks_collected_at
     # Walking every chunk folder costs seconds at millions of tiles: at most every chunk_gc_every_s.
     if time.monotonic() - _chunks_collected_at >= settings.chunk_gc_every_s:
         report.removed_chunks = collect_chunks(core, settings.chunk_gc_min_age_s)
         _chunks_collected_at = time.monotonic()
     return report
+
+
+def collect_run_files(core: CoreSettings) -> int:
+    """Remove the scores files whose run is not in ``detect_runs`` (a project deleted while the
+    indexer still scored one of its runs, or by a search-api on another data dir); returns how
+    many. A run's row exists before its file is written and run ids are never reused, so a
+    file whose run is gone stays garbage."""
+    files = runs.scores_files(core.data_dir)
+    if not files:
+        return 0
+    with sync_engine(core.database_url).connect() as conn:
+        gone = sorted(set(files) - repository.existing_run_ids(conn, list(files)))
+    removed = runs.remove_scores(core.data_dir, gone)
+    if removed:
+        log.info("removed %d scores files of runs that no longer exist", removed)
+    return removed
 
 
 def collect_chunks(core: CoreSettings, min_age_s: float) -> int:

@@ -217,6 +217,15 @@ def set_windows_indexed(conn: Connection, job_id: int, count: int) -> None:
 # ---- detection runs ----
 
 
+def existing_run_ids(conn: Connection, run_ids: Sequence[int]) -> set[int]:
+    """Which of these run ids are still in ``detect_runs``."""
+    return set(
+        conn.execute(
+            text("SELECT id FROM detect_runs WHERE id = ANY(:ids)"), {"ids": list(run_ids)}
+        ).scalars()
+    )
+
+
 def lock_run(conn: Connection, run_id: int) -> Row | None:
     """The run's ``id``, ``project_id``, ``state`` and ``threshold``, locked until the end of the
     transaction (None when the run is gone)."""

@@ -14,6 +14,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from cliprs import runs
 from cliprs.db.engine import sync_engine
 from cliprs.errors import ClipRSError, NotFound
 from cliprs.manifest import (
@@ -340,3 +341,35 @@ def test_gc_removes_vector_chunks_of_tiles_that_no_longer_exist(
     write_chunk(core.vectors_dir, never + 2, np.array([(never + 2) << 12]), np.ones((1, 32)), MODEL)
     os.utime(chunk_path(core.vectors_dir, never + 2), (hours_ago, hours_ago))
     assert garbage_collect(core, settings).removed_chunks == 0
+
+
+def test_gc_removes_score_files_of_runs_that_are_gone(core_settings: CoreSettings) -> None:
+    """A run's scores file goes with its row; one left behind (the run or its project deleted
+    while the indexer was still scoring it, or by a search-api on another data dir) is garbage."""
+    core = core_settings
+    engine = sync_engine(core.database_url)
+    with engine.begin() as conn:
+        project = conn.execute(
+            text("INSERT INTO projects (name) VALUES ('gc runs') RETURNING id")
+        ).scalar_one()
+        kept, gone = (
+            conn.execute(
+                text("INSERT INTO detect_runs (project_id) VALUES (:p) RETURNING id"), {"p": project}
+            ).scalar_one()
+            for _ in range(2)
+        )
+    try:
+        for run_id in (kept, gone):
+            runs.write_scores(runs.scores_path(core.data_dir, run_id), np.arange(3), np.full(3, 0.5))
+        other = core.data_dir / "runs" / "notes.txt"  # not a scores file: never touched
+        other.write_text("x")
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM detect_runs WHERE id = :r"), {"r": gone})
+        report = garbage_collect(core, NOW)
+        assert report.removed_run_files == 1
+        assert runs.scores_path(core.data_dir, kept).exists() and other.exists()
+        assert not runs.scores_path(core.data_dir, gone).exists()
+        assert garbage_collect(core, NOW).removed_run_files == 0
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM projects WHERE id = :p"), {"p": project})

@@ -93,6 +93,12 @@ async def set_project_areas(conn: AsyncConnection, project_id: int, area_ids: li
         )
 
 
+async def run_ids(conn: AsyncConnection, project_id: int) -> list[int]:
+    """The ids of the project's runs."""
+    rows = await conn.execute(text("SELECT id FROM detect_runs WHERE project_id = :p"), {"p": project_id})
+    return list(rows.scalars())
+
+
 async def delete_project(conn: AsyncConnection, project_id: int) -> None:
     """Remove a project; its areas, labels and runs go with it (ON DELETE CASCADE)."""
     await conn.execute(text("DELETE FROM projects WHERE id = :id"), {"id": project_id})

@@ -10,6 +10,7 @@ project's areas.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cliprs.errors import InvalidInput, NotFound
+from cliprs.runs import remove_scores
 from cliprs_search.context import Context
 from cliprs_search.repository import projects as repo
 from cliprs_search.schemas.projects import (
@@ -150,10 +152,14 @@ async def update_project(ctx: Context, project_id: int, body: ProjectUpdate) -> 
 
 
 async def delete_project(ctx: Context, project_id: int) -> Project:
-    """Remove a project with its labels and runs; answers the project as it was."""
+    """Remove a project with its labels and runs, and then its runs' scores files (one the
+    indexer writes later, or on another data dir, is the indexer's garbage collection's);
+    answers the project as it was."""
     async with ctx.engine.begin() as conn:
         project = await _project(conn, project_id, lock=True)
+        run_ids = await repo.run_ids(conn, project_id)
         await repo.delete_project(conn, project_id)
+    await asyncio.to_thread(remove_scores, ctx.core.data_dir, run_ids)
     return project
 
 

@@ -6,6 +6,9 @@
   (catches typos), and each service's settings load from exactly that environment.
 - Its builds match the Dockerfile: every build target is a stage of deploy/Dockerfile, and only
   the embedder (and tools) targets carry torch.
+- Its exposure matches the README's security section: only the page, the search-api and the tiler
+  publish ports on every interface; the embedder publishes none and needs a service token that
+  the search-api sends (one required host variable); the tiler follows the search-api's read rule.
 
 Each check takes the parsed compose dict (or the Dockerfile's text) and returns a list of
 problems, so the negative tests at the bottom can feed it a broken copy and see it complain.
@@ -61,6 +64,12 @@ SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "SEARCH_": SearchSettings,
     "WEB_": WebSettings,
 }
+# The services a browser or an API client talks to: the only ones publishing ports on every
+# interface. Anything else publishes nothing, or binds 127.0.0.1 (an operator's tunnel).
+PUBLIC_SERVICES = {"web", "search-api", "tiler"}
+# Reached inside the compose network only: no published port at all, not even on loopback.
+UNPUBLISHED_SERVICES = {"embedder", "postgis", "redis"}
+LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
 # Variables with a settings prefix that the code reads straight from os.environ.
 EXTRA_ENV: set[str] = set()
 # The only Dockerfile targets allowed to carry torch (GBs; the light services never need it).
@@ -149,6 +158,29 @@ def published_ports(svc: dict) -> list[tuple[int | None, int]]:
     return result
 
 
+def port_bindings(svc: dict) -> list[tuple[str | None, int | None, int]]:
+    """(host address, host port, container port) of each ``ports`` entry; address None: every
+    interface (Docker's default)."""
+    result = []
+    for entry in svc.get("ports") or []:
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            result.append((entry.get("host_ip"), int(published) if published else None, int(entry["target"])))
+            continue
+        parts = str(entry).split("/")[0].rsplit(":", 2)
+        container = int(parts[-1])
+        host = int(parts[-2]) if len(parts) >= 2 and parts[-2] else None
+        address = parts[0] if len(parts) == 3 and parts[0] else None
+        result.append((address, host, container))
+    return result
+
+
+def container_ports(svc: dict) -> list[int]:
+    """The ports a service listens on as compose declares them: published, else ``expose``d."""
+    published = [c for _, c in published_ports(svc)]
+    return published or [int(str(p).split("/")[0]) for p in svc.get("expose") or []]
+
+
 def settings_class_for(var: str) -> type[BaseSettings] | None:
     matches = [p for p in SETTINGS_BY_PREFIX if var.startswith(p)]
     return SETTINGS_BY_PREFIX[max(matches, key=len)] if matches else None
@@ -223,9 +255,48 @@ def check_settings_load(compose: dict) -> list[str]:
         settings = loaded[cls]
         if settings.host != "0.0.0.0":
             problems.append(f"{name}: listens on {settings.host}, unreachable from outside the container")
-        ports = [c for _, c in published_ports(svc)]
+        ports = container_ports(svc)
         if ports and settings.port != ports[0]:
             problems.append(f"{name}: listens on port {settings.port}, publishes {ports[0]}")
+    return problems
+
+
+_REQUIRED_VAR = re.compile(r"^\$\{(?P<name>[A-Za-z_]\w*):\?[^}]+\}$")
+
+
+def check_exposure(compose: dict) -> list[str]:
+    """Only the public services publish ports on every interface; the embedder, PostGIS and
+    Redis publish none; everything else binds loopback. The embedder's service token is a
+    required host variable (compose refuses to start without it) that the search-api sends, and
+    the tiler's read rule is the search-api's."""
+    problems = []
+    services = services_of(compose)
+    for name, svc in services.items():
+        for address, host, container in port_bindings(svc):
+            if name in UNPUBLISHED_SERVICES:
+                problems.append(
+                    f"{name}: publishes port {container}; it must be reachable inside compose only"
+                )
+            elif name not in PUBLIC_SERVICES and address not in LOOPBACK:
+                problems.append(
+                    f"{name}: publishes port {host or container} on every interface; bind it to "
+                    "127.0.0.1 or publish nothing"
+                )
+    embedder = environment(services.get("embedder", {}))
+    token = embedder.get("EMBEDDER_SERVICE_TOKEN", "")
+    if not _REQUIRED_VAR.match(token):
+        problems.append(
+            "embedder: EMBEDDER_SERVICE_TOKEN must be a required host variable (${VAR:?message}), "
+            f"not {token!r}"
+        )
+    search = environment(services.get("search-api", {}))
+    if search.get("SEARCH_EMBEDDER_TOKEN") != token:
+        problems.append("search-api: SEARCH_EMBEDDER_TOKEN is not the embedder's EMBEDDER_SERVICE_TOKEN")
+    reads = search.get("SEARCH_REQUIRE_KEY_FOR_READS")
+    if environment(services.get("tiler", {})).get("TILER_REQUIRE_KEY_FOR_READS") != reads:
+        problems.append(
+            "tiler: TILER_REQUIRE_KEY_FOR_READS is not the search-api's SEARCH_REQUIRE_KEY_FOR_READS"
+        )
     return problems
 
 
@@ -413,7 +484,14 @@ def check_torch_targets(compose: dict, dockerfile_text: str | None = None) -> li
 # Tests: the real files
 # --------------------------------------------------------------------------------------------
 
-ALL_CHECKS = [check_schema, check_env_names, check_settings_load, check_build_targets, check_torch_targets]
+ALL_CHECKS = [
+    check_schema,
+    check_env_names,
+    check_settings_load,
+    check_exposure,
+    check_build_targets,
+    check_torch_targets,
+]
 
 
 @pytest.fixture(scope="module")
@@ -441,6 +519,14 @@ def test_settings_seen_by_the_containers(compose: dict) -> None:
     assert core.redis_url == "redis://redis:6379/0"
     assert str(core.data_dir) == "/data"
     assert core.tile_sources["mapbox"].endswith("access_token=${MAPBOX_TOKEN}")
+    host = {"EMBEDDER_SERVICE_TOKEN": "t" * 64, "REQUIRE_KEY_FOR_READS": "true"}
+    with mock.patch.dict(os.environ, container_env(services["embedder"], host), clear=True):
+        assert EmbedderSettings().service_token.get_secret_value() == "t" * 64
+    with mock.patch.dict(os.environ, container_env(services["search-api"], host), clear=True):
+        assert SearchSettings().embedder_token.get_secret_value() == "t" * 64
+        assert SearchSettings().require_key_for_reads is True
+    with mock.patch.dict(os.environ, container_env(services["tiler"], host), clear=True):
+        assert TilerSettings().require_key_for_reads is True
     model = load_service_settings(services["embedder-worker"], "embedder-worker")[ModelSettings]
     assert model.model == "flax-community/clip-rsicd-v2"
     assert str(model.fallback_dir).startswith("/cache/")
@@ -522,6 +608,54 @@ BROKEN = [
         "listens on 127.0.0.1",
     ),
     ("env port", _set_env("embedder", "EMBEDDER_PORT", "9000"), check_settings_load, "listens on port 9000"),
+    (
+        "embedder published",
+        lambda c: _svc(c, "embedder").update(ports=["8002:8002"]),
+        check_exposure,
+        "embedder: publishes port 8002",
+    ),
+    (
+        "embedder published on loopback",
+        lambda c: _svc(c, "embedder").update(ports=["127.0.0.1:8002:8002"]),
+        check_exposure,
+        "embedder: publishes port 8002",
+    ),
+    (
+        "flower on every interface",
+        lambda c: _svc(c, "flower").update(ports=["5555:5555"]),
+        check_exposure,
+        "flower: publishes port 5555 on every interface",
+    ),
+    (
+        "worker published (long syntax)",
+        lambda c: _svc(c, "indexer").update(ports=[{"target": 9000, "published": 9000}]),
+        check_exposure,
+        "indexer: publishes port 9000 on every interface",
+    ),
+    (
+        "embedder token optional",
+        _set_env("embedder", "EMBEDDER_SERVICE_TOKEN", "${EMBEDDER_SERVICE_TOKEN:-}"),
+        check_exposure,
+        "must be a required host variable",
+    ),
+    (
+        "no embedder token",
+        _set_env("embedder", "EMBEDDER_SERVICE_TOKEN", None),
+        check_exposure,
+        "must be a required host variable",
+    ),
+    (
+        "search-api without the token",
+        _set_env("search-api", "SEARCH_EMBEDDER_TOKEN", None),
+        check_exposure,
+        "SEARCH_EMBEDDER_TOKEN is not the embedder's",
+    ),
+    (
+        "tiler open while the API needs keys",
+        _set_env("tiler", "TILER_REQUIRE_KEY_FOR_READS", "false"),
+        check_exposure,
+        "TILER_REQUIRE_KEY_FOR_READS is not the search-api's",
+    ),
     ("unknown key", lambda c: _svc(c, "web").update(imgae="x"), check_schema, "'imgae' was unexpected"),
     (
         "build context",

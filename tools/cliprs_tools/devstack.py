@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def stack_env(ports: Ports, base: dict[str, str]) -> dict[str, str]:
         WEB_TILER_URL=f"http://{host}:{ports.tiler}",
         PYTHONUNBUFFERED="1",
     )
+    # The embedder answers /v1/embed/* only with this token, which the search-api sends: a fresh
+    # one per stack unless the caller gave one.
+    token = env.get("EMBEDDER_SERVICE_TOKEN") or secrets.token_hex(32)
+    env.update(EMBEDDER_SERVICE_TOKEN=token, SEARCH_EMBEDDER_TOKEN=token)
     # The web page of this stack may call the API from a browser (unless the caller chose).
     env.setdefault(
         "SEARCH_CORS_ORIGINS", json.dumps([f"http://{host}:{ports.web}", f"http://localhost:{ports.web}"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cliprs.windows import WINDOWS_PER_TILE_LIMIT, count_windows
@@ -56,6 +56,12 @@ class EmbedderSettings(BaseSettings):
     # search-api's SEARCH_EMBEDDER_TOKEN). Unset: the endpoints answer anyone who can reach the
     # port, so set it wherever the embedder is reachable from more than the search-api.
     service_token: SecretStr | None = None
+
+    @field_validator("service_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # EMBEDDER_SERVICE_TOKEN= (empty) is no token, not a token anyone can send.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check(self) -> EmbedderSettings:

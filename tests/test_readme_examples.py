@@ -30,6 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,31 +124,36 @@ def make_up(redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempP
     """The platform as `make up` leaves it, and the directory its commands run in."""
     root = tmp_path_factory.mktemp("make-up")
     pyramid = root / "var" / "demo-tiles"
-    render_pyramid(demo_band_paths(), pyramid, DEMO_AREA["zooms"], progress=False)
     sources = {"demo": f"file://{pyramid}/{{z}}/{{x}}/{{y}}.png", LANDSAT_SOURCE: landsat_source_template()}
     env = {
         "CLIPRS_TILE_SOURCES": json.dumps(sources),
         "CLIP_MODEL": str(tiny_model_dir),
         "SEARCH_AUTH": "on",  # as `make up`: writes need a key
     }
-    # A database of its own: ids start at 1, as on a fresh `make up`.
-    with (
-        throwaway_database() as database_url,
-        run_platform(
-            root / ".run",
-            database_url=database_url,
-            redis_url=redis_url,
-            data_dir=root / "var",
-            namespace=f"readme-{uuid.uuid4().hex[:8]}",
-            env=env,
-            health_only=True,  # no index before the first ingest
-        ) as platform,
-    ):
-        key = local_admin_key(database_url, root / ".run" / "admin-key")
-        headers = {"Authorization": f"Bearer {key}"}
-        for area in (DEMO_AREA, LANDSAT_AREA):
-            ingest(platform["api"], area, timeout_s=SETTLE_TIMEOUT_S, show=False, headers=headers)
-        yield {**platform, "root": root, "database_url": database_url}
+    # A database of its own: ids start at 1, as on a fresh `make up`. The demo pyramid is
+    # rendered while the services start (the tiler reads it only once an area is fetched).
+    with ThreadPoolExecutor(1) as pool:
+        rendering = pool.submit(
+            render_pyramid, demo_band_paths(), pyramid, DEMO_AREA["zooms"], progress=False
+        )
+        with (
+            throwaway_database() as database_url,
+            run_platform(
+                root / ".run",
+                database_url=database_url,
+                redis_url=redis_url,
+                data_dir=root / "var",
+                namespace=f"readme-{uuid.uuid4().hex[:8]}",
+                env=env,
+                health_only=True,  # no index before the first ingest
+            ) as platform,
+        ):
+            key = local_admin_key(database_url, root / ".run" / "admin-key")
+            headers = {"Authorization": f"Bearer {key}"}
+            rendering.result()
+            for area in (DEMO_AREA, LANDSAT_AREA):
+                ingest(platform["api"], area, timeout_s=SETTLE_TIMEOUT_S, show=False, headers=headers)
+            yield {**platform, "root": root, "database_url": database_url}
 
 
 def substitute(command: str, platform: dict) -> str:

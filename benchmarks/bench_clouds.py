@@ -240,7 +240,9 @@ def run(options: CloudBenchSettings) -> None:
     print(
         f"clear scene: {clear['flagged_cloudy']} of {clear['windows']} windows scored cloudy ({clear['false_alarm_rate']:.1%})"
     )
-    print(f"cloud_mask: {results['ms_per_tile']} ms per tile; load average {at_start['load_average']}")
+    print(
+        f"cloud_mask: {results['ms_per_tile']} ms per tile; load average {at_start['load_average_start']} -> {results['load_average_end']}"
+    )
     print(f"results: {options.out}")
 
 

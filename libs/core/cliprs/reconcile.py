@@ -20,7 +20,11 @@ when the indexer starts the run and every ``CLIPRS_STALL_S / 4`` while it works 
   it finished and skip);
 - a ``running`` run whose heartbeat stopped lost its worker (or its retries ran out): the
   detect task again, at most ``CLIPRS_RUN_HANDOUTS`` times (``detect_runs.handouts``); then the
-  run fails, saying why.
+  run fails, saying why;
+- a ``rethresholding`` run (a new threshold the search-api left to the indexer) whose task was
+  lost: back to ``done`` with the results it has and, in ``error``, that the threshold was not
+  applied (the threshold travels only in the lost task, so the user applies it again). The
+  indexer holds the run's row lock while it applies one, so a long one is never taken for lost.
 
 Every task is idempotent (the indexer takes a run under its row lock and skips one that is no
 longer queued or running), so a task handed out twice costs time, never correctness. Only one
@@ -68,7 +72,7 @@ STALLED_JOBS = text(
 STALLED_RUNS = text(
     """
     SELECT id, state, handouts FROM detect_runs
-    WHERE state IN ('queued', 'running') AND heartbeat_at < now() - make_interval(secs => :stall_s)
+    WHERE state IN ('queued', 'running', 'rethresholding') AND heartbeat_at < now() - make_interval(secs => :stall_s)
     ORDER BY id
     FOR UPDATE SKIP LOCKED
     """
@@ -80,6 +84,10 @@ RUN_HANDED_OUT = text(
 RUN_FAILED = text(
     "UPDATE detect_runs SET state = 'failed', error = :error, finished_at = now(), heartbeat_at = now() "
     "WHERE id = :id"
+)
+RETHRESHOLD_LOST = text(
+    "UPDATE detect_runs SET state = 'done', error = :error, heartbeat_at = now() "
+    "WHERE id = :id AND state = 'rethresholding'"
 )
 RUN_HANDOUTS = 3
 
@@ -124,6 +132,14 @@ def plan_run_handouts(conn: Connection, stall_s: float, run_handouts: int) -> li
     times while running (in the caller's transaction)."""
     handouts: list[Handout] = []
     for run in conn.execute(STALLED_RUNS, {"stall_s": stall_s}).all():
+        if run.state == "rethresholding":
+            reason = (
+                "the new threshold was not applied (its task was lost or the indexer stopped before "
+                "applying it); the run keeps its previous threshold's results: apply the threshold again"
+            )
+            conn.execute(RETHRESHOLD_LOST, {"id": run.id, "error": reason})
+            log.warning("run %s: %s", run.id, reason)
+            continue
         if run.state == "running" and run.handouts >= run_handouts:
             reason = (
                 f"the indexer stopped working on this run without finishing it (its worker died or its "

@@ -109,3 +109,22 @@ def test_live_fresh_and_finished_runs_are_left_alone(db: Engine, project: int) -
     for run_id in (fresh, live, done, failed):
         assert run(db, run_id) == []
     assert [row(db, r).state for r in (fresh, live, done, failed)] == ["queued", "running", "done", "failed"]
+
+
+def test_a_lost_rethreshold_goes_back_to_done_with_its_reason(db: Engine, project: int) -> None:
+    # The search-api marked the run rethresholding and queued the indexer's task, which was lost.
+    lost = make_run(db, project, "rethresholding")
+    fresh = make_run(db, project, "rethresholding", stalled=False)  # its task may still come
+    assert run(db, lost) == [] and run(db, fresh) == []  # nothing to hand out: the threshold was in the task
+    back = row(db, lost)
+    assert back.state == "done" and "not applied" in back.error and "apply the threshold again" in back.error
+    assert row(db, fresh).state == "rethresholding" and row(db, fresh).error is None
+
+
+def test_a_rethreshold_the_indexer_is_applying_is_not_taken_for_lost(db: Engine, project: int) -> None:
+    # The indexer holds the run's row lock while it applies a threshold, however long that takes.
+    working = make_run(db, project, "rethresholding")
+    with db.begin() as conn:
+        conn.execute(text("SELECT id FROM detect_runs WHERE id = :r FOR UPDATE"), {"r": working})
+        assert run(db, working) == []
+    assert row(db, working).state == "rethresholding"

@@ -104,9 +104,11 @@ async def set_threshold(
 
 async def set_state(conn: AsyncConnection, run_id: int, state: str) -> None:
     """A change of state that leaves the results as they are (``updated_at``, their version,
-    is kept: downloads and tile ETags of the current results stay valid)."""
+    is kept: downloads and tile ETags of the current results stay valid). It is a sign of life
+    (``heartbeat_at``): the reconciler gives a ``rethresholding`` run that long for its task."""
     await conn.execute(
-        text("UPDATE detect_runs SET state = :s, error = NULL WHERE id = :r"), {"s": state, "r": run_id}
+        text("UPDATE detect_runs SET state = :s, error = NULL, heartbeat_at = now() WHERE id = :r"),
+        {"s": state, "r": run_id},
     )
 
 

@@ -172,20 +172,22 @@ def _read_hits(path, threshold: float) -> tuple[list[int], list[float], tuple | 
 
 async def _rethreshold_later(ctx: Context, run_id: int, threshold: float) -> Run:
     """Mark the run ``rethresholding`` and queue the indexer's task; back to ``done`` (and 503)
-    when the queue cannot take it."""
+    when the queue cannot take it. The answer is the run as marked (its current threshold and
+    results), whatever the indexer has done by the time it is sent."""
     async with ctx.engine.begin() as conn:
         locked = await repo.run(conn, run_id, lock=True)
         if locked is None:
             raise NotFound(f"no run {run_id}")
         _require_done(_run(locked), ("done",))
         await repo.set_state(conn, run_id, "rethresholding")
+        marked = _run(await repo.run(conn, run_id))
     try:
         await asyncio.to_thread(enqueue, ctx.celery, TASK_RETHRESHOLD_RUN, [run_id, threshold])
     except Unavailable:
         async with ctx.engine.begin() as conn:
             await repo.set_state(conn, run_id, "done")
         raise
-    return await get_run(ctx, run_id)
+    return marked
 
 
 async def polygons(ctx: Context, run_id: int, limit: int, offset: int) -> RunPolygons:

@@ -230,6 +230,42 @@ def test_no_banner_when_the_real_model_is_loaded(browser, stack: dict, ingested:
     context.close()
 
 
+def test_a_stored_key_goes_with_tiles_and_window_pixels(browser, stack: dict, ingested: dict) -> None:
+    """When reads need a key the tiler wants it too: the page sends the stored key with MapLibre's
+    tile requests and fetches thumbnails with it (an <img> cannot send headers); the map asks
+    only for the zooms the area planned."""
+    key = "ck_12345678_browser-test-key"
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.add_init_script(f"sessionStorage.setItem('cliprs.apiKey', '{key}')")
+    pg = context.new_page()
+    sent: list[tuple[str, str | None]] = []
+    pg.on(
+        "request",
+        lambda r: (
+            sent.append((r.url, r.headers.get("x-api-key")))
+            if r.method == "GET" and r.url.startswith(stack["tiler"])
+            else None
+        ),
+    )
+    pg.goto(stack["web"])
+    pg.wait_for_selector("body[data-ready=true][data-map=ready]", timeout=30_000)
+    _fit(pg, AREA_BBOX)
+    pg.wait_for_function("() => cliprs.map.areTilesLoaded()")
+    _search(pg, "farmland along a creek")
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('#results img.thumb')].some(i => i.complete && i.naturalWidth > 0)"
+    )
+    sources = pg.eval_on_selector_all("#results img.thumb", "els => els.map(e => e.src)")
+    tiles = [(url, sent_key) for url, sent_key in sent if f"/tiles/{SOURCE}/" in url]
+    windows = [(url, sent_key) for url, sent_key in sent if "/windows/" in url]
+    assert tiles and windows, sent
+    assert all(sent_key == key for _, sent_key in tiles + windows), sent
+    assert any(src.startswith("blob:") for src in sources), sources
+    assert {int(url.split(f"/tiles/{SOURCE}/")[1].split("/")[0]) for url, _ in tiles} <= set(AREA_ZOOMS)
+    _screenshot(pg, "test_a_stored_key_goes_with_tiles_and_window_pixels")
+    context.close()
+
+
 # ---------------------------------------------------------------- search
 
 

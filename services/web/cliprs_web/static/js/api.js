@@ -27,7 +27,10 @@ export class ApiError extends Error {
 
 /** Where the page keeps the API key: for this browser session only (sessionStorage). */
 export const API_KEY_STORAGE = "cliprs.apiKey";
-/** Base URLs whose requests carry the key (the search-api; never the tiler or the page's own). */
+/**
+ * Base URLs whose requests carry the key: the search-api and the tiler (which checks it when
+ * reads need a key); never the page's own origin or a third party (the Mapbox base map).
+ */
 const keyedBases = new Set();
 /** @type {null | ((info: {status: number, message: string}) => Promise<string|null>)} */
 let keyPrompt = null;
@@ -62,6 +65,74 @@ export function setKeyPrompt(prompt) {
 function keyed(url) {
   for (const base of keyedBases) if (url.startsWith(base)) return true;
   return false;
+}
+
+/**
+ * The headers that carry the stored key to `url` (empty when it goes elsewhere, or there is no
+ * key): for requests the page does not make with `requestJson`, e.g. MapLibre's tiles.
+ * @returns {Record<string, string>}
+ */
+export function keyHeaders(url) {
+  const key = keyed(String(url)) ? storedApiKey() : null;
+  return key ? { "X-API-Key": key } : {};
+}
+
+/**
+ * The bytes of `url` as a Blob, sent with the key; `ApiError` with the platform's message on an
+ * error answer. For what a plain link or `<img>` cannot fetch when the service wants a key.
+ */
+export async function fetchBlob(url, { signal } = {}) {
+  let response;
+  try {
+    response = await fetch(url, { signal, headers: keyHeaders(url) });
+  } catch (err) {
+    if (err?.name === "AbortError") throw err;
+    throw new ApiError(`could not reach ${new URL(url).origin} (network error)`, { url });
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new ApiError(errorMessage(body, response.status, response.statusText), {
+      status: response.status,
+      code: body?.error?.code ?? null,
+      url,
+    });
+  }
+  return response.blob();
+}
+
+/**
+ * Show `url` in `img`. Without a key to send it is a plain `src`; with one, the image is fetched
+ * with the key header and shown from a blob URL (an `<img>` cannot send headers). A failure
+ * fires the image's `error` event either way.
+ */
+export function setImageSource(img, url) {
+  if (!Object.keys(keyHeaders(url)).length) {
+    img.src = url;
+    return;
+  }
+  fetchBlob(url)
+    .then((blob) => {
+      const objectUrl = URL.createObjectURL(blob);
+      img.addEventListener("load", () => URL.revokeObjectURL(objectUrl), { once: true });
+      img.src = objectUrl;
+    })
+    .catch(() => img.dispatchEvent(new Event("error")));
+}
+
+/**
+ * Download `url` as a file. Without a key to send, the browser follows the link itself (it
+ * streams to disk); with one, the file is fetched with the key header and saved from a blob.
+ */
+export async function downloadFile(url, filename) {
+  const blob = await fetchBlob(url);
+  const objectUrl = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = objectUrl;
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(objectUrl), 60_000);
 }
 
 /** The message of an error answer: the platform's envelope, FastAPI's `detail`, or the status. */
@@ -487,6 +558,8 @@ export class TilerApi {
   constructor(baseUrl) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.capabilities = { plan: false, progress: false };
+    // When reads need a key, the tiler wants it too (tiles, window pixels, job progress).
+    keyedBases.add(this.baseUrl + "/");
   }
 
   async loadCapabilities({ signal } = {}) {

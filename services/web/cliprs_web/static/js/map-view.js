@@ -5,6 +5,7 @@
  * no remote base map, glyphs or sprites.
  */
 
+import { keyHeaders } from "./api.js";
 import { scoreColorExpression } from "./colors.js";
 import { ShapeDrawer } from "./draw.js";
 import { bboxPolygon, geometryBbox, unionBbox } from "./geo.js";
@@ -27,6 +28,31 @@ const RUN_SOURCE = "run-detections";
 const RUN_LAYERS = { fill: "run-detections-fill", outline: "run-detections-outline", points: "run-detection-points" };
 const HEAT_SOURCE = "heatmap";
 export const SHAPE_COLORS = { search: "#ffd43b", area: "#3fd0ff" };
+
+/**
+ * The zoom levels an area planned, as runs of consecutive levels: [12, 13, 16] -> [[12, 13], [16]].
+ * Each run is one raster source, so the map never asks for a level that was not planned.
+ */
+export function zoomRuns(zooms) {
+  const sorted = [...new Set((zooms ?? []).filter(Number.isInteger))].sort((a, b) => a - b);
+  const runs = [];
+  for (const z of sorted) {
+    const last = runs[runs.length - 1];
+    if (last && z === last[last.length - 1] + 1) last.push(z);
+    else runs.push([z]);
+  }
+  return runs;
+}
+
+/** The id of an area's imagery source for the zoom run starting at `first` (the lowest: no suffix). */
+function imageryId(areaId, first, lowest) {
+  return first === lowest ? `${AREA_SOURCE_PREFIX}${areaId}` : `${AREA_SOURCE_PREFIX}${areaId}-z${first}`;
+}
+
+/** The area id of an imagery source id, as a string. */
+function areaOfImagery(sourceId) {
+  return sourceId.slice(AREA_SOURCE_PREFIX.length).split("-")[0];
+}
 
 const selectedOrHover = ["any", ["boolean", ["feature-state", "selected"], false], ["boolean", ["feature-state", "hover"], false]];
 
@@ -75,6 +101,11 @@ export class MapView {
       center: DEFAULT_VIEW.center,
       zoom: DEFAULT_VIEW.zoom,
       attributionControl: { compact: true, customAttribution: "Imagery served by the CLIP-RS tiler" },
+      // Tiles of the tiler and the run's vector tiles carry the API key when reads need one.
+      transformRequest: (url) => {
+        const headers = keyHeaders(url);
+        return Object.keys(headers).length ? { url, headers } : { url };
+      },
     });
     map.addControl(new maplibregl.NavigationControl(), "top-right");
     map.addControl(new maplibregl.ScaleControl(), "bottom-right");
@@ -198,40 +229,48 @@ export class MapView {
 
   /**
    * Show the imagery and outline of each area. Raster tiles come from
-   * `{tilerUrl}/tiles/{source}/{z}/{x}/{y}` (256 px), limited to the area's bbox and zooms.
+   * `{tilerUrl}/tiles/{source}/{z}/{x}/{y}` (256 px), asked only where the area has tiles: one
+   * source per run of consecutive planned zooms (the tiler fetches nothing else from a billed
+   * source, so any other level would be a 404), limited to the tiles covering the area's bbox at
+   * the run's finest level. Between runs and above the last the map scales the run's tiles up.
    * Areas in `refresh` are reloaded (their tiles may have been missing while ingesting).
    */
   setAreas(areas, tilerUrl, { refresh = [] } = {}) {
     const map = this.map;
     this.tilerUrl = tilerUrl;
-    // Areas that are gone (deleted) lose their imagery.
-    const known = new Set(areas.map((area) => `${AREA_SOURCE_PREFIX}${area.id}`));
+    // Areas that are gone (deleted) lose their imagery; refreshed ones are added again below.
+    const known = new Set(areas.map((area) => String(area.id)));
+    const reload = new Set(refresh.map(String));
     for (const id of Object.keys(map.getStyle().sources)) {
-      if (id.startsWith(AREA_SOURCE_PREFIX) && !known.has(id)) {
+      if (!id.startsWith(AREA_SOURCE_PREFIX)) continue;
+      const areaId = areaOfImagery(id);
+      if (!known.has(areaId) || reload.has(areaId)) {
         map.removeLayer(id);
         map.removeSource(id);
       }
     }
     for (const area of areas) {
-      const id = `${AREA_SOURCE_PREFIX}${area.id}`;
-      if (map.getSource(id) && refresh.includes(area.id)) {
-        map.removeLayer(id);
-        map.removeSource(id);
-      }
-      if (map.getSource(id)) continue;
-      const zooms = (area.zooms ?? []).filter(Number.isInteger);
-      const minzoom = zooms.length ? Math.min(...zooms) : 0;
+      const runs = zoomRuns(area.zooms);
+      if (!runs.length) continue;
+      const lowest = runs[0][0];
+      if (map.getSource(imageryId(area.id, lowest, lowest))) continue;
       const source = encodeURIComponent(area.source);
-      map.addSource(id, {
-        type: "raster",
-        tiles: [`${tilerUrl}/tiles/${source}/{z}/{x}/{y}`],
-        tileSize: 256,
-        // The fetched tiles overhang the box, and hits may lie in the overhang: show it too.
-        bounds: coveringBounds(area.bbox, minzoom),
-        minzoom,
-        maxzoom: zooms.length ? Math.max(...zooms) : 22,
+      runs.forEach((run, i) => {
+        const id = imageryId(area.id, run[0], lowest);
+        const finest = run[run.length - 1];
+        map.addSource(id, {
+          type: "raster",
+          tiles: [`${tilerUrl}/tiles/${source}/{z}/{x}/{y}`],
+          tileSize: 256,
+          // The fetched tiles overhang the box, and hits may lie in the overhang: show it too.
+          bounds: coveringBounds(area.bbox, finest),
+          minzoom: run[0],
+          maxzoom: finest,
+        });
+        const layer = { id, type: "raster", source: id, minzoom: run[0] };
+        if (i + 1 < runs.length) layer.maxzoom = runs[i + 1][0];
+        map.addLayer(layer, LAYERS.areaOutline);
       });
-      map.addLayer({ id, type: "raster", source: id }, LAYERS.areaOutline);
     }
     map.getSource("areas").setData({
       type: "FeatureCollection",

@@ -5,7 +5,7 @@
  * histogram, no re-run), "Apply", the detections drawn from vector tiles, and the exports.
  */
 
-import { ApiError } from "./api.js";
+import { ApiError, downloadFile, keyHeaders, setImageSource } from "./api.js";
 import { formatLonLat } from "./geo.js";
 import { repaintThumbs } from "./results.js";
 import { setStatus } from "./ui.js";
@@ -105,6 +105,16 @@ export class ProjectController {
     els.slider.addEventListener("input", () => this.renderCount());
     els.apply.addEventListener("click", () => this.applyThreshold());
     els.layer.addEventListener("change", () => this.drawRun());
+    for (const [format, link] of Object.entries(els.exports)) {
+      link.addEventListener("click", (event) => {
+        // A plain link cannot send the key: when there is one, fetch the file with it instead.
+        if (!link.href || !Object.keys(keyHeaders(link.href)).length) return;
+        event.preventDefault();
+        downloadFile(link.href, `run-${this.run?.id ?? "export"}.${format}`).catch((err) =>
+          this.errors.set("detect", `Could not download the ${link.textContent} export: ${describe(err)}`),
+        );
+      });
+    }
     this.search.setResultHandlers({
       onLabel: (windowId, positive) => this.label(windowId, positive),
       labelOf: (windowId) => this.labels.get(Number(windowId))?.positive,
@@ -398,8 +408,8 @@ export class ProjectController {
     img.alt = "";
     img.width = 48;
     img.height = 48;
-    img.src = `${this.tilerUrl}/windows/${id}.png`;
     img.addEventListener("error", () => img.classList.add("thumb--broken"), { once: true });
+    setImageSource(img, `${this.tilerUrl}/windows/${id}.png`);
     const body = element("div", "label-item__body");
     body.append(
       element("div", "label-item__kind", label.positive ? "✓ match" : "✗ not a match"),

@@ -4,6 +4,7 @@
  * Everything from the API goes in as text or attributes, never as HTML.
  */
 
+import { setImageSource } from "./api.js";
 import { SCORE_NORM, scoreColor } from "./colors.js";
 import { formatLonLat, latLonText } from "./geo.js";
 import { hitId } from "./map-view.js";
@@ -101,8 +102,8 @@ function thumbnail(props, size) {
   img.width = size;
   img.height = size;
   img.decoding = "async";
-  if (typeof props.image_url === "string") img.src = props.image_url;
   img.addEventListener("error", () => img.classList.add("thumb--broken"), { once: true });
+  if (typeof props.image_url === "string") setImageSource(img, props.image_url);
   return img;
 }
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_shutdown
 
-from cliprs.metrics import start_worker_observability
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_EMBED_JOB,
     TASK_FETCH_AREA,
     TASK_INDEX_AREA,
     enqueue,
-    make_celery,
 )
-from cliprs.reconcile import start_reconciler
 from cliprs.settings import CoreSettings
+from cliprs.worker import worker_app
 from cliprs_embedder import repository
 from cliprs_embedder.pipeline import Embedder, WindowConfigMismatch
 from cliprs_embedder.settings import EmbedderSettings
@@ -29,22 +27,14 @@ core = CoreSettings()
 # Built at import, so a window configuration that cannot work (more windows per tile than the
 # id space holds) stops the worker at start-up with the settings error, not tile by tile later.
 settings = EmbedderSettings()
-app = make_celery("cliprs-embedder", core)
+# The model loads when the worker is ready, before the first task arrives.
+app = worker_app("embedder", core, before_reconciling=lambda: embedder())
 
 
 @lru_cache(maxsize=1)
 def embedder() -> Embedder:
     """The worker process's model and decoding pool, built on first use and kept."""
     return Embedder(load_encoder(ModelSettings()), core, settings)
-
-
-@worker_ready.connect
-def _at_start(**_: object) -> None:
-    # Load before the first task arrives, so a slow or failing model shows up at start-up; then
-    # look for work that nobody will deliver (queues lost, workers dead).
-    start_worker_observability("embedder-worker", core.redis_url)  # CLIPRS_METRICS_PORT, CLIPRS_LOG_FORMAT
-    embedder()
-    start_reconciler(app, core)
 
 
 @worker_shutdown.connect

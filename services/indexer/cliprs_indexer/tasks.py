@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready
-
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
-from cliprs.metrics import start_worker_observability
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_DELETE_AREA,
@@ -20,10 +17,9 @@ from cliprs.queue import (
     TASK_RETUNE,
     TRANSIENT_ERRORS,
     enqueue,
-    make_celery,
 )
-from cliprs.reconcile import start_reconciler
 from cliprs.settings import CoreSettings
+from cliprs.worker import worker_app
 from cliprs_indexer import repository
 from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due
 from cliprs_indexer.build import retune as retune_codec
@@ -36,7 +32,7 @@ from cliprs_indexer.settings import IndexerSettings
 log = logging.getLogger("cliprs.indexer")
 core = CoreSettings()
 settings = IndexerSettings()
-app = make_celery("cliprs-indexer", core)
+app = worker_app("indexer", core)
 
 # How many times a GC that had to keep held versions tries again later.
 GC_RETRIES = 10
@@ -52,12 +48,6 @@ def _collect_garbage(retries_left: int = GC_RETRIES) -> dict:
     if report.kept_versions and retries_left > 0:
         enqueue(app, TASK_GC, [retries_left - 1], countdown=settings.gc_retry_s)
     return report.as_dict()
-
-
-@worker_ready.connect
-def _at_start(**_: object) -> None:
-    start_worker_observability("indexer-worker", core.redis_url)  # CLIPRS_METRICS_PORT, CLIPRS_LOG_FORMAT
-    start_reconciler(app, core)  # work nobody will deliver any more (queues lost, workers dead)
 
 
 @app.task(name=TASK_INDEX_AREA, **RETRY_TRANSIENT)

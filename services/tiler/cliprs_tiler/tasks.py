@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from celery.signals import worker_ready
-
 from cliprs import jobs
 from cliprs.db.engine import sync_engine
 from cliprs.errors import Unavailable
-from cliprs.metrics import start_worker_observability
 from cliprs.queue import (
     RETRY_TRANSIENT,
     TASK_EMBED_JOB,
@@ -18,23 +15,16 @@ from cliprs.queue import (
     TASK_INDEX_AREA,
     TRANSIENT_ERRORS,
     enqueue,
-    make_celery,
 )
-from cliprs.reconcile import start_reconciler
 from cliprs.settings import CoreSettings
+from cliprs.worker import worker_app
 from cliprs_tiler.fetch import fetch_job
 from cliprs_tiler.settings import TilerSettings
 
 log = logging.getLogger("cliprs.tiler")
 core = CoreSettings()
 settings = TilerSettings()
-app = make_celery("cliprs-tiler", core)
-
-
-@worker_ready.connect
-def _at_start(**_: object) -> None:
-    start_worker_observability("tiler-worker", core.redis_url)  # CLIPRS_METRICS_PORT, CLIPRS_LOG_FORMAT
-    start_reconciler(app, core)  # work nobody will deliver any more (queues lost, workers dead)
+app = worker_app("tiler", core)
 
 
 @app.task(name=TASK_FETCH_AREA, **RETRY_TRANSIENT)

@@ -23,9 +23,9 @@ TILE_CACHE = "no-cache"
 router = api_router("runs", READ, RUN_NOT_DONE)
 
 
-class ExportStream(StreamingResponse):
-    """A streamed export that gives its export slot back when the answer ends, however it ends
-    (sent whole, client gone, error)."""
+class _HoldsExportSlot:
+    """A response that gives its export slot back when the answer ends, however it ends (sent
+    whole, client gone, error)."""
 
     def __init__(self, *args, release: Callable[[], None], **kwargs):
         super().__init__(*args, **kwargs)
@@ -38,18 +38,12 @@ class ExportStream(StreamingResponse):
             self.release()
 
 
-class ExportFile(FileResponse):
-    """A written export file that gives its export slot back when the answer ends."""
+class ExportStream(_HoldsExportSlot, StreamingResponse):
+    """A streamed export (GeoJSON, CSV)."""
 
-    def __init__(self, *args, release: Callable[[], None], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.release = release
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.release()
+class ExportFile(_HoldsExportSlot, FileResponse):
+    """A written export file (GeoPackage)."""
 
 
 def _matches(if_none_match: str, etag: str) -> bool:

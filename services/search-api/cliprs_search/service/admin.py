@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from cliprs.errors import InvalidInput, NotFound
+from cliprs.errors import InvalidInput
 from cliprs.keys import AuditFilter
 from cliprs_search.context import Context
 from cliprs_search.repository import admin as repo
 from cliprs_search.schemas.admin import ApiKeyInfo, AuditEntry, AuditPage, KeyCreate, KeyCreated
+from cliprs_search.service.shared import found
 
 
 async def create_key(ctx: Context, body: KeyCreate) -> KeyCreated:
@@ -27,9 +28,7 @@ async def list_keys(ctx: Context, include_revoked: bool) -> list[ApiKeyInfo]:
 async def get_key(ctx: Context, key_id: int) -> ApiKeyInfo:
     async with ctx.engine.connect() as conn:
         row = await repo.get_key(conn, key_id)
-    if row is None:
-        raise NotFound(f"no API key {key_id}; GET /v1/admin/keys lists the keys")
-    return ApiKeyInfo(**row)
+    return ApiKeyInfo(**found(row, f"no API key {key_id}; GET /v1/admin/keys lists the keys"))
 
 
 async def revoke_key(ctx: Context, key_id: int) -> ApiKeyInfo:
@@ -37,9 +36,7 @@ async def revoke_key(ctx: Context, key_id: int) -> ApiKeyInfo:
     looks its key up in PostgreSQL)."""
     async with ctx.engine.begin() as conn:
         row = await repo.revoke_key(conn, key_id)
-    if row is None:
-        raise NotFound(f"no API key {key_id}; GET /v1/admin/keys lists the keys")
-    return ApiKeyInfo(**row)
+    return ApiKeyInfo(**found(row, f"no API key {key_id}; GET /v1/admin/keys lists the keys"))
 
 
 async def audit(ctx: Context, flt: AuditFilter, limit: int) -> AuditPage:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict
 
-from cliprs.errors import InvalidInput, NotFound, Unavailable
-from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA, enqueue
+from cliprs.errors import InvalidInput
+from cliprs.queue import TASK_DELETE_AREA, TASK_FETCH_AREA
 from cliprs.tiles import area_wkt, check_plan_size, parse_area, validate_zooms
 from cliprs_search.access import Principal
 from cliprs_search.access.budget import spend_tile_budget
@@ -22,6 +21,7 @@ from cliprs_search.schemas.areas import (
     Job,
     ShardInfo,
 )
+from cliprs_search.service.shared import found, queue_or_undo
 
 # An area whose latest job is in one of these states is still being ingested.
 ACTIVE_JOB_STATES = ("queued", "fetching", "embedding", "indexing")
@@ -31,18 +31,14 @@ async def get_area(ctx: Context, area_id: int) -> Area:
     """One area, or `NotFound` (also once it is deleted)."""
     async with ctx.engine.connect() as conn:
         row = await repository.area(conn, area_id)
-    if row is None:
-        raise NotFound(f"no area {area_id}")
-    return Area(**row)
+    return Area(**found(row, f"no area {area_id}"))
 
 
 async def get_job(ctx: Context, job_id: int) -> Job:
     """An ingest job's progress, or `NotFound`."""
     async with ctx.engine.connect() as conn:
         row = await repository.job(conn, job_id)
-    if row is None:
-        raise NotFound(f"no ingest job {job_id}")
-    return Job(**row)
+    return Job(**found(row, f"no ingest job {job_id}"))
 
 
 async def create_area(ctx: Context, request: AreaRequest, caller: Principal) -> AreaCreated:
@@ -74,13 +70,10 @@ async def _start_ingest(
     async with ctx.engine.begin() as conn:
         area_id = await repository.insert_area(conn, request.name.strip(), wkt, zooms, request.source)
         job_id = await repository.insert_job(conn, area_id, planned)
-    try:
-        await asyncio.to_thread(enqueue, ctx.celery, TASK_FETCH_AREA, [job_id])
-    except Unavailable:
-        # Nothing will ever work on it: take the area back, so the 503 means "nothing happened".
-        async with ctx.engine.begin() as conn:
-            await repository.delete_unstarted_area(conn, area_id)
-        raise
+    # Nothing will ever work on it when the queue is down: the area is taken back.
+    await queue_or_undo(
+        ctx, TASK_FETCH_AREA, [job_id], lambda conn: repository.delete_unstarted_area(conn, area_id)
+    )
     return AreaCreated(area=await get_area(ctx, area_id), job=await get_job(ctx, job_id))
 
 
@@ -96,9 +89,7 @@ async def delete_area(ctx: Context, area_id: int, force: bool) -> AreaDeletion:
     """Mark the area deleting and queue the indexer's delete task; refused while the area is
     still being ingested unless ``force``."""
     async with ctx.engine.begin() as conn:
-        row = await repository.lock_area(conn, area_id)
-        if row is None:
-            raise NotFound(f"no area {area_id}")
+        row = found(await repository.lock_area(conn, area_id), f"no area {area_id}")
         state = row["job_state"]
         if state in ACTIVE_JOB_STATES and not force:
             raise InvalidInput(
@@ -108,13 +99,13 @@ async def delete_area(ctx: Context, area_id: int, force: bool) -> AreaDeletion:
         await repository.set_area_status(conn, area_id, "deleting")
         # Read it before queuing: a quick indexer may remove the row before a later read.
         area = Area(**await repository.area(conn, area_id))
-    try:
-        task = await asyncio.to_thread(enqueue, ctx.celery, TASK_DELETE_AREA, [area_id])
-    except Unavailable:
-        # Nothing will delete it: give the area its status back, so the 503 means "nothing happened".
-        async with ctx.engine.begin() as conn:
-            await repository.set_area_status(conn, area_id, row["status"])
-        raise
+    # Nothing will delete it when the queue is down: the area gets its status back.
+    task = await queue_or_undo(
+        ctx,
+        TASK_DELETE_AREA,
+        [area_id],
+        lambda conn: repository.set_area_status(conn, area_id, row["status"]),
+    )
     return AreaDeletion(area=area, task_id=task.id)
 
 

@@ -38,9 +38,10 @@ import numpy as np
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs.errors import Conflict, InvalidInput, NotFound, Unavailable
+from cliprs.errors import Conflict, InvalidInput, Unavailable
 from cliprs_search.context import Context
 from cliprs_search.repository import exports as repo
+from cliprs_search.service.shared import found
 
 # The deepest tile zoom served (windows go to z20 with the finer levels; tiles deeper than that
 # would only magnify them).
@@ -117,8 +118,7 @@ async def finished_run(ctx: Context, run_id: int) -> RunVersion:
 
 
 def _finished(row: dict | None, run_id: int) -> RunVersion:
-    if row is None:
-        raise NotFound(f"no detection run {run_id}; list a project's runs with GET /v1/projects/{{id}}")
+    row = found(row, f"no detection run {run_id}; list a project's runs with GET /v1/projects/{{id}}")
     if row["state"] not in RESULT_STATES:
         hint = {
             "failed": "it failed (see its error in GET /v1/runs/{id}); start a new run",

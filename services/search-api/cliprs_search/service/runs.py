@@ -19,7 +19,7 @@ import time
 
 from cliprs import runs
 from cliprs.errors import Conflict, InvalidInput, NotFound, Unavailable
-from cliprs.queue import TASK_DETECT_RUN, TASK_RETHRESHOLD_RUN, enqueue
+from cliprs.queue import TASK_DETECT_RUN, TASK_RETHRESHOLD_RUN
 from cliprs_http.schemas import Feature
 from cliprs_search.context import Context
 from cliprs_search.repository import runs as repo
@@ -31,6 +31,7 @@ from cliprs_search.schemas.runs import (
     ThresholdCount,
     ThresholdRequest,
 )
+from cliprs_search.service.shared import found, queue_or_undo
 
 MAX_THRESHOLDS = 100
 MAX_POLYGON_PAGE = 5000
@@ -67,22 +68,15 @@ async def create_run(ctx: Context, project_id: int, body: RunRequest) -> Run:
         )
     async with ctx.engine.begin() as conn:
         run_id = await repo.insert_run(conn, project_id, runs.snap_threshold(body.threshold))
-    try:
-        await asyncio.to_thread(enqueue, ctx.celery, TASK_DETECT_RUN, [run_id])
-    except Unavailable:
-        # Nothing will ever run it: take it back, so the 503 means "nothing happened".
-        async with ctx.engine.begin() as conn:
-            await repo.delete_run(conn, run_id)
-        raise
+    # Nothing will ever run it when the queue is down: it is taken back.
+    await queue_or_undo(ctx, TASK_DETECT_RUN, [run_id], lambda conn: repo.delete_run(conn, run_id))
     return await get_run(ctx, run_id)
 
 
 async def get_run(ctx: Context, run_id: int) -> Run:
     async with ctx.engine.connect() as conn:
         row = await repo.run(conn, run_id)
-    if row is None:
-        raise NotFound(f"no run {run_id}")
-    return _run(row)
+    return _run(found(row, f"no run {run_id}"))
 
 
 def _require_done(run: Run, states: tuple[str, ...] = RESULT_STATES) -> None:
@@ -181,12 +175,9 @@ async def _rethreshold_later(ctx: Context, run_id: int, threshold: float) -> Run
         _require_done(_run(locked), ("done",))
         await repo.set_state(conn, run_id, "rethresholding")
         marked = _run(await repo.run(conn, run_id))
-    try:
-        await asyncio.to_thread(enqueue, ctx.celery, TASK_RETHRESHOLD_RUN, [run_id, threshold])
-    except Unavailable:
-        async with ctx.engine.begin() as conn:
-            await repo.set_state(conn, run_id, "done")
-        raise
+    await queue_or_undo(
+        ctx, TASK_RETHRESHOLD_RUN, [run_id, threshold], lambda conn: repo.set_state(conn, run_id, "done")
+    )
     return marked
 
 

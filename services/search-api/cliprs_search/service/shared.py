@@ -3,13 +3,18 @@ uploaded file, and a window row as a GeoJSON feature."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs.errors import InvalidInput, NotFound, TooLarge
+from cliprs.errors import InvalidInput, NotFound, TooLarge, Unavailable
+from cliprs.queue import enqueue
 from cliprs_search.context import Context
 from cliprs_search.schemas.search import HitFeature, HitProperties, Place, TileRef
 
@@ -21,6 +26,29 @@ FILLER_WORDS = frozenset(
     "this that these those some any it its is are be there here what where which who show find me "
     "please image photo picture".split()
 )
+
+
+T = TypeVar("T")
+
+
+def found(row: T | None, missing: str) -> T:
+    """``row``, or `NotFound` with ``missing`` (what is not there, and where to look) when it is None."""
+    if row is None:
+        raise NotFound(missing)
+    return row
+
+
+async def queue_or_undo(
+    ctx: Context, task: str, args: list, undo: Callable[[AsyncConnection], Awaitable[Any]]
+) -> Any:
+    """Queue ``task``; when the queue is down, ``undo`` (in a transaction of its own) what was
+    written for it and re-raise, so the 503 means "nothing happened". Returns Celery's result."""
+    try:
+        return await asyncio.to_thread(enqueue, ctx.celery, task, args)
+    except Unavailable:
+        async with ctx.engine.begin() as conn:
+            await undo(conn)
+        raise
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from cliprs_testing.loopback import free_port
 
@@ -150,6 +150,19 @@ class _ServerProcess:
         """SIGKILL the server and its process group: a crash."""
         if self.proc is not None:
             _killpg(self.proc)
+
+    def _spawn(self, argv: list[str], log_path: Path, **popen: Any) -> None:
+        """Start the server in a session of its own (so `kill` reaches its children), its output
+        appended to ``log_path``."""
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **popen,
+            )
 
     def start(self) -> Self:
         raise NotImplementedError
@@ -292,17 +305,9 @@ class PostgresInstance(_ServerProcess):
         argv += ["-k", str(self.socket_dir)]
         for key, value in PG_SETTINGS.items():
             argv += ["-c", f"{key}={value}"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.home,
-                start_new_session=True,
-                env={**os.environ, "LC_ALL": "C"},
-                **self._as_server_user(),
-            )
+        self._spawn(
+            argv, self.log_path, cwd=self.home, env={**os.environ, "LC_ALL": "C"}, **self._as_server_user()
+        )
         _wait(
             self._accepts, self.ready_timeout_s, f"PostgreSQL on port {self.port}", self.proc, self.log_path
         )
@@ -401,14 +406,7 @@ class RedisInstance(_ServerProcess):
                 path.unlink(missing_ok=True)
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._spawn(argv, self.log_path)
         _wait(self._pong, self.ready_timeout_s, f"Redis on port {self.port}", self.proc, self.log_path)
         return self
 

@@ -44,6 +44,16 @@ class SearchEffort:
     rerank: float = 1.0
 
 
+@dataclass(frozen=True)
+class Probe:
+    """An effort resolved against one codec: the lists probed and the candidates re-ranked per
+    result. Pagination cursors carry it, so every page of a query searches alike even when the
+    settings or the codec's tuning change in between."""
+
+    nprobe: int
+    k_factor: int
+
+
 class ShardSet:
     """The shards of one manifest, loaded (``shards`` in the manifest's order)."""
 
@@ -115,15 +125,29 @@ class ShardSet:
 
     # ---------------------------------------------------------------- search
 
+    def probe(self, effort: SearchEffort | Probe | None = None) -> Probe | None:
+        """``effort`` resolved against the codec (None without one: flat shards are exact)."""
+        codec = self.manifest.codec
+        if codec is None:
+            return None
+        if isinstance(effort, Probe):
+            return effort
+        effort = effort or SearchEffort()
+        return Probe(
+            nprobe=max(1, min(math.ceil(codec.nprobe * effort.nprobe), codec.nlist)),
+            k_factor=max(1, round(codec.k_factor * effort.rerank)),
+        )
+
     def search(
         self,
         query: np.ndarray,
         k: int,
         picked: Sequence[int] | None = None,
-        effort: SearchEffort | None = None,
+        effort: SearchEffort | Probe | None = None,
     ) -> list[tuple[int, float]]:
-        """Best ``k`` (window id, cosine) over the picked shards, best first, ids unique;
-        ``effort`` scales the tuned nprobe and re-rank depth (e.g. for text queries)."""
+        """Best ``k`` (window id, cosine) over the picked shards, best first (equal scores by
+        ascending id), ids unique; ``effort`` scales the tuned nprobe and re-rank depth (e.g. for
+        text queries) or, as a `Probe`, fixes them."""
         q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         picked = range(len(self.shards)) if picked is None else picked
         picked = [i for i in picked if self.shards[i].count]
@@ -139,22 +163,20 @@ class ShardSet:
             ids_parts.append(np.asarray(shard.ids[pos[0][keep]]))
             score_parts.append(scores[0][keep])
         if ivf:
-            found, vectors = self.vectors_of(self._ivf_candidates(q, k, ivf, effort or SearchEffort()))
+            found, vectors = self.vectors_of(self._ivf_candidates(q, k, ivf, self.probe(effort)))
             ids_parts.append(found)
             score_parts.append(vectors @ q[0])
         ids = np.concatenate(ids_parts)
         scores = np.concatenate(score_parts)
         return _top(ids, scores, k)
 
-    def _ivf_candidates(self, q: np.ndarray, k: int, picked: list[int], effort: SearchEffort) -> np.ndarray:
+    def _ivf_candidates(self, q: np.ndarray, k: int, picked: list[int], probe: Probe) -> np.ndarray:
         """Window ids of the best approximate candidates for an exact re-rank of ``k``."""
-        codec = self.manifest.codec
-        nlist = codec.nlist
+        nlist = self.manifest.codec.nlist
         # k_factor candidates per result, as tuned for k = 10, up to MAX_RERANK (large k: the
         # candidate lists a filter over-fetches, where each rank matters less).
-        k_factor = max(1, round(codec.k_factor * effort.rerank))
-        want = min(max(k, min(max(k, 10) * k_factor, MAX_RERANK)), self.total(picked))
-        nprobe = max(1, min(math.ceil(codec.nprobe * effort.nprobe), nlist))
+        want = min(max(k, min(max(k, 10) * probe.k_factor, MAX_RERANK)), self.total(picked))
+        nprobe = max(1, min(probe.nprobe, nlist))
         while True:
             params = faiss.SearchParametersIVF(nprobe=nprobe)
             coarse_d, coarse_i = self.quantizer.search(q, nprobe)
@@ -272,7 +294,7 @@ def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]
     if len(ids) > k:
         keep = np.argpartition(-scores, k - 1)[:k]
         ids, scores = ids[keep], scores[keep]
-    order = np.argsort(-scores, kind="stable")
+    order = np.lexsort((ids, -scores))  # equal scores by ascending id: one order on every call
     return list(zip(ids[order].tolist(), scores[order].tolist(), strict=True))
 
 

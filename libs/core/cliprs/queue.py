@@ -5,6 +5,10 @@ Services send tasks by name (`send_task`), so none imports another service's cod
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import redis
 import sqlalchemy.exc
 from celery import Celery
@@ -115,3 +119,21 @@ def make_celery(
         worker_hijack_root_logger=False,
     )
     return app
+
+
+@contextmanager
+def retry_or_fail(what: str, fail: Callable[[Exception], object], log: logging.Logger) -> Iterator[None]:
+    """A task's work under the one error policy: a transient error (`TRANSIENT_ERRORS`) is
+    logged and re-raised, so the task retries with backoff (then the reconciler hands the work
+    out again) and nothing is failed for it; any other error is logged, recorded by
+    ``fail(exc)`` (the job or run fails with its reason) and re-raised. ``what`` names the work
+    in the log ("job 7: fetch")."""
+    try:
+        yield
+    except TRANSIENT_ERRORS:
+        log.warning("%s interrupted by a transient error; will retry", what, exc_info=True)
+        raise
+    except Exception as exc:
+        log.exception("%s failed", what)
+        fail(exc)
+        raise

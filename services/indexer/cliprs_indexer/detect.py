@@ -52,7 +52,7 @@ from sqlalchemy import Connection, Engine, Row
 from cliprs import jobs, runs
 from cliprs.db.engine import sync_engine
 from cliprs.manifest import Manifest, load_manifest
-from cliprs.queue import TRANSIENT_ERRORS
+from cliprs.queue import TRANSIENT_ERRORS, retry_or_fail
 from cliprs.settings import CoreSettings
 from cliprs_index.store import ShardData, open_shard, tile_of
 from cliprs_indexer import repository
@@ -348,17 +348,13 @@ def run_detect(core: CoreSettings, run_id: int, threads: int | None = None, seed
             log.info("run %s is not waiting (%s); skipped", run_id, run.state if run else "gone")
             return {}
         repository.mark_run_running(conn, run_id)
-    try:
-        with run_heartbeat(engine, run_id, core.stall_s / 4):
-            return _detect(core, run_id, run.project_id, float(run.threshold), threads, seed)
-    except TRANSIENT_ERRORS:
-        log.warning("run %s interrupted by a transient error; will retry", run_id, exc_info=True)
-        raise
-    except Exception as exc:
-        log.exception("run %s failed", run_id)
+
+    def fail(exc: Exception) -> None:
         with engine.begin() as conn:
             repository.fail_run(conn, run_id, str(exc)[:500] or type(exc).__name__)
-        raise
+
+    with retry_or_fail(f"run {run_id}", fail, log), run_heartbeat(engine, run_id, core.stall_s / 4):
+        return _detect(core, run_id, run.project_id, float(run.threshold), threads, seed)
 
 
 def run_heartbeat(engine: Engine, run_id: int, every_s: float) -> jobs.Periodic:

@@ -15,8 +15,8 @@ from cliprs.queue import (
     TASK_REBUILD,
     TASK_RETHRESHOLD_RUN,
     TASK_RETUNE,
-    TRANSIENT_ERRORS,
     enqueue,
+    retry_or_fail,
 )
 from cliprs.settings import CoreSettings
 from cliprs.worker import worker_app
@@ -63,21 +63,20 @@ def index_area(job_id: int) -> dict:
     if row is None or row.state != "indexing":
         log.info("job %s is not waiting for indexing (%s); skipped", job_id, row.state if row else "gone")
         return {}
-    try:
-        with jobs.job_heartbeat(engine, job_id, core.stall_s / 4):
-            vectors = collect_area_vectors(core, row.area_id)
-            if vectors is None:
-                raise RuntimeError("no tile of the area could be embedded; see the tile errors")
-            manifest = publish_area(core, row.area_id, vectors, settings)
-    except TRANSIENT_ERRORS:
-        log.warning("job %s: indexing interrupted by a transient error; will retry", job_id, exc_info=True)
-        raise
-    except Exception as exc:
-        log.exception("job %s: indexing failed", job_id)
+
+    def fail(exc: Exception) -> None:
         with engine.begin() as conn:
             jobs.set_state(conn, job_id, "failed", error=f"indexing failed: {exc}"[:500])
             repository.set_area_failed(conn, row.area_id)
-        raise
+
+    with (
+        retry_or_fail(f"job {job_id}: indexing", fail, log),
+        jobs.job_heartbeat(engine, job_id, core.stall_s / 4),
+    ):
+        vectors = collect_area_vectors(core, row.area_id)
+        if vectors is None:
+            raise RuntimeError("no tile of the area could be embedded; see the tile errors")
+        manifest = publish_area(core, row.area_id, vectors, settings)
     with engine.begin() as conn:
         repository.set_windows_indexed(conn, job_id, len(vectors.ids))
         jobs.refresh_counts(conn, job_id)

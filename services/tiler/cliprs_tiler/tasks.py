@@ -13,8 +13,8 @@ from cliprs.queue import (
     TASK_EMBED_JOB,
     TASK_FETCH_AREA,
     TASK_INDEX_AREA,
-    TRANSIENT_ERRORS,
     enqueue,
+    retry_or_fail,
 )
 from cliprs.settings import CoreSettings
 from cliprs.worker import worker_app
@@ -39,18 +39,14 @@ def fetch_area(job_id: int) -> dict:
         except Unavailable as exc:  # keep fetching: the reconciler wakes the embedders later
             log.warning("job %s: cannot wake the embedders (%s); the reconciler will", job, exc)
 
-    try:
-        counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))
-    except TRANSIENT_ERRORS:
-        # The database, Redis or the tile cache's disk failed: retried with backoff (fetching
-        # again skips what is stored), then the reconciler; the job is not failed for it.
-        log.warning("job %s: fetch interrupted by a transient error; will retry", job_id, exc_info=True)
-        raise
-    except Exception as exc:
-        log.exception("job %s: fetch failed", job_id)
+    def fail(exc: Exception) -> None:
         with sync_engine(core.database_url).begin() as conn:
             jobs.set_state(conn, job_id, "failed", error=f"fetch failed: {type(exc).__name__}: {exc}"[:500])
-        raise
+
+    # The database, Redis or the tile cache's disk failing is retried (fetching again skips what
+    # is stored), then the reconciler follows up; the job is not failed for it.
+    with retry_or_fail(f"job {job_id}: fetch", fail, log):
+        counts = asyncio.run(fetch_job(job_id, core, settings, send_embed))
     # Everything may already have been embedded (cached tiles, a re-run): then nobody else
     # would move the job on, so try here too; the conditional update picks one sender.
     with sync_engine(core.database_url).begin() as conn:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
+from machine_info import finish, run_info
 from playwright.sync_api import sync_playwright
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -67,6 +68,7 @@ class WebBenchSettings(BaseSettings):
     chromium: str = CHROMIUM
     admin_url: str = ADMIN_URL
     redis_url: str = os.environ.get("CLIPRS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    json: Path = Field(REPO / "benchmarks/results/web.json", description="where the JSON results go")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -198,6 +200,13 @@ def run(options: WebBenchSettings) -> None:
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the services, database and Redis are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    info = run_info(
+        options,
+        product={
+            "SEARCH_AUTH": "off (the test platform's default; the page searches without a key either way)",
+            "CLIP_MODEL": "the tiny generated CLIP (no weights can be downloaded here)",
+        },
+    )
     own_raw, own_gz, vendor_raw, vendor_gz = bundle_sizes()
     model_dir = tiny_clip(default_cache_dir(REPO))
     with (
@@ -253,6 +262,11 @@ def run(options: WebBenchSettings) -> None:
     )
     print(f"\n{r['big']['n']} results (k={options.k}): search and render {r['big']['ms']:.0f} ms")
     print(f"slider move over {r['slider']['n']} results (list and pins redrawn): {r['slider']['ms']:.1f} ms")
+    sizes = {"own_kib": own_raw / 1024, "own_gzip_kib": own_gz / 1024}
+    sizes |= {"maplibre_kib": vendor_raw / 1024, "maplibre_gzip_kib": vendor_gz / 1024}
+    result = {**finish(info), "area_tiles": n_tiles, "windows": job["windows_indexed"], "page": sizes, **r}
+    options.json.write_text(json.dumps(result, indent=2, default=float))
+    print(f"results: {options.json}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

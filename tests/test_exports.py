@@ -28,7 +28,7 @@ from cliprs.db.engine import sync_engine
 from cliprs.settings import CoreSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
-from cliprs_testing.factories import make_area, make_tile, make_window
+from cliprs_testing.factories import make_area, make_project, make_run, make_tile, make_window
 from cliprs_testing.synthetic import delete_seeded
 
 CENTRE = (-21.94, 64.14)  # Reykjavik: far from every other test's rows
@@ -39,16 +39,6 @@ MANY = 4500  # over two of the repository's 2,000-row batches
 def child(tile: mercantile.Tile, col: int, row: int) -> mercantile.Tile:
     """The z+2 tile at column ``col`` and row ``row`` (0-3, from the north-west) of ``tile``."""
     return mercantile.Tile(tile.x * 4 + col, tile.y * 4 + row, tile.z + 2)
-
-
-def insert_run(conn, project_id: int, state: str = "done", threshold: float = 0.5) -> int:
-    return conn.execute(
-        text(
-            "INSERT INTO detect_runs (project_id, state, threshold, finished_at) "
-            "VALUES (:p, :s, :t, CASE WHEN :s = 'done' THEN now() END) RETURNING id"
-        ),
-        {"p": project_id, "s": state, "t": threshold},
-    ).scalar_one()
 
 
 def dissolve(conn, run_id: int, window_ids: list[int], max_score: float, mean_score: float) -> int:
@@ -102,12 +92,10 @@ def world(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
         cells[neighbour] = child(east, 0, 1)
         make_window(conn, neighbour, east_id, scale=0.25, bounds=tuple(mercantile.bounds(cells[neighbour])))
         w = [tile_id * 4096 + i for i in range(16)]
-        project = conn.execute(
-            text("INSERT INTO projects (name, query) VALUES ('exports', 'water') RETURNING id")
-        ).scalar_one()
+        project = make_project(conn, "exports", "water")
         conn.execute(text("INSERT INTO project_areas VALUES (:p, :a)"), {"p": project, "a": area})
-        runs = {state: insert_run(conn, project, state) for state in ("queued", "running", "failed")}
-        runs["a"] = insert_run(conn, project, threshold=0.4)
+        runs = {state: make_run(conn, project, state) for state in ("queued", "running", "failed")}
+        runs["a"] = make_run(conn, project, threshold=0.4)
         polygons = {
             "P1": dissolve(conn, runs["a"], [w[0], w[1]], 0.9, 0.8),
             "P2": dissolve(conn, runs["a"], [w[10]], 0.7, 0.7),
@@ -118,7 +106,7 @@ def world(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
             conn.execute(
                 text("INSERT INTO run_hits VALUES (:r, :w, :s)"), {"r": runs["a"], "w": wid, "s": score}
             )
-        runs["many"] = insert_run(conn, project)
+        runs["many"] = make_run(conn, project)
         conn.execute(
             text(
                 "INSERT INTO run_polygons (run_id, z, geom, area_m2, max_score, mean_score, window_count, window_ids) "
@@ -128,7 +116,7 @@ def world(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
             ),
             {"r": runs["many"], "n": MANY, "x0": CENTRE[0] - 0.3, "y0": CENTRE[1] - 0.05},
         )
-        runs["empty"] = insert_run(conn, project)
+        runs["empty"] = make_run(conn, project)
     app = create_app(core, SearchSettings(geocoder="none", embedder_url="http://embedder.invalid"))
     with TestClient(app) as client:
         yield {
@@ -455,8 +443,8 @@ def test_tiles_and_exports_never_mix_two_thresholds(world: dict) -> None:
     cut off; never the old threshold with the new polygons."""
     engine = world["engine"]
     with engine.begin() as conn:
-        tile_run = insert_run(conn, world["project"], threshold=0.3)
-        export_run = insert_run(conn, world["project"], threshold=0.3)
+        tile_run = make_run(conn, world["project"], threshold=0.3)
+        export_run = make_run(conn, world["project"], threshold=0.3)
         _flip(conn, tile_run, 0.3, 1)
         _flip(conn, export_run, 0.3, 2500)  # two batches
     stop = threading.Event()

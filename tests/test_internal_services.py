@@ -29,7 +29,7 @@ from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app as create_search
 from cliprs_search.embedder_client import EmbedderClient
 from cliprs_search.settings import SearchSettings
-from cliprs_testing.factories import make_area, make_job, make_tile, make_window
+from cliprs_testing.factories import make_area, make_job, make_project, make_run, make_tile, make_window
 from cliprs_testing.faultserver import make_tile as tile_png
 from cliprs_testing.keys import TestKey
 from cliprs_tiler.app import create_app as create_tiler
@@ -64,17 +64,9 @@ def world(pg_url: str, redis_url: str, tmp_path: Path, seeded_areas: list[int]) 
         tile_id = make_tile(conn, area, Z, t.x, t.y, source=source, tile_size=256)
         window = make_window(conn, tile_id * 4096, tile_id, px=(0, 0, 128, 128), scale=0.5)
         job = make_job(conn, area, state="done")
-        project = conn.execute(
-            text("INSERT INTO projects (name, query) VALUES ('internal', 'x') RETURNING id")
-        ).scalar_one()
+        project = make_project(conn, "internal", "x")
         conn.execute(text("INSERT INTO project_areas VALUES (:p, :a)"), {"p": project, "a": area})
-        run = conn.execute(
-            text(
-                "INSERT INTO detect_runs (project_id, state, threshold, finished_at) "
-                "VALUES (:p, 'done', 0.5, now()) RETURNING id"
-            ),
-            {"p": project},
-        ).scalar_one()
+        run = make_run(conn, project)
     yield {"core": core, "source": source, "tile": t, "window": window, "job": job, "run": run}
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM projects WHERE id = :p"), {"p": project})

@@ -6,8 +6,6 @@ from the indexer's own code, on real PostGIS and Redis."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +13,13 @@ import httpx
 import mercantile
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
 from cliprs_search.app import create_app
 from cliprs_search.settings import SearchSettings
-from cliprs_testing.loopback import free_port
+from cliprs_testing.loopback import serving
 from cliprs_testing.synthetic import (
     SeededArea,
     clustered_unit_vectors,
@@ -324,17 +321,8 @@ def live_api(world: dict) -> Iterator[str]:
         SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test"),
         embedder_transport=httpx.ASGITransport(app=world["embedder"]),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the search-api did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_the_cli_drives_search_projects_labels_and_refine(

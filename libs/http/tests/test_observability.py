@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-import time
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.testclient import TestClient
@@ -19,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cliprs.logs import REQUEST_ID, JsonFormatter
 from cliprs_http import install_error_handlers
 from cliprs_http.observability import forward_request_id, install_observability
+from cliprs_testing.loopback import serving
 
 
 def make_app(**kwargs) -> FastAPI:
@@ -137,28 +135,14 @@ def test_json_formatter_writes_one_object_with_the_request_id() -> None:
     assert out["service"] == "search-api" and out["route"] == "/v1/search" and out["level"] == "info"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_uvicorn_parser_errors_answer_json() -> None:
     """A URL beyond what uvicorn's parser buffers (~64 KiB with httptools, what uvicorn picks
     when installed) never reaches the app; its 400 is JSON in the one error shape, and a URL
     between the app cap and that limit answers 414."""
-    port = _free_port()
-    server = uvicorn.Server(
-        # log_config=None: uvicorn must not reconfigure the process's logging (its dictConfig stops
-        # uvicorn.access propagating, which later tests read through the root logger).
-        uvicorn.Config(make_app(), host="127.0.0.1", port=port, http="httptools", log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    # cliprs_testing's `serving` passes log_config=None: uvicorn must not reconfigure the
+    # process's logging (its dictConfig stops uvicorn.access propagating, which later tests read
+    # through the root logger).
+    with serving(make_app(), http="httptools") as port:
 
         def raw_get(target: bytes) -> bytes:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -175,9 +159,6 @@ def test_uvicorn_parser_errors_answer_json() -> None:
         long = raw_get(b"/items/1?q=" + b"a" * 20_000)
         head, _, body = long.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 414"), head
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_h11_parser_errors_answer_json_too() -> None:

@@ -1,4 +1,5 @@
-"""Rows for tests and benchmarks: areas, tiles, windows and ingest jobs, one function each.
+"""Rows for tests and benchmarks: areas, tiles, windows, ingest jobs, projects and detection runs,
+one function each.
 
 Each takes an open SQLAlchemy connection (``with sync_engine(url).begin() as conn:``), fills in
 what a test does not care about, and returns the new row's id. Geometry comes from tile
@@ -119,6 +120,25 @@ def make_job(conn: Connection, area_id: int, *, state: str | None = None) -> int
     return conn.execute(
         text("INSERT INTO ingest_jobs (area_id, state) VALUES (:a, :s) RETURNING id"),
         {"a": area_id, "s": state},
+    ).scalar_one()
+
+
+def make_project(conn: Connection, name: str, query: str | None = None) -> int:
+    """A project (no areas, no labels)."""
+    return conn.execute(
+        text("INSERT INTO projects (name, query) VALUES (:n, :q) RETURNING id"), {"n": name, "q": query}
+    ).scalar_one()
+
+
+def make_run(conn: Connection, project_id: int, state: str = "done", threshold: float = 0.5) -> int:
+    """A detection run of a project in ``state`` (finished now when ``done``), with no hits: a
+    test adds the polygons or hits it needs."""
+    return conn.execute(
+        text(
+            "INSERT INTO detect_runs (project_id, state, threshold, finished_at) "
+            "VALUES (:p, :s, :t, CASE WHEN :s = 'done' THEN now() END) RETURNING id"
+        ),
+        {"p": project_id, "s": state, "t": threshold},
     ).scalar_one()
 
 

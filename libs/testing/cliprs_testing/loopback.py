@@ -1,11 +1,14 @@
-"""Servers on loopback for tests: a free port to start one on, and waiting until a condition
-holds (a server answers, a row appears) instead of sleeping."""
+"""Servers on loopback for tests: a free port to start one on, an ASGI app served on one in a
+thread, and waiting until a condition holds (a server answers, a row appears) instead of sleeping."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 def free_port() -> int:
@@ -29,3 +32,25 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}" + (f"\n{details()}" if details else ""))
         time.sleep(poll_s)
+
+
+@contextmanager
+def serving(app: Any, timeout_s: float = 60, **config: Any) -> Iterator[int]:
+    """Serve the ASGI ``app`` with uvicorn on a free loopback port in a thread (off the main
+    thread it installs no signal handlers; ``log_config=None`` leaves the process's logging as it
+    is); yields the port once the server has started, and stops it afterwards. ``config``: more
+    `uvicorn.Config` options (``http="httptools"``, ``lifespan="off"``...)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), timeout_s, f"uvicorn on port {port}")
+    if not server.started:
+        raise RuntimeError(f"the server on port {port} did not start")
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(15)

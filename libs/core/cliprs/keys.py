@@ -26,6 +26,9 @@ SCOPES = ("read", "write", "admin")
 # A scope grants the ones below it: admin can write and read, write can read.
 IMPLIED = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}
 KEY_PREFIX = "ck_"
+# What every refusal says, in every service that checks keys (the search-api, the tiler).
+HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+HOW_TO_GET = "an admin creates keys with `python -m cliprs_tools.keys create --name NAME --scope SCOPE`"
 
 _keys = ApiKey.__table__
 _audit = AuditEntry.__table__
@@ -118,6 +121,18 @@ def find_key(conn: Connection, ref: str) -> dict[str, Any] | None:
         return get_key(conn, int(ref))
     row = conn.execute(select(*KEY_COLUMNS).where(_keys.c.prefix == ref)).mappings().first()
     return dict(row) if row else None
+
+
+def unusable(row: dict[str, Any] | None) -> str | None:
+    """Why the row `key_for_secret` found cannot be used (unknown or revoked: a 401), or None."""
+    if row is None:
+        return f"unknown API key; check it was copied whole, or {HOW_TO_GET}"
+    if row["revoked_at"] is not None:
+        return (
+            f"API key {row['prefix']} was revoked at {row['revoked_at'].isoformat()}; "
+            "ask an admin for a new key"
+        )
+    return None
 
 
 def key_for_secret(conn: Connection, key: str) -> dict[str, Any] | None:

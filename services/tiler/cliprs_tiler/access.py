@@ -10,8 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from cliprs import keys
-
-HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+from cliprs.keys import HOW_TO_SEND
 
 
 class KeyRefused(Exception):
@@ -40,11 +39,7 @@ def check_read_key(engine: Engine, key: str | None, what: str) -> None:
         raise KeyRefused(401, "unauthorized", f"{what} needs an API key with scope read; {HOW_TO_SEND}")
     with engine.connect() as conn:
         row = keys.key_for_secret(conn, key)
-    if row is None:
-        raise KeyRefused(401, "unauthorized", "unknown API key; check it was copied whole")
-    if row["revoked_at"] is not None:
-        raise KeyRefused(
-            401, "unauthorized", f"API key {row['prefix']} was revoked; ask an admin for a new key"
-        )
+    if (why := keys.unusable(row)) is not None:
+        raise KeyRefused(401, "unauthorized", why)
     if "read" not in keys.granted(list(row["scopes"])):
         raise KeyRefused(403, "forbidden", f"API key {row['prefix']} does not grant read; {what} needs it")

@@ -14,12 +14,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.datastructures import UploadFile
 
 from cliprs import keys
+from cliprs.keys import HOW_TO_GET, HOW_TO_SEND
 from cliprs_search.access.quotas import Quotas, retry_after
 from cliprs_search.repository import admin as repo
 
 PRINCIPAL_STATE = "cliprs_principal"
-HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-HOW_TO_GET = "an admin creates keys with `python -m cliprs_tools.keys create --name NAME --scope SCOPE`"
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (scopes read, write, admin)")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, instead of Bearer")
@@ -122,16 +121,8 @@ async def _principal_of_key(request: Request, key: str) -> Principal:
     """The key's holder, or 401 when the key is unknown or revoked."""
     async with request.app.state.ctx.engine.connect() as conn:
         row = await repo.key_for_secret(conn, key)
-    if row is None:
-        raise AccessDenied(
-            401, "unauthorized", f"unknown API key; check it was copied whole, or {HOW_TO_GET}"
-        )
-    if row["revoked_at"] is not None:
-        raise AccessDenied(
-            401,
-            "unauthorized",
-            f"API key {row['prefix']} was revoked at {row['revoked_at'].isoformat()}; ask an admin for a new key",
-        )
+    if (why := keys.unusable(row)) is not None:
+        raise AccessDenied(401, "unauthorized", why)
     return Principal(
         row["id"],
         row["prefix"],

@@ -25,6 +25,9 @@ from sqlalchemy.engine import Connection
 from cliprs.fsutil import atomic_path
 
 HIST_BINS = 1000
+# States whose results can be read: a run being re-thresholded keeps its current ones until
+# the indexer swaps them.
+RESULT_STATES = ("done", "rethresholding")
 
 # Replaces a run's polygons from its current run_hits: per zoom level, hits whose footprints
 # intersect or touch form one cluster (ST_ClusterDBSCAN with one point per cluster is

@@ -39,6 +39,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cliprs.errors import Conflict, InvalidInput, Unavailable
+from cliprs.runs import RESULT_STATES
 from cliprs_search.context import Context
 from cliprs_search.repository import exports as repo
 from cliprs_search.service.shared import found
@@ -75,8 +76,6 @@ CSV_POLYGON_COLUMNS = (
 CSV_WINDOW_COLUMNS = ("window_id", "run_id", "project_id", "polygon_id", "z", "score", "lon", "lat")
 
 CsvRows = Literal["polygons", "windows"]
-# States whose results can be handed out: a run being re-thresholded keeps its current ones.
-RESULT_STATES = ("done", "rethresholding")
 
 log = logging.getLogger("cliprs.search.exports")
 

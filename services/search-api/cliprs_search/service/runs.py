@@ -35,8 +35,6 @@ from cliprs_search.service.shared import found, queue_or_undo
 
 MAX_THRESHOLDS = 100
 MAX_POLYGON_PAGE = 5000
-# States whose results can be read: a run being re-thresholded keeps its current ones.
-RESULT_STATES = ("done", "rethresholding")
 
 
 def _run(row: dict) -> Run:
@@ -79,7 +77,7 @@ async def get_run(ctx: Context, run_id: int) -> Run:
     return _run(found(row, f"no run {run_id}"))
 
 
-def _require_done(run: Run, states: tuple[str, ...] = RESULT_STATES) -> None:
+def _require_done(run: Run, states: tuple[str, ...] = runs.RESULT_STATES) -> None:
     if run.state == "rethresholding" and run.state not in states:
         raise Conflict(
             f"run {run.id} is rethresholding (a new threshold is being applied in the background); "

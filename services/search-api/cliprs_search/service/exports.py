@@ -218,51 +218,50 @@ def _csv_text(rows: Sequence[Sequence]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _polygon_csv_row(r: Row) -> tuple:
+    """A polygon's CSV row, in `CSV_POLYGON_COLUMNS` order."""
+    return (
+        r.id,
+        r.run_id,
+        r.project_id,
+        r.z,
+        f"{r.lon:.7f}",
+        f"{r.lat:.7f}",
+        f"{r.area_m2:.2f}",
+        _score(r.max_score),
+        _score(r.mean_score),
+        r.window_count,
+        f"{r.west:.7f}",
+        f"{r.south:.7f}",
+        f"{r.east:.7f}",
+        f"{r.north:.7f}",
+    )
+
+
+def _window_csv_row(r: Row) -> tuple:
+    """A hit window's CSV row, in `CSV_WINDOW_COLUMNS` order."""
+    return (
+        r.window_id,
+        r.run_id,
+        r.project_id,
+        "" if r.polygon_id is None else r.polygon_id,
+        r.z,
+        _score(r.score),
+        f"{r.lon:.7f}",
+        f"{r.lat:.7f}",
+    )
+
+
 async def csv_chunks(ctx: Context, run: RunVersion, rows: CsvRows) -> AsyncIterator[bytes]:
     """The run as CSV: one row per polygon (its centroid's lon/lat, its properties and bounding
     box), or with ``rows="windows"`` one row per hit window (its centre, score and polygon)."""
     if rows == "polygons":
-        yield _csv_text([CSV_POLYGON_COLUMNS])
-        async for batch in _batches(ctx, run, repo.polygons_centroids, "id"):
-            yield _csv_text(
-                [
-                    (
-                        r.id,
-                        r.run_id,
-                        r.project_id,
-                        r.z,
-                        f"{r.lon:.7f}",
-                        f"{r.lat:.7f}",
-                        f"{r.area_m2:.2f}",
-                        _score(r.max_score),
-                        _score(r.mean_score),
-                        r.window_count,
-                        f"{r.west:.7f}",
-                        f"{r.south:.7f}",
-                        f"{r.east:.7f}",
-                        f"{r.north:.7f}",
-                    )
-                    for r in batch
-                ]
-            )
-        return
-    yield _csv_text([CSV_WINDOW_COLUMNS])
-    async for batch in _batches(ctx, run, repo.hit_windows, "window_id"):
-        yield _csv_text(
-            [
-                (
-                    r.window_id,
-                    r.run_id,
-                    r.project_id,
-                    "" if r.polygon_id is None else r.polygon_id,
-                    r.z,
-                    _score(r.score),
-                    f"{r.lon:.7f}",
-                    f"{r.lat:.7f}",
-                )
-                for r in batch
-            ]
-        )
+        columns, fetch, key, row_of = CSV_POLYGON_COLUMNS, repo.polygons_centroids, "id", _polygon_csv_row
+    else:
+        columns, fetch, key, row_of = CSV_WINDOW_COLUMNS, repo.hit_windows, "window_id", _window_csv_row
+    yield _csv_text([columns])
+    async for batch in _batches(ctx, run, fetch, key):
+        yield _csv_text([row_of(r) for r in batch])
 
 
 def _write_gpkg_batch(path: Path, batch: Sequence, append: bool) -> None:

@@ -211,6 +211,13 @@ class Search(BaseModel):
         out.show(answer, format_hits(answer))
 
 
+class _Group(BaseModel):
+    """Commands under one name (``projects``, ``labels``): its `run` runs the one chosen."""
+
+    def run(self, api: Api, out: Out) -> None:
+        get_subcommand(self).run(api, out)
+
+
 class ProjectCreate(BaseModel):
     """Create a project over areas."""
 
@@ -273,7 +280,7 @@ class ProjectDelete(BaseModel):
         out.show(p, f"deleted project {p['id']} ({p['name']})")
 
 
-class Projects(BaseModel):
+class Projects(_Group):
     """Create, list, show, update or delete projects."""
 
     create: CliSubCommand[ProjectCreate]
@@ -281,9 +288,6 @@ class Projects(BaseModel):
     show: CliSubCommand[ProjectShow]
     update: CliSubCommand[ProjectUpdate]
     delete: CliSubCommand[ProjectDelete]
-
-    def run(self, api: Api, out: Out) -> None:
-        get_subcommand(self).run(api, out)
 
 
 class LabelAdd(BaseModel):
@@ -321,15 +325,12 @@ class LabelList(BaseModel):
         out.show(labels, format_labels(labels))
 
 
-class Labels(BaseModel):
+class Labels(_Group):
     """Add, remove or list a project's labels."""
 
     add: CliSubCommand[LabelAdd]
     remove: CliSubCommand[LabelRemove]
     list: CliSubCommand[LabelList]
-
-    def run(self, api: Api, out: Out) -> None:
-        get_subcommand(self).run(api, out)
 
 
 class Refine(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,35 +32,44 @@ def markdown(reports: Sequence[ModelReport]) -> str:
     return "\n".join(lines)
 
 
+def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table: a ``model`` column, then ``columns`` aligned right (they hold numbers)."""
+    return [_row(["model", *columns]), "|---|" + "---:|" * len(columns), *map(_row, rows)]
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _classification_tables(cls: Sequence[ModelReport]) -> list[str]:
     if not cls:
         return []
     c0 = cls[0].classification
     ks = list(c0["topk_accuracy"])
-    lines = [
+    topk = [[_label(r), *(f"{r.classification['topk_accuracy'][k]:.1f}" for k in ks)] for r in cls]
+    multilabel = [
+        [
+            _label(r),
+            f"{k}",
+            f"{m['precision']:.1f}",
+            f"{m['recall']:.1f}",
+            f"{m['f1']:.1f}",
+            f"{m['hamming_loss']:.4f}",
+        ]
+        for r in cls
+        for k, m in r.classification["multilabel"].items()
+    ]
+    return [
         f"## Zero-shot scene classification ({c0['dataset']}: {c0['images']} images, "
         f"{len(c0['categories'])} categories)",
         "",
-        "| model | " + " | ".join(f"top-{k} %" for k in ks) + " |",
-        "|---|" + "---:|" * len(ks),
-    ]
-    for r in cls:
-        acc = r.classification["topk_accuracy"]
-        lines.append(f"| {_label(r)} | " + " | ".join(f"{acc[k]:.1f}" for k in ks) + " |")
-    lines += [
+        *_table([f"top-{k} %" for k in ks], topk),
         "",
         "Multilabel, the top k categories predicted (macro over categories):",
         "",
-        "| model | k | precision % | recall % | F1 % | Hamming loss |",
-        "|---|---:|---:|---:|---:|---:|",
+        *_table(["k", "precision %", "recall %", "F1 %", "Hamming loss"], multilabel),
+        "",
     ]
-    for r in cls:
-        for k, m in r.classification["multilabel"].items():
-            lines.append(
-                f"| {_label(r)} | {k} | {m['precision']:.1f} | {m['recall']:.1f} | {m['f1']:.1f} | "
-                f"{m['hamming_loss']:.4f} |"
-            )
-    return [*lines, ""]
 
 
 def _retrieval_table(ret: Sequence[ModelReport]) -> list[str]:
@@ -68,21 +77,18 @@ def _retrieval_table(ret: Sequence[ModelReport]) -> list[str]:
         return []
     r0 = ret[0].retrieval
     ks = list(r0["text_to_image"])
-    lines = [
-        f"## Cross-modal retrieval ({r0['dataset']}: {r0['images']} images, {r0['captions']} captions)",
-        "",
-        "| model | "
-        + " | ".join(f"T→I R@{k}" for k in ks)
-        + " | "
-        + " | ".join(f"I→T R@{k}" for k in ks)
-        + " | mR |",
-        "|---|" + "---:|" * (2 * len(ks) + 1),
-    ]
+    columns = [*(f"T→I R@{k}" for k in ks), *(f"I→T R@{k}" for k in ks), "mR"]
+    rows = []
     for r in ret:
         t2i, i2t = r.retrieval["text_to_image"], r.retrieval["image_to_text"]
         cells = [f"{t2i[k]:.1f}" for k in ks] + [f"{i2t[k]:.1f}" for k in ks] + [f"{r.retrieval['mR']:.1f}"]
-        lines.append(f"| {_label(r)} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+        rows.append([_label(r), *cells])
+    return [
+        f"## Cross-modal retrieval ({r0['dataset']}: {r0['images']} images, {r0['captions']} captions)",
+        "",
+        *_table(columns, rows),
+        "",
+    ]
 
 
 def _failure_lists(reports: Sequence[ModelReport]) -> list[str]:

@@ -24,6 +24,12 @@ def _comma_string(value: Any) -> Any:
     return value
 
 
+def _share_field(description: str) -> Any:
+    """An optional share of a window's pixels, 0..1: documented as such in OpenAPI, checked by
+    `SearchOptions._share` (for a message that says what the values mean)."""
+    return Field(None, json_schema_extra={"minimum": 0.0, "maximum": 1.0}, description=description)
+
+
 class SearchOptions(BaseModel):
     """The options of every search: paging, filters and what each hit carries. ``GET`` searches
     read them from the query string, ``POST /v1/search`` from its JSON body."""
@@ -48,17 +54,13 @@ class SearchOptions(BaseModel):
         description="Collapse windows with identical pixels (identical vectors, e.g. blank or all-black "
         "windows) into one result, the best-ranked, which counts them in `identical`",
     )
-    max_cloud: float | None = Field(
-        None,
-        json_schema_extra={"minimum": 0.0, "maximum": 1.0},
-        description="Highest cloud score that passes (0..1, inclusive): windows with cloud_score > max_cloud "
+    max_cloud: float | None = _share_field(
+        "Highest cloud score that passes (0..1, inclusive): windows with cloud_score > max_cloud "
         "are left out. Default: just below the detector's 'cloudy' level (SEARCH_DEFAULT_MAX_CLOUD); "
         "1 keeps every window. Windows without a score (embedded before scoring existed) always pass",
     )
-    min_valid: float | None = Field(
-        None,
-        json_schema_extra={"minimum": 0.0, "maximum": 1.0},
-        description="Lowest valid fraction that passes (0..1, inclusive): windows with less of their area "
+    min_valid: float | None = _share_field(
+        "Lowest valid fraction that passes (0..1, inclusive): windows with less of their area "
         "holding imagery (not no-data) are left out. Default SEARCH_DEFAULT_MIN_VALID (0.9); 0 keeps every "
         "window. Windows without a fraction (embedded before it was measured) always pass",
     )

@@ -16,6 +16,11 @@ from sqlalchemy.engine import Connection, Row
 PUBLISH_LOCK_KEY = 0x434C49505253
 
 
+def _column(conn: Connection, sql: str, **params: Any) -> list:
+    """The first column of the rows ``sql`` answers, in the order it gives them."""
+    return list(conn.execute(text(sql), params).scalars())
+
+
 # ---- the publish lock and index versions ----
 
 
@@ -57,14 +62,11 @@ def mark_versions_removed(conn: Connection, versions: Sequence[int]) -> None:
 
 def embedded_tile_ids(conn: Connection, area_id: int) -> list[int]:
     """The area's tiles that have vectors, in id order."""
-    return list(
-        conn.execute(
-            text(
-                "SELECT t.id FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
-                "WHERE at.area_id = :a AND t.status = 'embedded' ORDER BY t.id"
-            ),
-            {"a": area_id},
-        ).scalars()
+    return _column(
+        conn,
+        "SELECT t.id FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
+        "WHERE at.area_id = :a AND t.status = 'embedded' ORDER BY t.id",
+        a=area_id,
     )
 
 
@@ -100,7 +102,7 @@ def live_area_ids(conn: Connection, area_ids: Sequence[int]) -> set[int]:
 
 def all_live_area_ids(conn: Connection) -> list[int]:
     """Every area not being deleted, in id order."""
-    return list(conn.execute(text("SELECT id FROM areas WHERE status <> 'deleting' ORDER BY id")).scalars())
+    return _column(conn, "SELECT id FROM areas WHERE status <> 'deleting' ORDER BY id")
 
 
 def existing_area_ids(conn: Connection, area_ids: Sequence[int]) -> set[int]:
@@ -135,16 +137,13 @@ def delete_area_row(conn: Connection, area_id: int) -> None:
 
 def unshared_tile_ids(conn: Connection, area_id: int) -> list[int]:
     """The area's tiles that no other area uses."""
-    return list(
-        conn.execute(
-            text(
-                """
-                SELECT at.tile_id FROM area_tiles at WHERE at.area_id = :a AND NOT EXISTS (
-                    SELECT 1 FROM area_tiles o WHERE o.tile_id = at.tile_id AND o.area_id <> :a)
-                """
-            ),
-            {"a": area_id},
-        ).scalars()
+    return _column(
+        conn,
+        """
+        SELECT at.tile_id FROM area_tiles at WHERE at.area_id = :a AND NOT EXISTS (
+            SELECT 1 FROM area_tiles o WHERE o.tile_id = at.tile_id AND o.area_id <> :a)
+        """,
+        a=area_id,
     )
 
 
@@ -156,9 +155,7 @@ def existing_tile_ids(conn: Connection, tile_ids: Sequence[int]) -> set[int]:
 
 
 def area_tile_ids(conn: Connection, area_id: int) -> list[int]:
-    return list(
-        conn.execute(text("SELECT tile_id FROM area_tiles WHERE area_id = :a"), {"a": area_id}).scalars()
-    )
+    return _column(conn, "SELECT tile_id FROM area_tiles WHERE area_id = :a", a=area_id)
 
 
 def lock_tiles(conn: Connection, tile_ids: Sequence[int]) -> None:
@@ -337,11 +334,8 @@ def fail_run(conn: Connection, run_id: int, error: str) -> None:
 
 def project_area_ids(conn: Connection, project_id: int) -> list[int]:
     """The project's areas, in id order."""
-    return list(
-        conn.execute(
-            text("SELECT area_id FROM project_areas WHERE project_id = :p ORDER BY area_id"),
-            {"p": project_id},
-        ).scalars()
+    return _column(
+        conn, "SELECT area_id FROM project_areas WHERE project_id = :p ORDER BY area_id", p=project_id
     )
 
 
@@ -357,11 +351,7 @@ def project_labels(conn: Connection, project_id: int) -> list[Row]:
 
 def tile_ids_of_areas(conn: Connection, area_ids: Sequence[int]) -> list[int]:
     """The tiles of ``area_ids`` (a tile shared by two of them appears twice)."""
-    return list(
-        conn.execute(
-            text("SELECT tile_id FROM area_tiles WHERE area_id = ANY(:a)"), {"a": list(area_ids)}
-        ).scalars()
-    )
+    return _column(conn, "SELECT tile_id FROM area_tiles WHERE area_id = ANY(:a)", a=list(area_ids))
 
 
 def replace_run_hits(conn: Connection, run_id: int, ids: np.ndarray, scores: np.ndarray) -> None:

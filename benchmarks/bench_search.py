@@ -18,11 +18,16 @@ Vectors (512-d, `cliprs_testing.synthetic.ClusteredStream`): one shared mean dir
 clusters ("scene types"), new places per area, 16 windows around each place. Queries, never indexed:
 
 - image-like: one new window around each of ``--held-out`` random places of the first area;
-- text-like, modelling CLIP's modality gap (text and image embeddings live in two cones; a caption
-  and its image meet at a cosine of about 0.3): with ``x`` an image-like query, ``g`` one fixed
-  random unit direction orthogonal to the images' mean (the gap) and ``e`` an isotropic random unit vector per query,
-  ``q = normalize(0.3 * x + 0.8 * g + 0.52 * e)``, so that ``cos(q, x)`` is about 0.3 and two text
-  queries meet at about 0.68 (the measured mean ``cos(q, x)`` is reported).
+- text-like, with the modality-gap model (`cliprs_index.text_queries`: text and image embeddings
+  live in two cones; a caption and its image meet at a cosine of about 0.3, two text queries at
+  about 0.68; the measured mean ``cos(q, x)`` is reported), across one gap direction.
+
+Users' text queries: before the first area, ``--sampled-text-queries`` other text-like queries
+(around other places, across the same gap: one model's texts share its gap) go into the query
+sample as the search-api keeps them (`cliprs.query_sample.record`), so the indexer tunes the text
+probe on "recent text queries", as a deployment that has been searched does. The search-api's own
+sample is off in this run (``SEARCH_QUERY_SAMPLE_SIZE=0``): its queries are the tiny CLIP's,
+which mean nothing in the synthetic vectors' space.
 
 Exact top 10 of every query is kept as a running top 10 while areas are added, scored against the
 vectors as stored (rounded to float16), so it costs one pass over the data in all.
@@ -51,13 +56,14 @@ and a fingerprint each. Every setting off its default is recorded in the results
 (``non_default_settings``), with the commit, the date and the load at the start and the end.
 
 Results go to ``--out`` (a JSON list, one object per size, rewritten after each size) and a summary
-with the goals: end to end p50 <= 25 ms up to 3M windows and <= 50 ms up to 10M, recall@10 of
-image-like queries >= 0.95, <= 150 resident bytes per window (from 1M windows on: below, the
+with the goals: end to end p50 <= 25 ms up to 3M windows and <= 50 ms up to 10M (p99 <= 60 ms at 10M), recall@10 of
+image-like and text-like queries >= 0.95, <= 150 resident bytes per window (from 1M windows on: below, the
 process's fixed memory dominates), a hot swap <= 5 s with no failed request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -75,6 +81,8 @@ import faiss
 import httpx
 import mercantile
 import numpy as np
+import redis
+import redis.asyncio as aioredis
 import workspace  # noqa: F401  (the repository on sys.path, for tests.support)
 from machine_info import finish, run_info
 from pydantic import Field, field_validator
@@ -82,13 +90,15 @@ from pydantic_settings import BaseSettings
 from sqlalchemy import text
 
 from cliprs import keys as key_store
+from cliprs import query_sample
 from cliprs.db.engine import sync_engine
 from cliprs.manifest import load_manifest
 from cliprs.settings import CoreSettings
 from cliprs.tiles import BBox, tiles_for_bbox, zorder
 from cliprs.windows import plan_windows
 from cliprs_embedder.settings import EmbedderSettings
-from cliprs_indexer.build import collect_area_vectors, publish_area, retune, retune_due
+from cliprs_index.text_queries import gap_direction, modality_gap_queries
+from cliprs_indexer.build import collect_area_vectors, publish_area, retune, retune_due, sampled_text_queries
 from cliprs_indexer.maintenance import garbage_collect
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_search.index import IndexHolder
@@ -105,11 +115,10 @@ HELP = __doc__  # the whole module docstring is the --help text
 STUDY_AREA = BBox(-77.274, 38.812, -76.986, 38.912)  # Northern Virginia, Arlington, the National Mall
 DIM = 512
 K = 10
-# Text-like queries: q = normalize(A * image + B * gap + C * noise), see the module docstring.
-TEXT_A, TEXT_B, TEXT_C = 0.3, 0.8, 0.52
 # Goals (issue 11).
 GOAL_P50_3M_MS, GOAL_P50_10M_MS = 25.0, 50.0
-GOAL_RECALL = 0.95
+GOAL_RECALL = 0.95  # image-like and text-like queries alike (issue 24)
+GOAL_P99_10M_MS = 60.0
 GOAL_BYTES_PER_WINDOW = 150.0
 GOAL_SWAP_S = 5.0
 # The services run on their defaults (access control on: SEARCH_AUTH defaults to "on") but for
@@ -120,6 +129,7 @@ PRODUCT_ENV = {
     "SEARCH_AUTH": "on",  # the default, stated: the test platform starter turns it off otherwise
     "SEARCH_SEARCH_RATE_PER_S": "1000000",
     "SEARCH_SEARCH_BURST": "1000000",
+    "SEARCH_QUERY_SAMPLE_SIZE": "0",  # the tiny CLIP's queries stay out of the tuning's sample
 }
 PHRASES = [
     "boats near a pier", "a red car in a parking lot", "the Washington Monument", "a baseball field",
@@ -141,6 +151,9 @@ class SearchBenchSettings(BaseSettings):
     sizes: str = Field("1000000,3000000,10000000", description="comma-separated window counts")
     queries: int = Field(300, gt=0, description="sequential end-to-end queries per size")
     held_out: int = Field(500, gt=0, description="held-out queries of each kind (image-like, text-like)")
+    sampled_text_queries: int = Field(
+        1000, ge=0, description="users' text queries put in the query sample before the first area"
+    )
     concurrency: int = Field(8, gt=0)
     duration: float = Field(20.0, gt=0, description="seconds of concurrent load")
     swap_tiles: int = Field(1000, gt=0, description="tiles of the area added during the hot-swap test")
@@ -262,21 +275,6 @@ def set_quality(database_url: str, area: SeededArea, min_valid: float, options: 
         )
 
 
-def text_like(images: np.ndarray, seed: int) -> np.ndarray:
-    """Text-like queries from image-like ones (the modality gap; formula in the module docstring)."""
-    rng = np.random.default_rng(seed)
-    gap = rng.standard_normal(images.shape[1]).astype(np.float32)
-    # Orthogonal to the images' mean direction: the two cones sit side by side, and the cosine
-    # of a query to its image stays at TEXT_A whatever the draw.
-    centre = images.mean(axis=0) / np.linalg.norm(images.mean(axis=0))
-    gap -= (gap @ centre) * centre
-    gap /= np.linalg.norm(gap)
-    noise = rng.standard_normal(images.shape).astype(np.float32)
-    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    q = TEXT_A * images + TEXT_B * gap + TEXT_C * noise
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-
-
 @dataclass
 class Growth:
     """The growing database and index, and where the build time went."""
@@ -328,7 +326,9 @@ class Growth:
                 len(places), self.options.held_out, replace=len(places) < self.options.held_out
             )
             self.image_queries = self.stream.around(places[pick], 1)
-            self.text_queries = text_like(self.image_queries, self.options.seed + 1)
+            gap = gap_direction(self.image_queries, self.options.seed + 1)
+            self.text_queries = modality_gap_queries(self.image_queries, gap, self.options.seed + 1)
+            self.sample_users_queries(places, gap)
             self.truth = RunningTopK(np.concatenate([self.image_queries, self.text_queries]))
         stored = vectors.astype(np.float16)  # what the chunks (and the shards) hold
         del vectors, places
@@ -349,6 +349,24 @@ class Growth:
         ]
         return area
 
+    def sample_users_queries(self, places: np.ndarray, gap: np.ndarray) -> None:
+        """Text queries "users typed" into the query sample (see the module docstring)."""
+        n = self.options.sampled_text_queries
+        if n == 0:
+            return
+        pick = self.rng.choice(len(places), n, replace=len(places) < n)
+        queries = modality_gap_queries(self.stream.around(places[pick], 1), gap, self.options.seed + 2)
+
+        async def record() -> None:
+            client = aioredis.Redis.from_url(self.core.redis_url)
+            try:
+                for q in queries:
+                    await query_sample.record(client, self.core.redis_namespace, self.model_id, q, n)
+            finally:
+                await client.aclose()
+
+        asyncio.run(record())
+
     def index(self, area_id: int) -> tuple[float, float, int]:
         """(collect s, publish s, version): the indexer's part for one area."""
         t = time.perf_counter()
@@ -359,7 +377,8 @@ class Growth:
         t2 = self._tick("publish_s", t1)
         if manifest is None:
             raise RuntimeError(f"publishing area {area_id} published nothing")
-        if retune_due(manifest, settings):  # what the indexer's queued indexer.retune task does
+        sampled = sampled_text_queries(self.core, manifest)
+        if retune_due(manifest, settings, sampled):  # what the indexer's queued indexer.retune task does
             retune(self.core, settings)
             self._tick("retune_s", t2)
         return t1 - t, t2 - t1, manifest.version
@@ -497,6 +516,8 @@ def sequential(client: httpx.Client, url: str, n: int) -> dict:
         "p99_ms": pct(seq, 99),
         "server_p50_ms": pct(server, 50),
         "stages_p50_ms": {k: pct([s.get(k, 0.0) for s in stages], 50) for k in keys},
+        "stages_p99_ms": {k: pct([s.get(k, 0.0) for s in stages], 99) for k in keys},
+        "server_p99_ms": pct(server, 99),
     }
 
 
@@ -652,6 +673,8 @@ def measure(growth: Growth, model_dir: Path, options: SearchBenchSettings, swap_
         "e2e_p99_ms": e["seq"]["p99_ms"],
         "e2e_server_p50_ms": e["seq"]["server_p50_ms"],
         "e2e_stages_p50_ms": e["seq"]["stages_p50_ms"],
+        "e2e_server_p99_ms": e["seq"]["server_p99_ms"],
+        "e2e_stages_p99_ms": e["seq"]["stages_p99_ms"],
         "index_p50_ms": alone["image"]["p50_ms"],
         "index_p99_ms": alone["image"]["p99_ms"],
         "index_p50_ms_text": alone["text"]["p50_ms"],
@@ -713,7 +736,15 @@ def goals(r: dict) -> dict[str, tuple[bool | None, str]]:
         f"e2e p50 <= {limit:.0f} ms": (r["e2e_p50_ms"] <= limit, f"{r['e2e_p50_ms']:.1f} ms"),
         f"recall@10 image >= {GOAL_RECALL}": (
             r["recall_at_10_image"] >= GOAL_RECALL,
-            f"{r['recall_at_10_image']:.3f} (text {r['recall_at_10_text']:.3f})",
+            f"{r['recall_at_10_image']:.3f}",
+        ),
+        f"recall@10 text >= {GOAL_RECALL}": (
+            r["recall_at_10_text"] >= GOAL_RECALL,
+            f"{r['recall_at_10_text']:.3f}",
+        ),
+        f"e2e p99 <= {GOAL_P99_10M_MS:.0f} ms at 10M": (
+            (r["e2e_p99_ms"] <= GOAL_P99_10M_MS) if r["windows"] > 3_000_000 * 1.05 else None,
+            f"{r['e2e_p99_ms']:.1f} ms",
         ),
         f"<= {GOAL_BYTES_PER_WINDOW:.0f} resident B/window": (
             (bpw <= GOAL_BYTES_PER_WINDOW) if bpw is not None and r["windows"] >= 1_000_000 else None,
@@ -817,6 +848,8 @@ def run(options: SearchBenchSettings) -> None:
                 )
             results.append(result)
             write_results(options.out, results)
+        with redis.Redis.from_url(core.redis_url) as client:  # the users' queries go with the run
+            client.delete(query_sample.sample_key(core.redis_namespace, growth.model_id))
     summary(results, options)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"results: {options.out}\npeak memory of the benchmark process: {peak_gb:.1f} GB")

@@ -17,13 +17,15 @@ from pathlib import Path
 import mercantile
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from cliprs import query_sample
 from cliprs.db.engine import sync_engine
 from cliprs.errors import InvalidInput
 from cliprs_index.shardset import Probe
-from cliprs_indexer.build import collect_area_vectors, publish_area
+from cliprs_indexer.build import collect_area_vectors, publish_area, sampled_text_queries
 from cliprs_indexer.settings import IndexerSettings
 from cliprs_model import load_encoder
 from cliprs_model.settings import ModelSettings
@@ -39,6 +41,9 @@ ORIGIN = (-21.94, 64.14)
 BLOCK = 20  # zoom-16 tiles per area side: 400 tiles, about 10k windows per area
 PAGES, K = 10, 20
 IDENTICAL = 1_500  # groups of windows with identical pixels
+# Text queries re-rank twice their tuned depth here, so that their effort differs from an image
+# query's even where the shallow tuning gives both the same probe.
+SETTINGS = {"text_rerank_scale": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +94,19 @@ def world(
             start += len(area.ids)
         for area in areas:
             publish_area(core, area.area_id, collect_area_vectors(core, area.area_id), indexer)
-        app, _ = search_api(core, encoder)
+        app, _ = search_api(core, encoder, **SETTINGS)
         boxes = np.concatenate([a.boxes for a in areas])
         with TestClient(app) as client:
             twins = ids[rows].tolist()
-            yield {"client": client, "areas": areas, "n": n, "boxes": boxes, "core": core, "twins": twins}
+            yield {
+                "client": client,
+                "areas": areas,
+                "n": n,
+                "boxes": boxes,
+                "core": core,
+                "twins": twins,
+                "encoder": encoder,
+            }
     finally:
         delete_seeded(pg_url, [a.area_id for a in areas])
 
@@ -194,7 +207,7 @@ def peek(token: str) -> dict:
 def test_pages_carry_their_effort_and_depth(world: dict) -> None:
     """The first page fixes the effort (the text's for text) and the depth; later pages keep them."""
     index = IndexHolder(world["core"].index_dir).load()
-    settings = SearchSettings()
+    settings = SearchSettings(**SETTINGS)
     client = world["client"]
     first = client.post("/v1/search", json={"q": "boats near a pier", "k": K}).json()
     carried = peek(first["next_cursor"])
@@ -209,10 +222,27 @@ def test_pages_carry_their_effort_and_depth(world: dict) -> None:
     assert peek(similar["next_cursor"])["e"] == [index.probe().nprobe, index.probe().k_factor]
 
 
+def test_text_queries_are_kept_for_the_tuning_and_image_queries_are_not(world: dict) -> None:
+    """The search-api keeps the vectors of recent text queries (cliprs.query_sample), which the
+    indexer tunes the text probe on; a find-similar query is an image: not kept."""
+    core, encoder, client = world["core"], world["encoder"], world["client"]
+    model = encoder.info.loaded
+    with redis.Redis.from_url(core.redis_url) as r:
+        before = query_sample.size(r, core.redis_namespace, model)
+        for q in ("a marina with boats", "a parking lot"):
+            assert client.post("/v1/search", json={"q": q, "k": 5}).status_code == 200
+        assert client.post("/v1/search", json={"window_id": queries(world, 1)[0], "k": 5}).status_code == 200
+        assert query_sample.size(r, core.redis_namespace, model) == before + 2
+        kept = query_sample.recent(r, core.redis_namespace, model, encoder.info.dim)
+    want = encoder.embed_texts(["a parking lot", "a marina with boats"])
+    assert np.allclose(kept[:2], want, atol=2e-3)  # newest first, float16 as stored
+    assert sampled_text_queries(core, IndexHolder(core.index_dir).load().manifest) == len(kept)
+
+
 def test_refine_searches_with_the_text_effort_whenever_the_text_counts(world: dict) -> None:
     """Labels do not turn the text's effort off: only a text weight of 0 does."""
     index = IndexHolder(world["core"].index_dir).load()
-    text, image = index.probe(text_effort(SearchSettings())), index.probe()
+    text, image = index.probe(text_effort(SearchSettings(**SETTINGS))), index.probe()
     client = world["client"]
     resp = client.post(
         "/v1/projects",

@@ -36,8 +36,9 @@ def index_seeded(core: CoreSettings, area: SeededArea, vectors: np.ndarray, mode
     publish_area(core, area.area_id, collect_area_vectors(core, area.area_id))
 
 
-def search_api(core: CoreSettings, encoder) -> tuple[FastAPI, FastAPI]:
-    """(the search-api app, the embedder app it calls in-process) on ``encoder``."""
+def search_api(core: CoreSettings, encoder, **settings) -> tuple[FastAPI, FastAPI]:
+    """(the search-api app, the embedder app it calls in-process) on ``encoder``; ``settings``:
+    search-api settings off their defaults."""
     from cliprs_embedder.app import create_app as create_embedder
     from cliprs_search.app import create_app
     from cliprs_search.settings import SearchSettings
@@ -45,7 +46,7 @@ def search_api(core: CoreSettings, encoder) -> tuple[FastAPI, FastAPI]:
     embedder = create_embedder(encoder=encoder)
     app = create_app(
         core,
-        SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test"),
+        SearchSettings(embedder_url="http://embedder", tiler_public_url="http://tiler.test", **settings),
         embedder_transport=httpx.ASGITransport(app=embedder),
     )
     return app, embedder

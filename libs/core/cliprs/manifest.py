@@ -73,6 +73,10 @@ class Codec:
     trained_on: int  # vectors in the index when it was trained
     recall_at_10: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # Text queries' own tuning (None: tuned before text queries had one; see ShardSet.probe).
+    text_nprobe: int | None = None
+    text_k_factor: int | None = None
+    text_recall_at_10: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> Codec:

@@ -3,6 +3,7 @@ made by hand): search against exact search, vectors by id, samples, picking and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import numpy as np
 import pytest
 
 from cliprs.manifest import Codec, Manifest, Shard
-from cliprs_index.shardset import SearchEffort, ShardSet, load_shardset
+from cliprs_index.shardset import (
+    UNTUNED_TEXT_NPROBE,
+    UNTUNED_TEXT_RERANK,
+    Probe,
+    SearchEffort,
+    ShardSet,
+    load_shardset,
+)
 from cliprs_index.store import (
     KIND_FLAT,
     KIND_IVFPQ,
@@ -359,3 +367,19 @@ def test_reused_shards_are_not_read_again(written: Written, tmp_path: Path) -> N
     assert second.search(vecs[0], 1)[0][0] == int(ids[0])
     with pytest.raises(FileNotFoundError):
         load_shardset(written.index_dir, v2)
+
+
+def test_text_queries_start_from_the_codecs_text_tuning(written: Written) -> None:
+    """A text effort resolves to the codec's text probe (times its multipliers); a codec tuned
+    before text queries had a probe of their own scales its image probe instead."""
+    untuned = replace(written.ivf.codec, nprobe=3, k_factor=5, text_nprobe=None, text_k_factor=None)
+    tuned = replace(untuned, text_nprobe=9, text_k_factor=12)
+    old = load_shardset(written.index_dir, replace(written.ivf, codec=untuned))
+    new = load_shardset(written.index_dir, replace(written.ivf, codec=tuned))
+    assert new.probe() == old.probe() == Probe(3, 5)
+    assert new.probe(SearchEffort(text=True)) == Probe(9, 12)
+    assert new.probe(SearchEffort(nprobe=2.0, rerank=0.5, text=True)) == Probe(18, 6)
+    assert old.probe(SearchEffort(text=True)) == Probe(
+        math.ceil(3 * UNTUNED_TEXT_NPROBE), round(5 * UNTUNED_TEXT_RERANK)
+    )
+    assert new.probe(Probe(2, 2)) == Probe(2, 2)  # a cursor's probe is kept as it is

@@ -28,6 +28,7 @@ import numpy as np
 import redis
 from sqlalchemy.engine import Connection
 
+from cliprs import query_sample
 from cliprs.db.engine import sync_engine
 from cliprs.errors import ClipRSError
 from cliprs.manifest import Codec, Manifest, Shard, load_manifest, publish
@@ -283,7 +284,9 @@ class _Change:
         ):
             # A new codec is tuned before its first use (untuned it probes every list).
             manifest.codec = shards.tune(
-                _searchable(self.index_dir, manifest, self.codec_index), self.settings
+                _searchable(self.index_dir, manifest, self.codec_index),
+                self.settings,
+                text_sample(self.core, manifest),
             )
         return manifest
 
@@ -304,12 +307,41 @@ def _publish(core: CoreSettings, conn: Connection, manifest: Manifest) -> None:
     )
 
 
-def retune_due(manifest: Manifest, settings: IndexerSettings) -> bool:
-    """True when the index has grown ``retune_growth`` times since its codec was last tuned."""
+def retune_due(manifest: Manifest, settings: IndexerSettings, sampled_text_queries: int = 0) -> bool:
+    """True when the index has grown ``retune_growth`` times since its codec was last tuned, when
+    the codec has no text probe yet (tuned before there was one), or when its text probe was
+    tuned on the modality-gap model and ``sampled_text_queries`` real ones are now enough."""
     if manifest.codec is None or not manifest.shards:
         return False
-    tuned_on = manifest.codec.params.get("tuned_on") or manifest.codec.trained_on
-    return manifest.vector_count >= settings.retune_growth * tuned_on
+    codec = manifest.codec
+    tuned_on = codec.params.get("tuned_on") or codec.trained_on
+    on_model = codec.params.get("text_tuned_with") != shards.TUNED_ON_QUERIES
+    return (
+        manifest.vector_count >= settings.retune_growth * tuned_on
+        or codec.text_nprobe is None
+        or (on_model and sampled_text_queries >= settings.text_tune_min_queries)
+    )
+
+
+def sampled_text_queries(core: CoreSettings, manifest: Manifest) -> int:
+    """How many text query vectors the search-api has kept for the index's model."""
+    try:
+        with redis.Redis.from_url(core.redis_url) as client:
+            return query_sample.size(client, core.redis_namespace, manifest.model_id)
+    except redis.RedisError as exc:
+        log.warning("the text query sample could not be read: %s", type(exc).__name__)
+        return 0
+
+
+def text_sample(core: CoreSettings, manifest: Manifest) -> np.ndarray:
+    """The text query vectors the search-api kept for the index's model (none when Redis fails:
+    the tuning then uses the modality-gap model)."""
+    try:
+        with redis.Redis.from_url(core.redis_url) as client:
+            return query_sample.recent(client, core.redis_namespace, manifest.model_id, manifest.dim)
+    except redis.RedisError as exc:
+        log.warning("the text query sample could not be read: %s", type(exc).__name__)
+        return np.empty((0, manifest.dim), dtype=np.float32)
 
 
 def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
@@ -323,7 +355,9 @@ def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
         return None
     measured = copy.deepcopy(current)
     tuned = shards.tune(
-        _searchable(core.index_dir, measured, read_codec(core.index_dir, current.codec.file)), settings
+        _searchable(core.index_dir, measured, read_codec(core.index_dir, current.codec.file)),
+        settings,
+        text_sample(core, current),
     )
     with sync_engine(core.database_url).begin() as conn:
         repository.lock_publishing(conn)
@@ -336,10 +370,12 @@ def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
         _publish(core, conn, latest)
     announce(core, latest.version)
     log.info(
-        "published index version %s: re-tuned nprobe=%d k_factor=%d",
+        "published index version %s: re-tuned nprobe=%d k_factor=%d, text nprobe=%d k_factor=%d",
         latest.version,
         tuned.nprobe,
         tuned.k_factor,
+        tuned.text_nprobe,
+        tuned.text_k_factor,
     )
     return latest
 

@@ -29,6 +29,9 @@ class IndexerSettings(BaseSettings):
     # Tuning aims this much higher: its sample of queries is finite, new queries differ.
     recall_margin: float = 0.02
     tune_queries: int = 512
+    # Text queries' probe is tuned on the search-api's sample of recent text query vectors once
+    # it holds this many (before that, on the modality-gap model); reaching it re-tunes.
+    text_tune_min_queries: int = 200
     # nlist ~ lists_per_sqrt * sqrt(n), rounded to a power of two; k-means trains on at most
     # train_per_list vectors per list for kmeans_iterations rounds.
     lists_per_sqrt: float = 2.0

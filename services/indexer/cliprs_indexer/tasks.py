@@ -21,7 +21,7 @@ from cliprs.queue import (
 from cliprs.settings import CoreSettings
 from cliprs.worker import worker_app
 from cliprs_indexer import repository
-from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due
+from cliprs_indexer.build import collect_area_vectors, publish_area, retune_due, sampled_text_queries
 from cliprs_indexer.build import retune as retune_codec
 from cliprs_indexer.detect import rethreshold_run, run_detect
 from cliprs_indexer.maintenance import analyze_windows, garbage_collect
@@ -83,7 +83,7 @@ def index_area(job_id: int) -> dict:
         jobs.set_state(conn, job_id, "done", expected="indexing")
         repository.set_area_ready(conn, row.area_id)
     analyze_windows(core)
-    if manifest is not None and retune_due(manifest, settings):
+    if manifest is not None and retune_due(manifest, settings, sampled_text_queries(core, manifest)):
         enqueue(app, TASK_RETUNE, [])
     _collect_garbage()
     return {"version": manifest.version if manifest else None, "vectors": len(vectors.ids)}

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
-from cliprs.manifest import Manifest, current_version, load_manifest, manifest_path
+from cliprs.manifest import Codec, Manifest, Shard, current_version, load_manifest, manifest_path
 from cliprs.settings import CoreSettings
 from cliprs.vectors import write_chunk
 from cliprs.windows import window_id
@@ -31,6 +31,7 @@ from cliprs_indexer.build import (
 )
 from cliprs_indexer.maintenance import delete_area
 from cliprs_indexer.settings import IndexerSettings
+from cliprs_indexer.shards import TUNED_ON_GAP_MODEL, TUNED_ON_QUERIES
 from cliprs_testing.factories import link_tiles, make_area, make_tile, make_window
 
 DIM = 16
@@ -514,3 +515,29 @@ def test_a_publish_respects_a_concurrent_delete(core_settings: CoreSettings, see
     # Without the condition the same vectors are published.
     m2 = apply(core, IndexerSettings(), add=vectors)
     assert m2.version == m1.version + 1 and m2.vector_count == 20
+
+
+def test_a_retune_is_due_for_growth_a_missing_text_probe_and_real_text_queries() -> None:
+    """Growth re-tunes as before; a codec tuned before text queries had a probe, or one whose
+    text probe was tuned on the modality-gap model once enough real queries are kept, too."""
+    settings = IndexerSettings(retune_growth=4.0, text_tune_min_queries=200)
+
+    def manifest(vectors: int, **codec) -> Manifest:
+        params = {"tuned_on": 1000, "text_tuned_with": codec.pop("tuned_with", TUNED_ON_GAP_MODEL)}
+        return Manifest(
+            1,
+            "m",
+            8,
+            [Shard(stem="s", count=vectors, kind="ivfpq")],
+            Codec("c.faiss", 16, 4, 2, 32, 1000, 0.97, params, **codec),
+        )
+
+    text = {"text_nprobe": 4, "text_k_factor": 64, "text_recall_at_10": 0.96}
+    assert not retune_due(manifest(1500, **text), settings)
+    assert retune_due(manifest(4000, **text), settings)  # grown 4 times
+    assert retune_due(manifest(1500), settings)  # no text probe yet
+    assert not retune_due(manifest(1500, **text), settings, sampled_text_queries=199)
+    assert retune_due(manifest(1500, **text), settings, sampled_text_queries=200)
+    assert not retune_due(
+        manifest(1500, tuned_with=TUNED_ON_QUERIES, **text), settings, sampled_text_queries=5000
+    )

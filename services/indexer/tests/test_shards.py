@@ -10,11 +10,23 @@ import numpy as np
 import pytest
 
 from cliprs.manifest import Codec, Manifest, Shard
-from cliprs_index.shardset import ShardSet, load_shardset
+from cliprs_index.shardset import Probe, SearchEffort, ShardSet, load_shardset
 from cliprs_index.store import write_codec, write_shard
+from cliprs_index.text_queries import gap_direction, modality_gap_queries
 from cliprs_indexer import shards
 from cliprs_indexer.settings import IndexerSettings
-from cliprs_indexer.shards import exact_neighbours, plan, recall_at_k, train, train_size, tune
+from cliprs_indexer.shards import (
+    TUNED_ON_GAP_MODEL,
+    TUNED_ON_QUERIES,
+    Measured,
+    exact_neighbours,
+    fastest_probe,
+    plan,
+    recall_at_k,
+    train,
+    train_size,
+    tune,
+)
 from cliprs_testing.synthetic import clustered_unit_vectors, split_queries
 
 SETTINGS = IndexerSettings(device="cpu", planned_vectors=0, tune_queries=256)
@@ -151,3 +163,66 @@ def test_search_ids_searches_only_the_given_ids(clustered, ivfpq: ShardSet) -> N
     found = np.array([[w for w, _ in ivfpq.search_ids(q, allowed, 10)] for q in queries[:30]])
     assert np.isin(found, allowed).all()
     assert recall_at_k(found, truth) == 1.0  # exact, however scattered the ids
+
+
+def test_text_queries_reach_the_target_with_their_own_probe(clustered, ivfpq: ShardSet) -> None:
+    """Text-like queries across another gap than the tuning's (the codec was tuned on the
+    modality-gap model: no sample yet) reach about the target with the text probe, and lose
+    many neighbours with the image probe."""
+    _, _, queries = clustered
+    codec = ivfpq.manifest.codec
+    assert codec.params["text_tuned_with"] == TUNED_ON_GAP_MODEL
+    assert codec.text_recall_at_10 >= SETTINGS.recall_target
+    texts = modality_gap_queries(queries, gap_direction(queries, 1234), 1235)
+    truth = exact_neighbours(ivfpq, texts, 10)
+
+    def recall(effort: SearchEffort) -> float:
+        return recall_at_k(
+            np.array([[w for w, _ in ivfpq.search(q, 10, effort=effort)] for q in texts]), truth
+        )
+
+    text, image = recall(SearchEffort(text=True)), recall(SearchEffort())
+    print(f"held-out text-like recall@10: {text:.3f} with the text probe, {image:.3f} with the image probe")
+    assert text >= SETTINGS.recall_target - 0.03
+    assert image < text - 0.05
+
+
+def test_the_text_probe_is_tuned_on_recent_queries_once_there_are_enough(clustered, ivfpq: ShardSet) -> None:
+    _, _, queries = clustered
+    settings = SETTINGS.model_copy(update={"tune_queries": 96, "text_tune_min_queries": 80})
+    sample = modality_gap_queries(queries, gap_direction(queries, 77), 78)
+    codec = ivfpq.manifest.codec
+    try:
+        on_queries = tune(ivfpq, settings, sample[:90])
+        on_model = tune(ivfpq, settings, sample[:79])
+    finally:
+        ivfpq.manifest.codec = codec
+    assert on_queries.params["text_tuned_with"] == TUNED_ON_QUERIES
+    assert on_model.params["text_tuned_with"] == TUNED_ON_GAP_MODEL
+    for tuned in (on_queries, on_model):
+        assert tuned.text_recall_at_10 >= settings.recall_target
+        assert tuned.text_k_factor >= tuned.k_factor  # text starts where the images ended
+
+
+def test_fastest_probe_keeps_the_quickest_pair_that_reaches_the_target() -> None:
+    """On a model of the trade-off (recall grows with lists and depth; time with both), the
+    tuning finds the quickest (nprobe, k_factor) that reaches the target, as a search of every
+    pair would, and the best recall when none does."""
+    calls: list[Probe] = []
+
+    def measure(probe: Probe) -> Measured:
+        calls.append(probe)
+        recall = 1 - 0.5 / (1 + 0.05 * probe.nprobe * probe.k_factor**0.5)
+        return Measured(probe, recall, 0.2 * probe.nprobe + 0.01 * probe.k_factor)
+
+    for target in (0.8, 0.9, 0.95):
+        calls.clear()
+        got = fastest_probe(measure, 1024, 8, target)
+        every = [measure(Probe(n, d)) for d in (8, 16, 32, 64) for n in range(1, 1025)]
+        best = min((m for m in every if m.recall >= target), key=lambda m: m.median_ms)
+        assert got.recall >= target
+        assert got.median_ms == pytest.approx(best.median_ms)
+    calls.clear()
+    out_of_reach = fastest_probe(measure, 64, 8, 0.999)
+    assert out_of_reach.recall < 0.999 and out_of_reach.probe == Probe(64, 64)
+    assert len(calls) < 40  # a bracket and a bisection per depth, not a grid

@@ -71,12 +71,14 @@ class SearchSettings(BaseSettings):
     # One FAISS thread per request: requests run in parallel instead, and OpenMP spinning on a
     # busy machine costs more than it gains for one query.
     faiss_threads: int = 1
-    # Text queries probe this many times the lists and re-rank this many times the candidates
-    # that the indexer tuned for image-like queries: text embeddings sit away from the images'
-    # (the modality gap), and the tuning's recall does not hold for them (bench-search: text-like
-    # recall@10 0.61 at 10M windows with the tuned values; 4x / 2x measured 0.90 -> 0.95 at 400k).
-    text_nprobe_scale: float = 4.0
-    text_rerank_scale: float = 2.0
+    # Text queries search with the codec's text tuning (the indexer tunes it on the sampled
+    # text queries below, or on the modality-gap model until there are enough of them), times
+    # these (more than 1: more recall for more time).
+    text_nprobe_scale: float = 1.0
+    text_rerank_scale: float = 1.0
+    # The vectors of the latest this many text queries are kept (per model, in Redis, no text)
+    # for the indexer's tuning (cliprs.query_sample); 0 keeps none.
+    query_sample_size: int = Field(2000, ge=0)
 
     # Merging: two windows hit the same object when their overlap covers at least merge_overlap
     # of the smaller one and their areas differ by at most merge_max_area_ratio (so one big

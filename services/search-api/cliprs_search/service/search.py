@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from redis.exceptions import RedisError
 
+from cliprs import query_sample
 from cliprs.errors import InvalidInput, NotFound, TooLarge
 from cliprs.tiles import parse_bbox, validate_zooms
 from cliprs_http.observability import observe_search_timings
@@ -38,6 +41,8 @@ from cliprs_search.service.shared import (
     window_vector,
 )
 from cliprs_search.settings import SearchSettings
+
+log = logging.getLogger("cliprs.search")
 
 # The model reads this many tokens of a text; longer queries are cut (and told so).
 MODEL_TOKENS = 77
@@ -154,8 +159,8 @@ async def image_search(
 
 
 def text_effort(settings: SearchSettings) -> SearchEffort:
-    """How much harder than the tuned default a text query searches (see the settings)."""
-    return SearchEffort(nprobe=settings.text_nprobe_scale, rerank=settings.text_rerank_scale)
+    """A text query's effort: the codec's text tuning, scaled by the settings."""
+    return SearchEffort(nprobe=settings.text_nprobe_scale, rerank=settings.text_rerank_scale, text=True)
 
 
 async def _text(ctx: Context, q: str, opts: ResolvedOptions, started: float) -> SearchResults:
@@ -169,7 +174,20 @@ async def _text(ctx: Context, q: str, opts: ResolvedOptions, started: float) -> 
     query = Query(
         vector, q, started, info["model"], text=True, warnings=warnings, timings={"embed": embed_ms}
     )
+    await keep_in_sample(ctx, vector, info["model"])
     return await answer_search(ctx, query, opts)
+
+
+async def keep_in_sample(ctx: Context, vector: np.ndarray, model: dict[str, Any]) -> None:
+    """Keep a text query's vector for the indexer's tuning (`cliprs.query_sample`); a search
+    never fails for it."""
+    keep, model_id = ctx.settings.query_sample_size, model.get("loaded")
+    if keep <= 0 or not model_id:
+        return
+    try:
+        await query_sample.record(ctx.quotas.client, ctx.core.redis_namespace, model_id, vector, keep)
+    except (RedisError, OSError) as exc:
+        log.warning("a text query was not kept for the tuning: %s", type(exc).__name__)
 
 
 async def answer_search(ctx: Context, query: Query, opts: ResolvedOptions) -> SearchResults:

@@ -178,7 +178,7 @@ class RasterScene:
         image = self.read_tile(z, x, y, tile_size, resampling)
         if image is None:
             return None
-        image.rescale(in_range=[_nonflat(limits) for limits in (stretch or self.stretch())])
+        apply_stretch(image, stretch or self.stretch())
         rgb = image.data_as_image()  # (H, W, 3) uint8, no-data black
         if not alpha:
             return Image.fromarray(rgb)
@@ -237,6 +237,14 @@ def percentile_stretch(
     image = ImageData(masked[np.newaxis])
     limits = _percentile_limits(image.statistics(percentiles=[lo, hi])["b1"].model_dump(), lo, hi)
     return image.rescale(in_range=[_nonflat(limits)]).data[0]
+
+
+def apply_stretch(image: ImageData, stretch: Sequence[Limits]) -> ImageData:
+    """Rescale ``image`` in place to 8 bits, band ``i`` from ``stretch[i]`` (a flat band's limits
+    become a step at its value); the one stretch of the tiles, the demo pyramid and the demo STAC
+    catalog's COGs."""
+    image.rescale(in_range=[_nonflat(limits) for limits in stretch])
+    return image
 
 
 def tile_format(fmt: str) -> tuple[str, str]:

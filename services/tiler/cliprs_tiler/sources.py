@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import os
 import re
 import sqlite3
 import string
 import threading
-from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -40,52 +38,19 @@ from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
 from cliprs_raster.render import Limits, RasterScene, tile_format
 from cliprs_tiler.settings import TilerSettings
+from cliprs_tiler.source_base import (
+    _REDACT,
+    ALPHA_FORMATS,
+    FetchedTile,
+    TileFetchError,
+    TileNotFound,
+    tile_options,
+)
+from cliprs_tiler.stac import StacSource
+from cliprs_tiler.stac_search import STAC_SCHEMES
 
 _PIL_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-ALPHA_FORMATS = ("PNG", "WEBP")  # tile formats that carry transparency (the no-data mask)
 _ENV_REF = re.compile(r"\$\{(\w+)\}")
-
-
-class _RedactSecrets(logging.Filter):
-    """Strips tile-source secrets from the HTTP client's own log records (httpx logs every URL)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = redacted = record.getMessage()
-            for secret in self.secrets:
-                redacted = redacted.replace(secret, "***")
-            if redacted != message:
-                record.msg, record.args = redacted, None
-        return True
-
-
-_REDACT = _RedactSecrets()
-for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy"):
-    logging.getLogger(_name).addFilter(_REDACT)
-
-
-class TileFetchError(Exception):
-    """A tile could not be had; ``retryable`` says whether trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
-class TileNotFound(TileFetchError):
-    """The source has no tile there (404, or no file)."""
-
-
-@dataclass
-class FetchedTile:
-    data: bytes
-    ext: str
-    size: int  # side in pixels
 
 
 def check_image(data: bytes) -> FetchedTile:
@@ -345,13 +310,20 @@ class RasterSource:
         self.close()
 
 
-SCHEMES = "http(s)://, file://, mbtiles:// or geotiff://"
-REMOTE_SCHEMES = ("http://", "https://")
+SCHEMES = (
+    "http(s)://, file://, mbtiles:// or geotiff://, or a STAC catalog (stac+file:///catalog.json) "
+    "or API (stac+https://host/api)"
+)
+# A stac+http(s) source reads its items' COGs from remote servers, each tile many requests that
+# a provider may meter (or sign, or rate-limit): it is billed and planned like an XYZ provider.
+# A stac+file catalog counts as local, as a folder or a raster does.
+REMOTE_SCHEMES = ("http://", "https://", "stac+http://", "stac+https://")
 
 
 def is_remote(template: str) -> bool:
     """Whether a source's tiles come from a remote provider (each request may be billed), as
-    opposed to a local folder, MBTiles file or raster, which cost nothing to read."""
+    opposed to a local folder, MBTiles file, raster or static STAC catalog, which cost nothing
+    to read."""
     return template.startswith(REMOTE_SCHEMES)
 
 
@@ -370,6 +342,8 @@ def open_source(name: str, core: CoreSettings, settings: TilerSettings) -> TileS
         raise InvalidInput(f"unknown tile source {name!r}; configured sources: {known}")
     if template.startswith("file://"):
         return FolderSource(name, template)
+    if template.startswith(STAC_SCHEMES):
+        return StacSource(name, template, settings)
     if is_remote(template):
         return XyzSource(name, template, settings)
     if template.startswith("mbtiles://"):
@@ -384,16 +358,7 @@ def open_source(name: str, core: CoreSettings, settings: TilerSettings) -> TileS
                 f"tile source {name!r}: give one RGB raster (geotiff:///path/a.tif) or three band files "
                 "in R,G,B order (geotiff:///path/B04.tif,/path/B03.tif,/path/B02.tif)"
             )
-        try:
-            tile_size = int(options.get("tile_size", 256))
-            fmt = options.get("format", "png")
-            tile_format(fmt)
-        except ValueError as exc:
-            raise InvalidInput(
-                f"tile source {name!r}: {exc}; options are ?tile_size=256&format=png"
-            ) from None
-        if not 64 <= tile_size <= 1024:
-            raise InvalidInput(f"tile source {name!r}: tile_size must be within 64..1024, got {tile_size}")
+        tile_size, fmt = tile_options(name, options)
         return RasterSource(name, paths, tile_size, fmt)
     raise InvalidInput(f"tile source {name!r} has an unsupported scheme; use {SCHEMES}")
 

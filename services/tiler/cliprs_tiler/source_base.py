@@ -1,0 +1,70 @@
+"""What every tile source shares: the fetched tile, the fetch errors, the formats with
+transparency, the tile options of rendered sources, and the log filter that strips secrets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cliprs.errors import InvalidInput
+from cliprs_raster.render import tile_format
+
+ALPHA_FORMATS = ("PNG", "WEBP")  # tile formats that carry transparency (the no-data mask)
+
+
+class _RedactSecrets(logging.Filter):
+    """Strips tile-source secrets from the HTTP clients' own log records (httpx logs every URL,
+    pystac-client every request's headers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = redacted = record.getMessage()
+            for secret in self.secrets:
+                redacted = redacted.replace(secret, "***")
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+_REDACT = _RedactSecrets()
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
+for _name in (*_HTTP_LOGGERS, "pystac_client.stac_api_io", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_REDACT)
+
+
+class TileFetchError(Exception):
+    """A tile could not be had; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class TileNotFound(TileFetchError):
+    """The source has no tile there (404, or no file)."""
+
+
+@dataclass
+class FetchedTile:
+    data: bytes
+    ext: str
+    size: int  # side in pixels
+    items: tuple[str, ...] = ()  # a STAC source's items the tile was drawn from, in mosaic order
+
+
+def tile_options(name: str, options: dict[str, str]) -> tuple[int, str]:
+    """A rendered source's ``tile_size`` (64..1024, default 256) and ``format`` (default png)."""
+    try:
+        tile_size = int(options.get("tile_size", 256))
+        fmt = options.get("format", "png")
+        tile_format(fmt)
+    except ValueError as exc:
+        raise InvalidInput(f"tile source {name!r}: {exc}; options are ?tile_size=256&format=png") from None
+    if not 64 <= tile_size <= 1024:
+        raise InvalidInput(f"tile source {name!r}: tile_size must be within 64..1024, got {tile_size}")
+    return tile_size, fmt

@@ -23,6 +23,7 @@ import pystac
 import rasterio
 from PIL import Image
 from pystac_client.exceptions import APIError
+from pystac_client.warnings import DoesNotConformTo
 from rasterio.errors import RasterioError, RasterioIOError
 from rio_tiler.errors import EmptyMosaicError, RioTilerError, TileOutsideBounds
 from rio_tiler.io import STACReader
@@ -90,7 +91,7 @@ class StacSource:
                 raise Unavailable(
                     f"tile source {self.name!r}: the search failed: {q.describe()}: {q.redact(str(exc))[:300]}"
                 ) from None
-            except NotImplementedError:
+            except (NotImplementedError, DoesNotConformTo):  # pystac-client raises the latter
                 raise InvalidInput(
                     f"tile source {self.name!r}: {q.location} is not a STAC API with item search "
                     "(for a catalog on disk write stac+file:///path/catalog.json)"

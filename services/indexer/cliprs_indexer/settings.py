@@ -29,6 +29,10 @@ class IndexerSettings(BaseSettings):
     # Tuning aims this much higher: its sample of queries is finite, new queries differ.
     recall_margin: float = 0.02
     tune_queries: int = 512
+    # The tuning searches as deep as a search's first round does (the search-api ranks
+    # SEARCH_RANKING_DEPTH 21 x SEARCH_OVERFETCH 3 candidates for any unfiltered page) and judges
+    # the top 10 of it: the re-rank depth grows with it, and so does what a search costs.
+    tune_depth: int = 63
     # Text queries' probe is tuned on the search-api's sample of recent text query vectors once
     # it holds this many (before that, on the modality-gap model); reaching it re-tunes.
     text_tune_min_queries: int = 200

@@ -9,7 +9,8 @@ searchers run): for image-like queries on indexed vectors (their own match left 
 text queries on the latest real ones (`cliprs.query_sample`) or, until there are enough, on the
 modality-gap model (`cliprs_index.text_queries`). Each tuning picks, among re-rank depths
 (``k_factor``) of 1-8 times the setting, the fewest lists (``nprobe``) that reach the recall
-target, and keeps the quickest pair as timed. The tuning runs again when the index has grown
+target, and keeps the quickest pair as timed; both recall (of the top 10) and time are measured
+searching as deep as a search's first round (``tune_depth``). The tuning runs again when the index has grown
 ``retune_growth`` times since it last ran, or when enough real text queries have come in since
 the text probe was tuned on the model.
 """
@@ -110,8 +111,9 @@ def tune(
     qids = shardset.sample_ids(settings.tune_queries, seed=seed)
     _, images = shardset.vectors_of(qids)
     truth = _drop_own(exact_neighbours(shardset, images, k + 1), qids, k)
+    depth = max(k, settings.tune_depth)
     image = fastest_probe(
-        lambda probe: _measure(shardset, images, truth, probe, drop=qids),
+        lambda probe: _measure(shardset, images, truth, probe, depth, drop=qids),
         codec.nlist,
         settings.k_factor,
         target,
@@ -119,7 +121,7 @@ def tune(
     texts, tuned_with = text_tuning_queries(shardset, settings, text_sample, seed)
     text_truth = exact_neighbours(shardset, texts, k)
     text = fastest_probe(
-        lambda probe: _measure(shardset, texts, text_truth, probe),
+        lambda probe: _measure(shardset, texts, text_truth, probe, depth),
         codec.nlist,
         image.probe.k_factor,
         target,
@@ -194,7 +196,11 @@ def fastest_probe(measure: Callable[[Probe], Measured], nlist: int, k_factor: in
 
 
 def smallest_nprobe(
-    measure: Callable[[Probe], Measured], k_factor: int, upper: int, target: float, upper_reaches: bool = False
+    measure: Callable[[Probe], Measured],
+    k_factor: int,
+    upper: int,
+    target: float,
+    upper_reaches: bool = False,
 ) -> Measured:
     """The fewest lists (at most ``upper``) that reach ``target`` at ``k_factor``: doubling
     finds a bracket (unless ``upper`` is known to reach it), bisection the smallest inside it;
@@ -218,21 +224,26 @@ def smallest_nprobe(
 
 
 def _measure(
-    shardset: ShardSet, queries: np.ndarray, truth: np.ndarray, probe: Probe, drop: np.ndarray | None = None
+    shardset: ShardSet,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    probe: Probe,
+    depth: int,
+    drop: np.ndarray | None = None,
 ) -> Measured:
-    """Recall@k of ``queries`` against ``truth`` through `ShardSet.search` (the searchers' code)
-    at ``probe``, and the median time of one search; ``drop``: each query's own id, left out."""
+    """Recall@k of the top k of a search ``depth`` deep, for ``queries`` against ``truth``,
+    through `ShardSet.search` (the searchers' code) at ``probe``, and the median time of one
+    search; ``drop``: each query's own id, left out."""
     k = truth.shape[1]
-    want = k + 1 if drop is not None else k
-    found = np.full((len(queries), want), -1, dtype=np.int64)
+    want = depth + 1 if drop is not None else depth
+    found = np.full((len(queries), k + 1), -1, dtype=np.int64)
     times = np.empty(len(queries))
     for r, q in enumerate(queries):
         t = time.perf_counter()
-        got = [wid for wid, _ in shardset.search(q, want, effort=probe)]
+        got = [wid for wid, _ in shardset.search(q, want, effort=probe)][: k + 1]
         times[r] = time.perf_counter() - t
         found[r, : len(got)] = got
-    if drop is not None:
-        found = _drop_own(found, drop, k)
+    found = _drop_own(found, drop, k) if drop is not None else found[:, :k]
     return Measured(probe, recall_at_k(found, truth), float(np.median(times)) * 1000)
 
 

@@ -68,12 +68,48 @@ class Tile(Base):
     leased_by: Mapped[str | None] = mapped_column(Text)
     # Windows not embedded because they were mostly no-data (set when the tile is embedded).
     windows_skipped: Mapped[int | None] = mapped_column(Integer)
+    # The date of the STAC item laid first (NULL for sources without dates; migration 0009).
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AreaTile(Base):
     __tablename__ = "area_tiles"
     area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), primary_key=True)
     tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id", ondelete="CASCADE"), primary_key=True)
+
+
+class StacItem(Base):
+    """A STAC item some tile was drawn from, once per source (see migration 0009)."""
+
+    __tablename__ = "stac_items"
+    __table_args__ = (
+        UniqueConstraint(
+            "source",
+            "collection",
+            "item_id",
+            name="stac_items_source_item_key",
+            postgresql_nulls_not_distinct=True,  # items without a collection are one key too
+        ),
+        Index("stac_items_footprint_gist", "footprint", postgresql_using="gist"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(100))
+    collection: Mapped[str | None] = mapped_column(Text)
+    item_id: Mapped[str] = mapped_column(Text)
+    # The item's STAC datetime, or its start_datetime when it has a range.
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cloud_cover: Mapped[float | None] = mapped_column(REAL)  # eo:cloud_cover, percent
+    footprint = mapped_column(Geometry("MULTIPOLYGON", srid=4326, spatial_index=False))
+
+
+class TileItem(Base):
+    """A tile drawn from a STAC item; ``position`` 0 was laid first (mosaic order)."""
+
+    __tablename__ = "tile_items"
+    __table_args__ = (Index("tile_items_item_idx", "stac_item_id"),)  # which tiles use an item
+    tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id", ondelete="CASCADE"), primary_key=True)
+    stac_item_id: Mapped[int] = mapped_column(ForeignKey("stac_items.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger)
 
 
 class Window(Base):

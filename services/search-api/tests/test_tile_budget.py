@@ -41,3 +41,30 @@ def test_the_default_source_spends_the_budget(
         assert over.json()["error"]["code"] == "tile_budget_exceeded"
         assert "has 2 of its 2 left" in over.json()["error"]["message"]
         assert int(over.headers["Retry-After"]) >= 1
+
+
+def test_a_stac_api_source_spends_the_budget(
+    pg_url: str, redis_url: str, tmp_path: Path, api_keys: dict[str, TestKey]
+) -> None:
+    """A STAC API's items are COGs on remote servers, metered like an XYZ provider's tiles
+    (`cliprs.sources.is_remote`, which the tiler asks too); the refusal comes before any
+    source is opened."""
+    core = CoreSettings(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        redis_namespace=f"budget-{uuid.uuid4().hex[:6]}",
+        tile_sources={
+            "s2": "stac+https://stac.example.test/v1?collections=sentinel-2-l2a&assets=visual",
+        },
+    )
+    settings = SearchSettings(
+        auth="on", geocoder="none", daily_tile_budget=2, embedder_url="http://127.0.0.1:9"
+    )
+    with TestClient(create_app(core, settings)) as c:
+        w = api_keys["write"].headers
+        over = c.post(
+            "/v1/areas", json={"name": "api", "bbox": BOX, "zooms": [14], "source": "s2"}, headers=w
+        )
+        assert over.status_code == 429, over.text
+        assert over.json()["error"]["code"] == "tile_budget_exceeded"

@@ -36,6 +36,7 @@ from tenacity.wait import wait_base
 
 from cliprs.errors import InvalidInput
 from cliprs.settings import CoreSettings
+from cliprs.sources import is_remote
 from cliprs_raster.render import Limits, RasterScene, tile_format
 from cliprs_tiler.settings import TilerSettings
 from cliprs_tiler.source_base import (
@@ -314,19 +315,6 @@ SCHEMES = (
     "http(s)://, file://, mbtiles:// or geotiff://, or a STAC catalog (stac+file:///catalog.json) "
     "or API (stac+https://host/api)"
 )
-# A stac+http(s) source reads its items' COGs from remote servers, each tile many requests that
-# a provider may meter (or sign, or rate-limit): it is billed and planned like an XYZ provider.
-# A stac+file catalog counts as local, as a folder or a raster does.
-REMOTE_SCHEMES = ("http://", "https://", "stac+http://", "stac+https://")
-
-
-def is_remote(template: str) -> bool:
-    """Whether a source's tiles come from a remote provider (each request may be billed), as
-    opposed to a local folder, MBTiles file, raster or static STAC catalog, which cost nothing
-    to read."""
-    return template.startswith(REMOTE_SCHEMES)
-
-
 def _location(template: str, scheme: str) -> tuple[list[Path], dict[str, str]]:
     """``scheme:///abs/a.tif,/abs/b.tif?opt=v`` -> ([paths], {opt: v}); ``scheme://rel`` is relative."""
     rest = template.removeprefix(scheme)

@@ -3,14 +3,10 @@ has checked an area's plan, given back when the area's creation then fails."""
 
 from __future__ import annotations
 
+from cliprs.sources import is_remote
 from cliprs_search.access.principal import AccessDenied, Principal
 from cliprs_search.access.quotas import Quotas, TileSpend, seconds_to_midnight
 from cliprs_search.settings import SearchSettings
-
-
-def remote_source(template: str) -> bool:
-    """A source fetched over the network (whose provider may meter it)."""
-    return template.lower().startswith(("http://", "https://"))
 
 
 async def spend_tile_budget(
@@ -19,7 +15,7 @@ async def spend_tile_budget(
     """Take ``planned`` tiles of a remote ``template`` from the caller's budget for today (UTC);
     None when nothing is spent (access control off, a local source, no tiles). 429 with
     Retry-After (seconds to midnight UTC) when they do not fit."""
-    if settings.auth == "off" or not planned or not remote_source(template):
+    if settings.auth == "off" or not planned or not is_remote(template):
         return None
     budget = (
         principal.daily_tile_budget if principal.daily_tile_budget is not None else settings.daily_tile_budget

@@ -1,10 +1,12 @@
-"""What every tile source shares: the fetched tile, the fetch errors, the formats with
-transparency, the tile options of rendered sources, and the log filter that strips secrets."""
+"""What every tile source shares: the fetched tile (and the STAC items it was drawn from), the
+fetch errors, the formats with transparency, the tile options of rendered sources, and the log
+filter that strips secrets."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from cliprs.errors import InvalidInput
 from cliprs_raster.render import tile_format
@@ -49,12 +51,29 @@ class TileNotFound(TileFetchError):
     """The source has no tile there (404, or no file)."""
 
 
+@dataclass(frozen=True)
+class ItemRecord:
+    """A STAC item a tile was drawn from, as PostGIS records it (``stac_items``)."""
+
+    id: str
+    collection: str | None
+    acquired_at: datetime | None  # the item's datetime, or its start_datetime
+    cloud_cover: float | None  # eo:cloud_cover, percent
+    footprint_wkt: str | None  # a lon/lat MultiPolygon
+
+
 @dataclass
 class FetchedTile:
     data: bytes
     ext: str
     size: int  # side in pixels
-    items: tuple[str, ...] = ()  # a STAC source's items the tile was drawn from, in mosaic order
+    # A STAC source's items the tile was drawn from, in mosaic order (empty for other sources).
+    drawn_from: tuple[ItemRecord, ...] = ()
+
+    @property
+    def items(self) -> tuple[str, ...]:
+        """The ids of the items the tile was drawn from, in mosaic order."""
+        return tuple(r.id for r in self.drawn_from)
 
 
 def tile_options(name: str, options: dict[str, str]) -> tuple[int, str]:

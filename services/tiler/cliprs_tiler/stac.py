@@ -29,7 +29,7 @@ from rio_tiler.errors import EmptyMosaicError, RioTilerError, TileOutsideBounds
 from rio_tiler.io import STACReader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic import mosaic_reader
-from shapely.geometry import box
+from shapely.geometry import MultiPolygon, Polygon, box
 
 from cliprs.errors import InvalidInput, Unavailable
 from cliprs_raster.render import Limits, RasterScene, apply_stretch, tile_format
@@ -38,6 +38,7 @@ from cliprs_tiler.source_base import (
     _REDACT,
     ALPHA_FORMATS,
     FetchedTile,
+    ItemRecord,
     TileFetchError,
     TileNotFound,
     tile_options,
@@ -160,9 +161,9 @@ class StacSource:
 
     # ----------------------------------------------------------------------- pixels
 
-    def render(self, z: int, x: int, y: int) -> tuple[bytes, tuple[str, ...]]:
-        """The encoded tile and the ids of the items it was drawn from; TileNotFound where no
-        item (or no item's data) covers it."""
+    def render(self, z: int, x: int, y: int) -> tuple[bytes, tuple[ItemRecord, ...]]:
+        """The encoded tile and the items it was drawn from, in mosaic order; TileNotFound where
+        no item (or no item's data) covers it."""
         items = self.candidates(z, x, y)
         if not items:
             raise TileNotFound(f"source {self.name!r} has no STAC item over tile {z}/{x}/{y}")
@@ -187,7 +188,9 @@ class StacSource:
             ) from None
         if not image.mask.any():
             raise TileNotFound(f"source {self.name!r} has no data in tile {z}/{x}/{y}")
-        return self._encode(image, used[0]), tuple(item.id for item in used)
+        # The mosaic hands back the very items it was given, in their order, less the unused.
+        drawn = [f for f in items if any(u is f.item for u in used)]
+        return self._encode(image, used[0]), tuple(map(item_record, drawn))
 
     def _encode(self, image: ImageData, first: pystac.Item) -> bytes:
         if image.count != 3:
@@ -218,8 +221,8 @@ class StacSource:
             return self._stretch
 
     async def fetch(self, z: int, x: int, y: int) -> FetchedTile:
-        data, items = await asyncio.to_thread(self.render, z, x, y)
-        return FetchedTile(data, self.ext, self.tile_size, items)
+        data, drawn_from = await asyncio.to_thread(self.render, z, x, y)
+        return FetchedTile(data, self.ext, self.tile_size, drawn_from)
 
     async def aclose(self) -> None:
         return None
@@ -232,6 +235,21 @@ def _read_item(item: pystac.Item, x: int, y: int, z: int, **options: Any) -> Ima
         if not reader.tile_exists(x, y, z):
             raise TileOutsideBounds(f"item {item.id} is outside tile {z}/{x}/{y}")
         return reader.tile(x, y, z, reproject_method="bilinear", **options)
+
+
+def item_record(found: Found) -> ItemRecord:
+    """What PostGIS records of an item a tile was drawn from (its footprint as a MultiPolygon;
+    None when the item has neither geometry nor bbox, or a footprint that is no polygon)."""
+    footprint = found.footprint if found.item.geometry or found.item.bbox else None
+    if isinstance(footprint, Polygon):
+        footprint = MultiPolygon([footprint])
+    return ItemRecord(
+        id=found.id,
+        collection=found.item.collection_id,
+        acquired_at=found.when,
+        cloud_cover=found.cloud,
+        footprint_wkt=footprint.wkt if isinstance(footprint, MultiPolygon) else None,
+    )
 
 
 def _day(item: Found) -> str:

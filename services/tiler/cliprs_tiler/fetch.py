@@ -26,6 +26,7 @@ from cliprs.tiles import check_plan_size, tiles_for_area, zorder
 from cliprs_tiler import repository
 from cliprs_tiler.repository import AreaRow, PlannedTile
 from cliprs_tiler.settings import TilerSettings
+from cliprs_tiler.source_base import ItemRecord
 from cliprs_tiler.sources import TileFetchError, TileSource, open_source
 
 log = logging.getLogger("cliprs.tiler")
@@ -189,8 +190,8 @@ async def fetch_tiles(
     progress: Progress,
     batches: EmbedBatches,
 ) -> None:
-    """Fetch the tiles to do, ``settings.concurrency`` at a time; record each as it arrives and
-    queue the fetched ones for embedding."""
+    """Fetch the tiles to do, ``settings.concurrency`` at a time; record each as it arrives (with
+    the STAC items it was drawn from) and queue the fetched ones for embedding."""
     source = open_source(plan.area.source, core, settings)
     semaphore = asyncio.Semaphore(settings.concurrency)
     # While this task lives it touches the job, so the reconciler leaves a long fetch alone;
@@ -201,8 +202,8 @@ async def fetch_tiles(
                 fetch_tile(source, semaphore, core.tile_cache_dir, plan.area.source, t) for t in plan.todo
             ]
             for next_done in asyncio.as_completed(fetches):
-                t, values = await next_done
-                await asyncio.to_thread(repository.record_tile, engine, t.id, values)
+                t, values, items = await next_done
+                await asyncio.to_thread(repository.record_tile, engine, t.id, values, plan.area.source, items)
                 if values["status"] == "fetched":
                     progress.done[t.z] += 1
                     batches.add(t.id)
@@ -218,15 +219,17 @@ async def fetch_tiles(
 
 async def fetch_tile(
     source: TileSource, semaphore: asyncio.Semaphore, cache_dir: Path, source_name: str, t: PlannedTile
-) -> tuple[PlannedTile, dict]:
-    """Fetch one tile into the cache: the tile and the values of its row (fetched or failed)."""
+) -> tuple[PlannedTile, dict, tuple[ItemRecord, ...]]:
+    """Fetch one tile into the cache: the tile, the values of its row (fetched or failed) and
+    the STAC items it was drawn from (none for other sources, or when it failed)."""
     async with semaphore:
         try:
             got = await source.fetch(t.z, t.x, t.y)
         except TileFetchError as exc:
-            return t, {"status": "failed", "error": str(exc)[:500]}
+            return t, {"status": "failed", "error": str(exc)[:500]}, ()
         digest = await asyncio.to_thread(store_tile, cache_dir, source_name, t.z, t.x, t.y, got.ext, got.data)
-        return t, {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
+        values = {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
+        return t, values, got.drawn_from
 
 
 def finish_job(engine: Engine, plan: FetchPlan) -> dict:

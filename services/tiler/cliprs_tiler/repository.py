@@ -1,9 +1,10 @@
-"""Every SQL statement of the tiler: tile planning and bookkeeping for the fetch stage, and the
-reads behind the HTTP API (areas covering a tile, window boxes, job progress)."""
+"""Every SQL statement of the tiler: tile planning and bookkeeping for the fetch stage (the STAC
+items behind each tile included), and the reads behind the HTTP API (areas covering a tile,
+window boxes, job progress)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import mercantile
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Connection, Row, RowMapping
 
 from cliprs.db.models import Area, AreaTile, IngestJob, Tile
 from cliprs.tiles import tile_polygon_wkt
+from cliprs_tiler.source_base import ItemRecord
 
 _UPSERT_CHUNK = 1000  # rows per INSERT: keeps statements (and their parameter lists) modest
 
@@ -83,14 +85,80 @@ def set_job_counts(conn: Connection, job_id: int, **counts: int) -> None:
     conn.execute(update(IngestJob).where(IngestJob.id == job_id).values(**counts))
 
 
-def record_tile(engine: Engine, tile_id: int, values: dict) -> None:
-    """Store a fetch outcome; a tile the embedder already finished keeps its status."""
+def record_tile(
+    engine: Engine, tile_id: int, values: dict, source: str, items: Sequence[ItemRecord] = ()
+) -> None:
+    """Store a fetch outcome; a tile the embedder already finished keeps its status.
+
+    A fetched tile of a STAC source also records the ``items`` it was drawn from (in mosaic
+    order) and the first one's date, replacing what an earlier fetch recorded, in the same
+    transaction: a tile fetched twice keeps one set of links. Other sources write nothing more.
+    """
+    fetched = values["status"] == "fetched"
+    extra: dict = {"fetched_at": text("now()") if fetched else None}
+    if fetched and items:
+        extra["acquired_at"] = items[0].acquired_at
     with engine.begin() as conn:
-        conn.execute(
+        # Also the lock that serialises two fetches of one tile (the row stays locked until commit).
+        updated = conn.execute(
             update(Tile)
             .where(Tile.id == tile_id, Tile.status != "embedded")
-            .values(**values, fetched_at=text("now()") if values["status"] == "fetched" else None)
-        )
+            .values(**values, **extra)
+            .returning(Tile.id)
+        ).first()
+        if updated is not None and fetched and items:
+            _link_items(conn, tile_id, source, items)
+
+
+def _link_items(conn: Connection, tile_id: int, source: str, items: Sequence[ItemRecord]) -> None:
+    """Upsert the items (once per source and item; rows are never revised) and make them the
+    tile's links, in mosaic order. Three statements, however many items."""
+    keyed = {(r.collection, r.id): r for r in items}  # one row per item, were one listed twice
+    # Inserted in key order: two tiles inserting the same new items never wait on each other
+    # in opposite orders (a deadlock).
+    rows = [keyed[k] for k in sorted(keyed, key=lambda k: (k[0] or "", k[1]))]
+    conn.execute(
+        text(
+            """
+            INSERT INTO stac_items (source, collection, item_id, acquired_at, cloud_cover, footprint)
+            SELECT :source, r.collection, r.item_id, r.acquired_at, r.cloud_cover,
+                ST_GeomFromText(r.footprint, 4326)
+            FROM unnest(CAST(:collections AS text[]), CAST(:ids AS text[]),
+                        CAST(:times AS timestamptz[]), CAST(:clouds AS real[]), CAST(:footprints AS text[]))
+                WITH ORDINALITY AS r(collection, item_id, acquired_at, cloud_cover, footprint, n)
+            ORDER BY r.n
+            ON CONFLICT ON CONSTRAINT stac_items_source_item_key DO NOTHING
+            """
+        ),
+        {
+            "source": source,
+            "collections": [r.collection for r in rows],
+            "ids": [r.id for r in rows],
+            "times": [r.acquired_at for r in rows],
+            "clouds": [r.cloud_cover for r in rows],
+            "footprints": [r.footprint_wkt for r in rows],
+        },
+    )
+    conn.execute(text("DELETE FROM tile_items WHERE tile_id = :t"), {"t": tile_id})
+    conn.execute(
+        text(
+            """
+            INSERT INTO tile_items (tile_id, stac_item_id, position)
+            SELECT :t, s.id, min(r.n) - 1
+            FROM unnest(CAST(:collections AS text[]), CAST(:ids AS text[])) WITH ORDINALITY
+                AS r(collection, item_id, n)
+            JOIN stac_items s ON s.source = :source AND s.item_id = r.item_id
+                AND s.collection IS NOT DISTINCT FROM r.collection
+            GROUP BY s.id
+            """
+        ),
+        {
+            "t": tile_id,
+            "source": source,
+            "collections": [r.collection for r in items],
+            "ids": [r.id for r in items],
+        },
+    )
 
 
 # --------------------------------------------------------------------------- HTTP API reads

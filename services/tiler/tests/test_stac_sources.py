@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rasterio.transform import Affine
 from rasterio.warp import transform, transform_geom
+from sqlalchemy import text
 
 from cliprs.db.engine import sync_engine
 from cliprs.errors import InvalidInput, Unavailable
@@ -27,6 +28,7 @@ from cliprs.settings import CoreSettings
 from cliprs.tilecache import find_tile
 from cliprs_raster.render import scene_stretch
 from cliprs_raster.samples import demo_band_paths
+from cliprs_testing.db import query
 from cliprs_testing.factories import make_area, make_job
 from cliprs_tiler.app import create_app
 from cliprs_tiler.fetch import fetch_job
@@ -279,6 +281,123 @@ def test_a_bbox_limits_the_search_and_only_remote_stac_is_billed(demo_stac: Path
 # --------------------------------------------------------------------------- end to end
 
 
+def ingest(core: CoreSettings, source: str, zooms: list[int], **where: Any) -> tuple[int, int, dict]:
+    """An area on ``source`` (``bbox=`` or ``polygon=``) fetched through the tiler's fetch
+    stage: its id, its job's id and the job's counts."""
+    with sync_engine(core.database_url).begin() as conn:
+        area_id = make_area(conn, name=source, zooms=zooms, source=source, **where)
+        job_id = make_job(conn, area_id)
+    return area_id, job_id, refetch(core, job_id)
+
+
+def refetch(core: CoreSettings, job_id: int) -> dict:
+    return asyncio.run(fetch_job(job_id, core, TilerSettings(), lambda _job, _ids: None))
+
+
+def with_source(core: CoreSettings, name: str, template: str) -> CoreSettings:
+    return CoreSettings(**core.model_dump(exclude={"tile_sources"}), tile_sources={name: template})
+
+
+def drawn_from(core: CoreSettings, area_id: int) -> dict[tuple[int, int, int], list[tuple]]:
+    """Per tile of the area: its STAC items in mosaic order, as (item id, collection,
+    acquired_at, cloud cover, whether the footprint is a MultiPolygon over the tile)."""
+    rows = query(
+        core.database_url,
+        """
+        SELECT t.z, t.x, t.y, s.item_id, s.collection, s.acquired_at, s.cloud_cover,
+            ST_GeometryType(s.footprint) = 'ST_MultiPolygon' AND ST_Intersects(s.footprint, t.polygon)
+        FROM area_tiles at JOIN tiles t ON t.id = at.tile_id
+        JOIN tile_items ti ON ti.tile_id = t.id JOIN stac_items s ON s.id = ti.stac_item_id
+        WHERE at.area_id = :a ORDER BY t.z, t.x, t.y, ti.position
+        """,
+        a=area_id,
+    )
+    out: dict[tuple[int, int, int], list[tuple]] = {}
+    for z, x, y, *item in rows:
+        out.setdefault((z, x, y), []).append(tuple(item))
+    return out
+
+
+def acquired(core: CoreSettings, area_id: int) -> dict[tuple[int, int, int], datetime | None]:
+    rows = query(
+        core.database_url,
+        "SELECT t.z, t.x, t.y, t.acquired_at FROM area_tiles at JOIN tiles t ON t.id = at.tile_id "
+        "WHERE at.area_id = :a",
+        a=area_id,
+    )
+    return {(z, x, y): when for z, x, y, when in rows}
+
+
+def forget_cached(core: CoreSettings, source: str, tiles: Any) -> None:
+    """Drop tiles from the tile cache, so the next run of the job fetches them again."""
+    for z, x, y in tiles:
+        path = find_tile(core.tile_cache_dir, source, z, x, y)
+        assert path is not None
+        path.unlink()
+
+
+def test_each_tile_records_the_stac_items_it_was_drawn_from_in_mosaic_order(
+    core_settings: CoreSettings, overlaps: Path
+) -> None:
+    tiles = split_tiles()
+    (z, wx, y), (_, ex, _) = tiles["west"], tiles["east"]
+    west, south, _, north = mercantile.bounds(wx, y, z)
+    east = mercantile.bounds(ex, y, z).east
+    inset = (east - west) * 0.01
+    core = with_source(core_settings, "overlaps", f"stac+file://{overlaps}?assets=visual")
+    area_id, job_id, counts = ingest(
+        core, "overlaps", [z], bbox=(west + inset, south + inset, east - inset, north - inset)
+    )
+    assert counts["tiles_fetched"] == counts["tiles_planned"] == 3
+    june, july = datetime(2020, 6, 1, 10, tzinfo=UTC), datetime(2020, 7, 15, 10, tzinfo=UTC)
+    clear, cloudy = (
+        ("clear-west", "synthetic", june, 5.0, True),
+        ("cloudy-all", "synthetic", july, 60.0, True),
+    )
+    want = {tiles["west"]: [clear], tiles["across"]: [clear, cloudy], tiles["east"]: [cloudy]}
+    assert drawn_from(core, area_id) == want
+    # A tile's date is its first item's: what it mostly shows, the least cloudy over it.
+    assert acquired(core, area_id) == {tiles["west"]: june, tiles["across"]: june, tiles["east"]: july}
+    items_sql = "SELECT id, item_id FROM stac_items WHERE source = 'overlaps' ORDER BY id"
+    items = query(core.database_url, items_sql)
+    assert [r.item_id for r in items] == ["clear-west", "cloudy-all"]  # green was never needed
+
+    # Fetched again (the cache lost, a task redelivered): one set of links, the same item rows.
+    forget_cached(core, "overlaps", want)
+    assert refetch(core, job_id)["tiles_fetched"] == 3
+    assert drawn_from(core, area_id) == want and query(core.database_url, items_sql) == items
+
+    # Fetched again from other items (the template now asks for later dates only): the links
+    # are replaced, not added to; items no tile uses any more stay recorded.
+    core = with_source(core, "overlaps", f"stac+file://{overlaps}?assets=visual&datetime=2020-07-16/..")
+    forget_cached(core, "overlaps", want)
+    refetch(core, job_id)
+    august = datetime(2020, 8, 1, 10, tzinfo=UTC)
+    green = [("unknown-cover", "synthetic", august, None, True)]  # no eo:cloud_cover: NULL
+    assert drawn_from(core, area_id) == {t: green for t in want}
+    assert set(acquired(core, area_id).values()) == {august}
+    assert len(query(core.database_url, items_sql)) == 3
+
+    # Deleting the area deletes its tiles and so their links; the items stay.
+    tile_ids = [
+        r.tile_id
+        for r in query(core.database_url, "SELECT tile_id FROM area_tiles WHERE area_id = :a", a=area_id)
+    ]
+    with sync_engine(core.database_url).begin() as conn:
+        conn.execute(text("DELETE FROM areas WHERE id = :a"), {"a": area_id})
+    assert query(core.database_url, "SELECT * FROM tile_items WHERE tile_id = ANY(:t)", t=tile_ids) == []
+    assert len(query(core.database_url, items_sql)) == 3
+
+
+def test_other_sources_record_no_items(core_settings: CoreSettings) -> None:
+    core = with_source(core_settings, "raster", "geotiff://" + ",".join(str(p) for p in demo_band_paths()))
+    area_id, _, counts = ingest(core, "raster", [13], bbox=(-75.66, 37.66, -75.62, 37.69))
+    assert counts["tiles_fetched"] == counts["tiles_planned"] > 0
+    assert drawn_from(core, area_id) == {}
+    assert set(acquired(core, area_id).values()) == {None}
+    assert query(core.database_url, "SELECT * FROM stac_items WHERE source = 'raster'") == []
+
+
 def test_a_stac_source_ingests_and_serves_tiles_on_demand(
     core_settings: CoreSettings, demo_stac: Path
 ) -> None:
@@ -294,6 +413,15 @@ def test_a_stac_source_ingests_and_serves_tiles_on_demand(
         job_id = make_job(conn, make_area(conn, name="stac", polygon=small, zooms=[13], source="s2stac"))
     counts = asyncio.run(fetch_job(job_id, core, TilerSettings(), lambda _job, _ids: None))
     assert counts["tiles_fetched"] == counts["tiles_planned"] > 0
+    # Every tile is drawn from the Sentinel-2 item alone, recorded with its date and cloud cover.
+    item = pystac.Catalog.from_file(str(demo_stac)).get_item(S2_ITEM, recursive=True)
+    assert item is not None and item.datetime is not None
+    (area_id,) = query(core.database_url, "SELECT area_id FROM ingest_jobs WHERE id = :j", j=job_id)[0]
+    recorded = drawn_from(core, area_id)
+    assert len(recorded) == counts["tiles_planned"]
+    assert set(map(tuple, recorded.values())) == {
+        ((S2_ITEM, "demo-sentinel-2", item.datetime, item.properties["eo:cloud_cover"], True),)
+    }
     with TestClient(create_app(core, TilerSettings())) as client:
         z, x, y = tile_at(-75.64, 37.665, 13)
         resp = client.get(f"/tiles/s2stac/{z}/{x}/{y}.png")

@@ -356,7 +356,7 @@ def test_each_tile_records_the_stac_items_it_was_drawn_from_in_mosaic_order(
     )
     want = {tiles["west"]: [clear], tiles["across"]: [clear, cloudy], tiles["east"]: [cloudy]}
     assert drawn_from(core, area_id) == want
-    # A tile's date is its first item's: what it mostly shows, the least cloudy over it.
+    # A tile's date is that of its first item, the least cloudy over it (laid first).
     assert acquired(core, area_id) == {tiles["west"]: june, tiles["across"]: june, tiles["east"]: july}
     items_sql = "SELECT id, item_id FROM stac_items WHERE source = 'overlaps' ORDER BY id"
     items = query(core.database_url, items_sql)

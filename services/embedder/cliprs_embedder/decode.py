@@ -13,7 +13,10 @@ already are:
   sources such as GeoTIFFs with nodata, masks or alpha are rendered that way by the tiler) or,
   for sources that paint missing imagery with a colour, within a tolerance of that colour
   (`cliprs.settings.NoData`, configured per source).
-- **cloud score**: the share of a window's valid pixels that `cliprs.clouds.cloud_mask` flags.
+- **cloud score**: the share of a window's valid pixels flagged cloud. When the tile has a mask
+  sidecar (`cliprs.tilecache.mask_sidecar`: a STAC source with a quality mask, decoded by the
+  tiler), its cloud pixels are the flagged ones and its no-data pixels are no-data too;
+  otherwise `cliprs.clouds.cloud_mask` flags them from the RGB.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cliprs.cloud_masks import CLOUD, NO_DATA, read_mask_png
 from cliprs.clouds import cloud_mask
 from cliprs.settings import NoData
+from cliprs.tilecache import mask_sidecar
 from cliprs.windows import window_fractions, window_plan
 
 OPAQUE = 128  # alpha at or above this is imagery: half-transparent edge pixels count as data
@@ -54,22 +59,21 @@ def decode_tile(
     the pixels, as the tiler's window PNGs drop it, after it has marked the no-data."""
     start = time.perf_counter()
     try:
-        with Image.open(path) as image:
-            rgba = _has_alpha(image)
-            pixels = np.asarray(image.convert("RGBA" if rgba else "RGB"), dtype=np.uint8)
+        rgb, valid = _read_pixels(path)
     except Exception as exc:  # a truncated or foreign file: reported per tile, never fatal
         return Decoded(None, time.perf_counter() - start, f"cannot decode cached tile: {type(exc).__name__}")
-    if pixels.shape[0] != pixels.shape[1]:
+    if rgb.shape[0] != rgb.shape[1]:
         return Decoded(
-            None, time.perf_counter() - start, f"tile is not square: {pixels.shape[1]}x{pixels.shape[0]}"
+            None, time.perf_counter() - start, f"tile is not square: {rgb.shape[1]}x{rgb.shape[0]}"
         )
-    valid = pixels[..., 3] >= OPAQUE if rgba else None
-    rgb = np.ascontiguousarray(pixels[..., :3]) if rgba else pixels
     if nodata is not None:
-        painted = np.all(np.abs(rgb.astype(np.int16) - nodata.colour) <= nodata.tolerance, axis=-1)
-        valid = ~painted if valid is None else valid & ~painted
+        valid = _and(valid, ~_painted(rgb, nodata))
+    clouds, mask_nodata = _source_mask(path, rgb.shape[:2])
+    if clouds is None:
+        clouds = cloud_mask(rgb)  # no mask from the source: the RGB detector
+    else:
+        valid = _and(valid, ~mask_nodata)
     boxes, _ = window_plan(rgb.shape[0], scales, stride_ratio)
-    clouds = cloud_mask(rgb)
     if valid is None:
         valid_fraction = np.ones(len(boxes))
         cloud_score = window_fractions(clouds, boxes)
@@ -77,6 +81,39 @@ def decode_tile(
         valid_fraction = window_fractions(valid, boxes)
         cloud_score = window_fractions(clouds, boxes, within=valid)
     return Decoded(rgb, time.perf_counter() - start, None, valid_fraction, cloud_score)
+
+
+def _read_pixels(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 RGB of a tile file, and where it is opaque (None without alpha)."""
+    with Image.open(path) as image:
+        rgba = _has_alpha(image)
+        pixels = np.asarray(image.convert("RGBA" if rgba else "RGB"), dtype=np.uint8)
+    if not rgba:
+        return pixels, None
+    return np.ascontiguousarray(pixels[..., :3]), pixels[..., 3] >= OPAQUE
+
+
+def _painted(rgb: np.ndarray, nodata: NoData) -> np.ndarray:
+    """Where the source painted its no-data colour (within the tolerance)."""
+    return np.all(np.abs(rgb.astype(np.int16) - nodata.colour) <= nodata.tolerance, axis=-1)
+
+
+def _and(valid: np.ndarray | None, other: np.ndarray) -> np.ndarray:
+    return other if valid is None else valid & other
+
+
+def _source_mask(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(cloud, no data) from the tile's mask sidecar, or (None, None) when it has none (or an
+    unreadable one, or one of another size: never expected, and the RGB detector is then the
+    safe answer)."""
+    sidecar = mask_sidecar(path)
+    try:
+        codes = read_mask_png(sidecar)
+    except (OSError, ValueError):  # none (most sources), or unreadable: the RGB detector
+        return None, None
+    if codes.shape != tuple(shape):
+        return None, None
+    return codes == CLOUD, codes == NO_DATA
 
 
 def _has_alpha(image: Image.Image) -> bool:

@@ -227,7 +227,9 @@ async def fetch_tile(
             got = await source.fetch(t.z, t.x, t.y)
         except TileFetchError as exc:
             return t, {"status": "failed", "error": str(exc)[:500]}, ()
-        digest = await asyncio.to_thread(store_tile, cache_dir, source_name, t.z, t.x, t.y, got.ext, got.data)
+        digest = await asyncio.to_thread(
+            store_tile, cache_dir, source_name, t.z, t.x, t.y, got.ext, got.data, got.mask
+        )
         values = {"status": "fetched", "content_hash": digest, "tile_size": got.size, "error": None}
         return t, values, got.drawn_from
 

@@ -99,7 +99,7 @@ async def load_tile(
     except TileFetchError as exc:
         log.info("tile %s/%s/%s of %r not available: %s", z, x, y, source, exc)
         return None
-    await asyncio.to_thread(store_tile, cache_dir, source, z, x, y, got.ext, got.data)
+    await asyncio.to_thread(store_tile, cache_dir, source, z, x, y, got.ext, got.data, got.mask)
     return TileImage(got.data, got.ext)
 
 

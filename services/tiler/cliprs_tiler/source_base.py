@@ -69,6 +69,8 @@ class FetchedTile:
     size: int  # side in pixels
     # A STAC source's items the tile was drawn from, in mosaic order (empty for other sources).
     drawn_from: tuple[ItemRecord, ...] = ()
+    # The tile's mask sidecar (`cliprs.cloud_masks`; a STAC source with mask=), else None.
+    mask: bytes | None = None
 
     @property
     def items(self) -> tuple[str, ...]:

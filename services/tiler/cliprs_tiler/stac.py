@@ -6,7 +6,9 @@ tie); each later item fills only where the earlier ones have no data (``combine=
 or only the items of the date of the least cloudy item over the tile are used
 (``combine=one-date``). One RGB asset (``assets=visual``) is taken as it is when 8-bit; band
 assets (``assets=red,green,blue``) are rescaled by ``rescale=min,max``, or else by the 2–98
-percentiles of the first item rendered, computed once so tiles do not seam.
+percentiles of the first item rendered, computed once so tiles do not seam. With
+``mask=ASSET&mask_kind=KIND`` each tile also gets its quality mask, rendered over the same items
+(`cliprs_tiler.stac_mask`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from cliprs_tiler.source_base import (
     TileNotFound,
     tile_options,
 )
+from cliprs_tiler.stac_mask import render_mask, split_mask_options
 from cliprs_tiler.stac_search import ApiCatalog, Box, Found, StacQuery, StaticCatalog, parse_template
 
 log = logging.getLogger("cliprs.tiler")
@@ -64,6 +67,7 @@ class StacSource:
 
     def __init__(self, name: str, template: str, settings: TilerSettings):
         self.name = name
+        template, self.mask = split_mask_options(name, template)
         self.query: StacQuery = parse_template(name, template)
         self.tile_size, fmt = tile_options(name, self.query.options)
         self.pil_format, self.ext = tile_format(fmt)
@@ -108,7 +112,8 @@ class StacSource:
 
     def _check_assets(self, items: list[Found]) -> None:
         """InvalidInput listing the assets the items have when one asked for is missing."""
-        missing = sorted({a for f in items for a in self.query.assets if a not in f.item.assets})
+        wanted = (*self.query.assets, *([self.mask.asset] if self.mask else []))
+        missing = sorted({a for f in items for a in wanted if a not in f.item.assets})
         if missing:
             common = set.intersection(*(set(f.item.assets) for f in items))
             raise InvalidInput(
@@ -161,9 +166,9 @@ class StacSource:
 
     # ----------------------------------------------------------------------- pixels
 
-    def render(self, z: int, x: int, y: int) -> tuple[bytes, tuple[ItemRecord, ...]]:
-        """The encoded tile and the items it was drawn from, in mosaic order; TileNotFound where
-        no item (or no item's data) covers it."""
+    def render(self, z: int, x: int, y: int) -> tuple[bytes, tuple[ItemRecord, ...], bytes | None]:
+        """The encoded tile, the items it was drawn from (in mosaic order) and its mask sidecar
+        (None without ``mask=``); TileNotFound where no item (or no item's data) covers it."""
         items = self.candidates(z, x, y)
         if not items:
             raise TileNotFound(f"source {self.name!r} has no STAC item over tile {z}/{x}/{y}")
@@ -190,7 +195,22 @@ class StacSource:
             raise TileNotFound(f"source {self.name!r} has no data in tile {z}/{x}/{y}")
         # The mosaic hands back the very items it was given, in their order, less the unused.
         drawn = [f for f in items if any(u is f.item for u in used)]
-        return self._encode(image, used[0]), tuple(map(item_record, drawn))
+        mask = self._mask([f.item for f in drawn], z, x, y)
+        return self._encode(image, used[0]), tuple(map(item_record, drawn)), mask
+
+    def _mask(self, items: list[pystac.Item], z: int, x: int, y: int) -> bytes | None:
+        """The tile's mask sidecar, read from the items its pixels were drawn from."""
+        if self.mask is None:
+            return None
+        try:
+            with rasterio.Env(**_GDAL_ENV):
+                return render_mask(items, self.mask, x, y, z, self.tile_size)
+        except (RioTilerError, RasterioError, ValueError) as exc:
+            raise TileFetchError(
+                f"reading the mask asset {self.mask.asset!r} failed ({type(exc).__name__}: "
+                f"{self.query.redact(str(exc))[:300]})",
+                retryable=isinstance(exc, RasterioIOError),
+            ) from None
 
     def _encode(self, image: ImageData, first: pystac.Item) -> bytes:
         if image.count != 3:
@@ -221,8 +241,8 @@ class StacSource:
             return self._stretch
 
     async def fetch(self, z: int, x: int, y: int) -> FetchedTile:
-        data, drawn_from = await asyncio.to_thread(self.render, z, x, y)
-        return FetchedTile(data, self.ext, self.tile_size, drawn_from)
+        data, drawn_from, mask = await asyncio.to_thread(self.render, z, x, y)
+        return FetchedTile(data, self.ext, self.tile_size, drawn_from, mask)
 
     async def aclose(self) -> None:
         return None

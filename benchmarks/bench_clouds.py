@@ -20,6 +20,13 @@ Printed, and written to ``benchmarks/results/clouds.json``:
   windows at least 90 % valid), the share of windows scored cloudy: false alarms on bare fields,
   beach and roofs, which the default search filter would hide;
 - ``ms_per_tile``: `cliprs.clouds.cloud_mask` on one core, on 256 and 512 px tiles of the scene;
+- ``mask_path``: the same scene ingested a second time from the demo STAC catalog
+  (`cliprs_tools.stac_demo`) through a ``stac+file`` source with its BQA as the quality mask
+  (``mask=qa_pixel&mask_kind=landsat-bqa``): each window's score then comes from the mask the
+  tiler read per tile and the embedder applied. On the windows both areas hold (same tile, same
+  box): ``agreement`` (share of windows whose cloudy call, score >= ``truth_level``, matches the
+  truth's), the score's distance to the truth fraction, and precision/recall at ``threshold`` of
+  the mask path beside the RGB heuristic's on those same windows;
 - ``machine``: CPU, cores, load average; ``ingest_s``: the Landsat job's wall time.
 """
 
@@ -47,7 +54,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from cliprs.clouds import CLOUDY_SCORE, cloud_mask
-from cliprs.windows import window_fractions, window_plan
+from cliprs.windows import WINDOWS_PER_TILE_LIMIT, window_fractions, window_plan
 from cliprs_raster.samples import demo_band_paths
 from cliprs_testing.db import throwaway_database
 from cliprs_testing.redis_db import private_redis_db
@@ -63,6 +70,7 @@ from cliprs_tools.landsat import (
     landsat_source_template,
     precision_recall,
 )
+from cliprs_tools.stac_demo import build_catalog
 from tests.support.platform import ingest_area, run_platform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +81,10 @@ TRUTH = (
 # The embedder's defaults (EmbedderSettings): fine windows only from z17, so none here.
 SCALES, STRIDE = (1.0, 0.5), 0.25
 CLEAR_ZOOMS = [12, 13, 14]
+# The Landsat item of the demo STAC catalog, its bands as the pixels and its BQA as the mask.
+MASK_SOURCE = "landsat_stac"
+MASK_OPTIONS = "collections=demo-landsat-8&assets=red,green,blue&mask=qa_pixel&mask_kind=landsat-bqa"
+MASK_AREA = {**LANDSAT_AREA, "name": "Pensacola, Landsat 8 (STAC, BQA mask)", "source": MASK_SOURCE}
 MIN_VALID = 0.9
 
 
@@ -153,20 +165,92 @@ def figures(windows: dict[str, np.ndarray], truth_key: str, threshold: float) ->
     return precision_recall(windows["cloud_score"], windows[truth_key], threshold)
 
 
+def same_windows(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``a`` and ``b`` of the windows both hold: same tile (z, x, y), same box (the
+    window's index in its tile, the id's remainder by `WINDOWS_PER_TILE_LIMIT`)."""
+
+    def keys(w: dict[str, np.ndarray]) -> dict[tuple[int, ...], int]:
+        index = w["id"] % WINDOWS_PER_TILE_LIMIT
+        return {
+            k: i
+            for i, k in enumerate(
+                zip(w["z"].tolist(), w["x"].tolist(), w["y"].tolist(), index.tolist(), strict=True)
+            )
+        }
+
+    ka, kb = keys(a), keys(b)
+    common = sorted(ka.keys() & kb.keys())
+    return np.array([ka[k] for k in common], dtype=np.int64), np.array(
+        [kb[k] for k in common], dtype=np.int64
+    )
+
+
+def mask_path_figures(heuristic: dict[str, np.ndarray], masked: dict[str, np.ndarray], job: dict) -> dict:
+    """The mask path against the BQA truth, beside the RGB heuristic, on the windows both hold."""
+    ia, ib = same_windows(heuristic, masked)
+    h = {k: v[ia] for k, v in heuristic.items()}
+    m = {k: v[ib] for k, v in masked.items()}
+    score, truth = m["cloud_score"], m["truth"]
+    diff = np.abs(score - truth)
+    agree = (score >= TRUTH_CLOUDY) == (truth >= TRUTH_CLOUDY)
+    return {
+        "source": f"stac+file://<demo catalog>/catalog.json?{MASK_OPTIONS}",
+        "windows": {
+            "mask_area": int(masked["id"].size),
+            "heuristic_area": int(heuristic["id"].size),
+            "same": int(ia.size),
+        },
+        "job": job,
+        "agreement": round(float(agree.mean()), 4),
+        "agreement_definition": f"share of windows whose call (score >= {TRUTH_CLOUDY}) matches the truth's",
+        "disagreeing_windows": int((~agree).sum()),
+        "score_vs_truth": {
+            "mean_abs_diff": round(float(diff.mean()), 5),
+            "max_abs_diff": round(float(diff.max()), 5),
+            "within_0.01": round(float((diff <= 0.01).mean()), 4),
+        },
+        "mask_path": precision_recall(score, truth, CLOUDY_SCORE),
+        "mask_path_at_truth_level": precision_recall(score, truth, TRUTH_CLOUDY),
+        "heuristic": precision_recall(h["cloud_score"], h["truth"], CLOUDY_SCORE),
+        "valid_fraction_mean_abs_diff": round(
+            float(np.abs(m["valid_fraction"] - h["valid_fraction"]).mean()), 5
+        ),
+    }
+
+
+def ingest_masked(p: dict, pg_url: str, timeout_s: float) -> tuple[dict[str, np.ndarray], dict, float]:
+    """The Landsat area again, from the STAC source with the BQA mask: its windows with their
+    truth, its job's counts and its wall time."""
+    print(f"==> ingesting {MASK_AREA['name']} (zooms {MASK_AREA['zooms']})", flush=True)
+    started = time.perf_counter()
+    ingested = ingest_area(p, MASK_AREA, timeout_s=timeout_s)
+    seconds = time.perf_counter() - started
+    job = {
+        k: ingested["job"].get(k) for k in ("tiles_embedded", "windows_embedded", "windows_skipped_nodata")
+    }
+    return area_windows(pg_url, ingested["area"]["id"]), job, seconds
+
+
 def run(options: CloudBenchSettings) -> None:
     at_start: dict = {}
     with tempfile.TemporaryDirectory(prefix="cliprs-clouds-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         pg_url = stack.enter_context(throwaway_database(prefix="cliprs_clouds"))
         redis_url = stack.enter_context(private_redis_db(owner="bench-clouds"))
+        catalog = build_catalog(root / "stac").get_self_href()
+        sources = {
+            LANDSAT_SOURCE: landsat_source_template(),
+            MASK_SOURCE: f"stac+file://{catalog}?{MASK_OPTIONS}",
+        }
         env = {
-            "CLIPRS_TILE_SOURCES": json.dumps({LANDSAT_SOURCE: landsat_source_template()}),
+            "CLIPRS_TILE_SOURCES": json.dumps(sources),
             "CLIP_MODEL": model_dir(options),
         }
         at_start = run_info(
             options,
             product={
-                "CLIPRS_TILE_SOURCES": "the Landsat 8 scene as a local geotiff:// source",
+                "CLIPRS_TILE_SOURCES": "the Landsat 8 scene as a local geotiff:// source, and from the "
+                f"demo STAC catalog with its BQA as the mask ({MASK_OPTIONS})",
                 "CLIP_MODEL": f"{env['CLIP_MODEL']} (the cloud score does not depend on the model)",
                 "SEARCH_AUTH": os.environ.get("SEARCH_AUTH", "off") + " (the test platform's default)",
             },
@@ -188,11 +272,13 @@ def run(options: CloudBenchSettings) -> None:
         ingested = ingest_area(p, LANDSAT_AREA, timeout_s=options.timeout_s)
         ingest_s = time.perf_counter() - started
         windows = area_windows(pg_url, ingested["area"]["id"])
-    unscored = int(np.isnan(windows["cloud_score"]).sum())
-    if unscored:
-        raise RuntimeError(
-            f"{unscored} of {windows['id'].size} windows have no cloud_score: is the embedder scoring them?"
-        )
+        masked, masked_job, masked_s = ingest_masked(p, pg_url, options.timeout_s)
+    for w in (windows, masked):
+        unscored = int(np.isnan(w["cloud_score"]).sum())
+        if unscored:
+            raise RuntimeError(
+                f"{unscored} of {w['id'].size} windows have no cloud_score: is the embedder scoring them?"
+            )
     at = figures(windows, "truth", CLOUDY_SCORE)
     results = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -222,6 +308,7 @@ def run(options: CloudBenchSettings) -> None:
         },
         "clear_scene": clear_scene_false_alarms(),
         "ms_per_tile": ms_per_tile(),
+        "mask_path": {**mask_path_figures(windows, masked, masked_job), "ingest_s": round(masked_s, 1)},
         "ingest_s": round(ingest_s, 1),
         **finish(at_start),
     }
@@ -236,6 +323,12 @@ def run(options: CloudBenchSettings) -> None:
         print(
             f"  score >= {row['threshold']:.2f}: precision {row['precision']:.3f}, recall {row['recall']:.3f}"
         )
+    mp = results["mask_path"]
+    print(
+        f"mask path ({mp['windows']['same']} same windows): agreement {mp['agreement']:.4f}; at {CLOUDY_SCORE}: "
+        f"mask precision {mp['mask_path']['precision']:.3f}, recall {mp['mask_path']['recall']:.3f}; "
+        f"RGB heuristic precision {mp['heuristic']['precision']:.3f}, recall {mp['heuristic']['recall']:.3f}"
+    )
     clear = results["clear_scene"]
     print(
         f"clear scene: {clear['flagged_cloudy']} of {clear['windows']} windows scored cloudy ({clear['false_alarm_rate']:.1%})"

@@ -127,7 +127,7 @@ def area_windows(database_url: str, area_id: int) -> dict[str, np.ndarray]:
     """Every embedded window of an area as the product stored it (zoom, cloud score, valid
     fraction), with its truth from the BQA band: one array per key, window by window.
 
-    Keys: ``id``, ``z``, ``cloud_score``, ``valid_fraction`` (from PostGIS) and ``truth``,
+    Keys: ``id``, ``z``, ``x``, ``y`` (its tile), ``cloud_score``, ``valid_fraction`` (from PostGIS) and ``truth``,
     ``cloud_bits``, ``cirrus_high``, ``truth_valid`` (`BqaTruth.window_truth` of the window's
     tile and pixel box)."""
     from sqlalchemy import text
@@ -149,6 +149,8 @@ def area_windows(database_url: str, area_id: int) -> dict[str, np.ndarray]:
     out = {
         "id": np.array([r.id for r in rows], dtype=np.int64),
         "z": np.array([r.z for r in rows], dtype=np.int16),
+        "x": np.array([r.x for r in rows], dtype=np.int64),
+        "y": np.array([r.y for r in rows], dtype=np.int64),
         # NULL (not scored) becomes NaN: it is never >= a threshold, and callers can count it.
         "cloud_score": np.array([np.nan if r.cloud_score is None else r.cloud_score for r in rows]),
         "valid_fraction": np.array([np.nan if r.valid_fraction is None else r.valid_fraction for r in rows]),

@@ -383,3 +383,11 @@ def test_text_queries_start_from_the_codecs_text_tuning(written: Written) -> Non
         math.ceil(3 * UNTUNED_TEXT_NPROBE), round(5 * UNTUNED_TEXT_RERANK)
     )
     assert new.probe(Probe(2, 2)) == Probe(2, 2)  # a cursor's probe is kept as it is
+    # Grown to twice the size the codec was tuned on: text queries re-rank twice as deep until
+    # the next tuning; image-like queries keep their probe.
+    half = len(written.ids) // 2
+    grown = load_shardset(
+        written.index_dir, replace(written.ivf, codec=replace(tuned, params={"tuned_on": half}))
+    )
+    assert grown.probe(SearchEffort(text=True)) == Probe(9, round(12 * len(written.ids) / half))
+    assert grown.probe() == Probe(3, 5)

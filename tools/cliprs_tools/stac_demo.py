@@ -11,7 +11,8 @@ The catalog (self-contained: relative links and asset hrefs, so the folder can b
   ``eo:cloud_cover`` 0 (the scene is cloud-free).
 - collection ``demo-landsat-8``, item ``demo-l8-pensacola``: the cloudy Landsat 8 scene (30 m,
   EPSG:32616) as COGs ``red``, ``green``, ``blue`` (B4, B3, B2), ``visual``, and ``qa_pixel``
-  (the pre-collection BQA band, roles ``cloud`` and ``data-mask``); ``eo:cloud_cover`` is the
+  (the pre-collection BQA band, roles ``cloud`` and ``data-mask``; a tiler source reads it as the
+  quality mask with ``mask=qa_pixel&mask_kind=landsat-bqa``); ``eo:cloud_cover`` is the
   share of its pixels that the BQA bits mark as cloud (`cliprs_tools.landsat.bqa_masks`).
 
 The scene files carry no acquisition date (no tag, no metadata file), so the items get fixed
@@ -271,6 +272,10 @@ def run(settings: StacDemoSettings) -> Path:
     items = sorted(item.id for item in catalog.get_items(recursive=True))
     print(f"STAC catalog {path} ({len(items)} items: {', '.join(items)})")
     print(f"tile source: stac+file://{path}?collections={S2_COLLECTION}&assets=visual")
+    print(
+        f"with its quality mask: stac+file://{path}?collections={LANDSAT_COLLECTION}"
+        "&assets=red,green,blue&mask=qa_pixel&mask_kind=landsat-bqa"
+    )
     return path
 
 

@@ -126,6 +126,7 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["--out", str(tmp_path / "cat"), "--s2-datetime", "2021-05-04"]) == 0
     out = capsys.readouterr().out
     assert f"stac+file://{tmp_path / 'cat' / 'catalog.json'}?collections={S2_COLLECTION}" in out
+    assert "mask=qa_pixel&mask_kind=landsat-bqa" in out
     item = items_of(tmp_path / "cat")[S2_ITEM]
     assert item.datetime is not None and item.datetime.isoformat() == "2021-05-04T00:00:00+00:00"
     assert main(["--s2-datetime", "not a date"]) == 2

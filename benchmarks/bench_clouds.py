@@ -231,6 +231,61 @@ def ingest_masked(p: dict, pg_url: str, timeout_s: float) -> tuple[dict[str, np.
     return area_windows(pg_url, ingested["area"]["id"]), job, seconds
 
 
+def check_scored(*areas: dict[str, np.ndarray]) -> None:
+    """RuntimeError when some window of an area has no cloud score."""
+    for w in areas:
+        unscored = int(np.isnan(w["cloud_score"]).sum())
+        if unscored:
+            raise RuntimeError(
+                f"{unscored} of {w['id'].size} windows have no cloud_score: is the embedder scoring them?"
+            )
+
+
+def detector_breakdown(windows: dict[str, np.ndarray]) -> dict:
+    """The heuristic's ``sweep`` of thresholds, its figures ``by_zoom`` and against ``truth_parts``."""
+    return {
+        "sweep": [figures(windows, "truth", float(s)) for s in np.round(np.arange(0.05, 0.96, 0.05), 2)],
+        "by_zoom": {
+            int(z): {
+                **figures({k: v[windows["z"] == z] for k, v in windows.items()}, "truth", CLOUDY_SCORE),
+                "windows": int((windows["z"] == z).sum()),
+            }
+            for z in np.unique(windows["z"])
+        },
+        "truth_parts": {
+            "cloud_bits only (cloud confidence medium or high)": figures(windows, "cloud_bits", CLOUDY_SCORE),
+            "cirrus_high only": figures(windows, "cirrus_high", CLOUDY_SCORE),
+        },
+    }
+
+
+def print_summary(results: dict, at_start: dict, out: Path) -> None:
+    """The figures on the terminal."""
+    print(f"truth: {TRUTH}")
+    print(
+        f"windows: {results['windows']} ({results['counts']['cloudy_windows']} truly cloudy); threshold {CLOUDY_SCORE}: "
+        f"precision {results['precision']:.3f}, recall {results['recall']:.3f}"
+    )
+    for row in results["sweep"]:
+        print(
+            f"  score >= {row['threshold']:.2f}: precision {row['precision']:.3f}, recall {row['recall']:.3f}"
+        )
+    mp = results["mask_path"]
+    print(
+        f"mask path ({mp['windows']['same']} same windows): agreement {mp['agreement']:.4f}; at {CLOUDY_SCORE}: "
+        f"mask precision {mp['mask_path']['precision']:.3f}, recall {mp['mask_path']['recall']:.3f}; "
+        f"RGB heuristic precision {mp['heuristic']['precision']:.3f}, recall {mp['heuristic']['recall']:.3f}"
+    )
+    clear = results["clear_scene"]
+    print(
+        f"clear scene: {clear['flagged_cloudy']} of {clear['windows']} windows scored cloudy ({clear['false_alarm_rate']:.1%})"
+    )
+    print(
+        f"cloud_mask: {results['ms_per_tile']} ms per tile; load average {at_start['load_average_start']} -> {results['load_average_end']}"
+    )
+    print(f"results: {out}")
+
+
 def run(options: CloudBenchSettings) -> None:
     at_start: dict = {}
     with tempfile.TemporaryDirectory(prefix="cliprs-clouds-") as tmp, ExitStack() as stack:
@@ -273,12 +328,7 @@ def run(options: CloudBenchSettings) -> None:
         ingest_s = time.perf_counter() - started
         windows = area_windows(pg_url, ingested["area"]["id"])
         masked, masked_job, masked_s = ingest_masked(p, pg_url, options.timeout_s)
-    for w in (windows, masked):
-        unscored = int(np.isnan(w["cloud_score"]).sum())
-        if unscored:
-            raise RuntimeError(
-                f"{unscored} of {w['id'].size} windows have no cloud_score: is the embedder scoring them?"
-            )
+    check_scored(windows, masked)
     at = figures(windows, "truth", CLOUDY_SCORE)
     results = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -294,18 +344,7 @@ def run(options: CloudBenchSettings) -> None:
             k: ingested["job"].get(k)
             for k in ("tiles_embedded", "windows_embedded", "windows_skipped_nodata")
         },
-        "sweep": [figures(windows, "truth", float(s)) for s in np.round(np.arange(0.05, 0.96, 0.05), 2)],
-        "by_zoom": {
-            int(z): {
-                **figures({k: v[windows["z"] == z] for k, v in windows.items()}, "truth", CLOUDY_SCORE),
-                "windows": int((windows["z"] == z).sum()),
-            }
-            for z in np.unique(windows["z"])
-        },
-        "truth_parts": {
-            "cloud_bits only (cloud confidence medium or high)": figures(windows, "cloud_bits", CLOUDY_SCORE),
-            "cirrus_high only": figures(windows, "cirrus_high", CLOUDY_SCORE),
-        },
+        **detector_breakdown(windows),
         "clear_scene": clear_scene_false_alarms(),
         "ms_per_tile": ms_per_tile(),
         "mask_path": {**mask_path_figures(windows, masked, masked_job), "ingest_s": round(masked_s, 1)},
@@ -314,29 +353,7 @@ def run(options: CloudBenchSettings) -> None:
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"truth: {TRUTH}")
-    print(
-        f"windows: {results['windows']} ({at['cloudy_windows']} truly cloudy); threshold {CLOUDY_SCORE}: "
-        f"precision {results['precision']:.3f}, recall {results['recall']:.3f}"
-    )
-    for row in results["sweep"]:
-        print(
-            f"  score >= {row['threshold']:.2f}: precision {row['precision']:.3f}, recall {row['recall']:.3f}"
-        )
-    mp = results["mask_path"]
-    print(
-        f"mask path ({mp['windows']['same']} same windows): agreement {mp['agreement']:.4f}; at {CLOUDY_SCORE}: "
-        f"mask precision {mp['mask_path']['precision']:.3f}, recall {mp['mask_path']['recall']:.3f}; "
-        f"RGB heuristic precision {mp['heuristic']['precision']:.3f}, recall {mp['heuristic']['recall']:.3f}"
-    )
-    clear = results["clear_scene"]
-    print(
-        f"clear scene: {clear['flagged_cloudy']} of {clear['windows']} windows scored cloudy ({clear['false_alarm_rate']:.1%})"
-    )
-    print(
-        f"cloud_mask: {results['ms_per_tile']} ms per tile; load average {at_start['load_average_start']} -> {results['load_average_end']}"
-    )
-    print(f"results: {options.out}")
+    print_summary(results, at_start, options.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,7 +129,19 @@ def tune(
     for kind, m in (("image", image), ("text", text)):
         if m.recall < target:
             log.warning("%s recall target %.2f not reachable (%.3f at best)", kind, target, m.recall)
-    tuned = replace(
+    params = {"tuned_on": shardset.total(), "text_tuned_with": tuned_with}
+    tuned = with_probes(codec, image, text, {**params, "tune_s": round(time.perf_counter() - started, 1)})
+    log.info(
+        "tuned nprobe=%d k_factor=%d: recall@10 %.3f; text (%s) nprobe=%d k_factor=%d: recall@10 %.3f",
+        *(tuned.nprobe, tuned.k_factor, image.recall, tuned_with),
+        *(tuned.text_nprobe, tuned.text_k_factor, text.recall),
+    )
+    return tuned
+
+
+def with_probes(codec: Codec, image: Measured, text: Measured, params: dict) -> Codec:
+    """``codec`` searched with the tuned image and text probes (``params`` added to its own)."""
+    return replace(
         codec,
         nprobe=image.probe.nprobe,
         k_factor=image.probe.k_factor,
@@ -139,24 +151,11 @@ def tune(
         text_recall_at_10=round(text.recall, 4),
         params={
             **codec.params,
-            "tuned_on": shardset.total(),
-            "text_tuned_with": tuned_with,
+            **params,
             "median_ms": round(image.median_ms, 2),
             "text_median_ms": round(text.median_ms, 2),
-            "tune_s": round(time.perf_counter() - started, 1),
         },
     )
-    log.info(
-        "tuned nprobe=%d k_factor=%d: recall@10 %.3f; text (%s) nprobe=%d k_factor=%d: recall@10 %.3f",
-        tuned.nprobe,
-        tuned.k_factor,
-        image.recall,
-        tuned_with,
-        tuned.text_nprobe,
-        tuned.text_k_factor,
-        text.recall,
-    )
-    return tuned
 
 
 def text_tuning_queries(

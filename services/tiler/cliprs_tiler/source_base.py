@@ -1,10 +1,13 @@
 """What every tile source shares: the fetched tile (and the STAC items it was drawn from), the
 fetch errors, the formats with transparency, the tile options of rendered sources, and the log
-filter that strips secrets."""
+filter that strips secrets, and the ``${VAR}`` references of a template (found, expanded only when
+a request is made, stripped from messages)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import string
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +15,24 @@ from cliprs.errors import InvalidInput
 from cliprs_raster.render import tile_format
 
 ALPHA_FORMATS = ("PNG", "WEBP")  # tile formats that carry transparency (the no-data mask)
+
+
+def secret_values(text: str) -> list[str]:
+    """The values of the environment variables ``text`` refers to (``${VAR}`` or ``$VAR``, as
+    `expand` replaces them), the set ones only: what every message must be stripped of."""
+    found = (m.group("braced") or m.group("named") for m in string.Template.pattern.finditer(text))
+    return [os.environ[n] for n in dict.fromkeys(found) if n and os.environ.get(n)]
+
+
+def expand(text: str) -> str:
+    """``${VAR}`` replaced by the environment's value (only when a request is made)."""
+    return string.Template(text).safe_substitute(os.environ)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 class _RedactSecrets(logging.Filter):

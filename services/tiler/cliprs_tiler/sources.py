@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import re
 import sqlite3
-import string
 import threading
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -45,13 +42,15 @@ from cliprs_tiler.source_base import (
     FetchedTile,
     TileFetchError,
     TileNotFound,
+    expand,
+    redact,
+    secret_values,
     tile_options,
 )
 from cliprs_tiler.stac import StacSource
 from cliprs_tiler.stac_search import STAC_SCHEMES
 
 _PIL_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-_ENV_REF = re.compile(r"\$\{(\w+)\}")
 
 
 def check_image(data: bytes) -> FetchedTile:
@@ -105,8 +104,8 @@ class XyzSource:
         self.template = template
         self.settings = settings
         self.subdomains = subdomains
-        self.secrets = [os.environ.get(v, "") for v in _ENV_REF.findall(template)]
-        _REDACT.secrets.update(s for s in self.secrets if s)
+        self.secrets = secret_values(template)
+        _REDACT.secrets.update(self.secrets)
         self.limiter = AsyncLimiter(max(settings.rate_limit, 0.001), time_period=1.0)
         self.client = httpx.AsyncClient(
             timeout=settings.timeout_s,
@@ -117,15 +116,12 @@ class XyzSource:
         self.requests = 0  # attempts sent, for progress and tests
 
     def url(self, z: int, x: int, y: int) -> str:
-        expanded = string.Template(self.template).safe_substitute(os.environ)
+        expanded = expand(self.template)
         sub = self.subdomains[(x + y) % len(self.subdomains)] if self.subdomains else ""
         return expanded.replace("{s}", sub).format(z=z, x=x, y=y)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return redact(text, self.secrets)
 
     async def _attempt(self, z: int, x: int, y: int) -> FetchedTile:
         async with self.limiter:
@@ -315,6 +311,8 @@ SCHEMES = (
     "http(s)://, file://, mbtiles:// or geotiff://, or a STAC catalog (stac+file:///catalog.json) "
     "or API (stac+https://host/api)"
 )
+
+
 def _location(template: str, scheme: str) -> tuple[list[Path], dict[str, str]]:
     """``scheme:///abs/a.tif,/abs/b.tif?opt=v`` -> ([paths], {opt: v}); ``scheme://rel`` is relative."""
     rest = template.removeprefix(scheme)

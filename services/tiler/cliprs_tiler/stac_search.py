@@ -11,8 +11,6 @@ and the values never appear in an error or a log line.
 from __future__ import annotations
 
 import logging
-import os
-import string
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from cliprs.errors import InvalidInput, Unavailable
+from cliprs_tiler.source_base import expand, redact, secret_values
 
 log = logging.getLogger("cliprs.tiler")
 
@@ -43,7 +42,6 @@ OPTIONS = (
     "format",
 )
 MAX_ITEMS = 500  # items one API search returns at most (narrow it with datetime and max_cloud)
-_ENV_REF = string.Template.pattern
 
 Box = tuple[float, float, float, float]
 Limits = tuple[float, float]
@@ -86,19 +84,10 @@ class StacQuery:
 
     def secrets(self) -> list[str]:
         """The values of the variables the template refers to (to strip from every message)."""
-        text = self.location + "".join(self.headers.values())
-        names = {m.group("braced") or m.group("named") for m in _ENV_REF.finditer(text)} - {None}
-        return [os.environ[n] for n in names if os.environ.get(n)]
+        return secret_values(self.location + "".join(self.headers.values()))
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return text
-
-
-def expand(text: str) -> str:
-    """``${VAR}`` replaced by the environment's value (only when a request is made)."""
-    return string.Template(text).safe_substitute(os.environ)
+        return redact(text, self.secrets())
 
 
 def _iso(value: datetime) -> str:

@@ -49,5 +49,6 @@ def recent(client, namespace: str, model_id: str, dim: int) -> np.ndarray:
     if not rows:
         return np.empty((0, dim), dtype=np.float32)
     vectors = np.stack(rows).astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
+    norms = np.linalg.norm(vectors, axis=1)
+    kept = norms > 0
+    return vectors[kept] / norms[kept, None]

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import redis
@@ -47,6 +48,7 @@ from cliprs_index.store import (
 from cliprs_indexer import layout, repository, shards
 from cliprs_indexer.settings import IndexerSettings
 
+_T = TypeVar("_T")
 log = logging.getLogger("cliprs.indexer")
 
 
@@ -325,23 +327,26 @@ def retune_due(manifest: Manifest, settings: IndexerSettings, sampled_text_queri
 
 def sampled_text_queries(core: CoreSettings, manifest: Manifest) -> int:
     """How many text query vectors the search-api has kept for the index's model."""
-    try:
-        with redis.Redis.from_url(core.redis_url) as client:
-            return query_sample.size(client, core.redis_namespace, manifest.model_id)
-    except redis.RedisError as exc:
-        log.warning("the text query sample could not be read: %s", type(exc).__name__)
-        return 0
+    return _read_sample(core, lambda c: query_sample.size(c, core.redis_namespace, manifest.model_id), 0)
 
 
 def text_sample(core: CoreSettings, manifest: Manifest) -> np.ndarray:
     """The text query vectors the search-api kept for the index's model (none when Redis fails:
     the tuning then uses the modality-gap model)."""
+    ns, model, dim = core.redis_namespace, manifest.model_id, manifest.dim
+    return _read_sample(
+        core, lambda c: query_sample.recent(c, ns, model, dim), np.empty((0, dim), dtype=np.float32)
+    )
+
+
+def _read_sample(core: CoreSettings, read: Callable[[redis.Redis], _T], failed: _T) -> _T:
+    """``read`` on a Redis client, or ``failed`` (logged) when Redis cannot answer."""
     try:
         with redis.Redis.from_url(core.redis_url) as client:
-            return query_sample.recent(client, core.redis_namespace, manifest.model_id, manifest.dim)
+            return read(client)
     except redis.RedisError as exc:
         log.warning("the text query sample could not be read: %s", type(exc).__name__)
-        return np.empty((0, manifest.dim), dtype=np.float32)
+        return failed
 
 
 def retune(core: CoreSettings, settings: IndexerSettings) -> Manifest | None:
